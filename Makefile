@@ -1,0 +1,29 @@
+# The two commands a new user runs (README): `make quickstart` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+
+.PHONY: setup quickstart test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch 2.14.1 + torchvision 0.29.1: the pair that imports together on these machines
+	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+quickstart: setup
+	$(VENV)/bin/raysparse train configs/digits_granet.yaml
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(PY) benchmarks/step_time.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,221 @@
+"""Typed run configuration, validated completely before anything starts.
+
+A config is a dict (or YAML file) of the shape in the README. ``load_config`` turns it into a
+frozen ``Config`` or raises one ``ConfigError`` naming the field, the bad value and what is
+allowed. Model and data blocks stay dicts: their options belong to the zoo's factories, which
+validate them by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raysparse.errors import ConfigError, did_you_mean, unknown_choice
+from raysparse.methods import METHODS, SparsityConfig
+from raysparse.sparsity.distributions import DISTRIBUTIONS
+from raysparse.sparsity.schedules import REGROWTH_DECAYS
+from raysparse.sparsity.scores import GROWTH_SCORES
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "step", "multistep")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    betas: tuple[float, ...] = (0.9, 0.999)
+
+
+@dataclass(frozen=True)
+class LRScheduleConfig:
+    name: str = "cosine"
+    milestones: tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of the epochs
+    step_size: int = 30  # step: epochs between decays
+    gamma: float = 0.1
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    epochs: int = 30
+    device: str = "auto"
+    label_smoothing: float = 0.0
+    model: dict = field(default_factory=lambda: {"name": "mlp", "hidden": [256, 128]})
+    data: dict = field(default_factory=lambda: {"name": "digits", "batch_size": 64, "val_fraction": 0.1})
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def read_yaml(path: str | Path, field_name: str = "config") -> dict:
+    """A YAML mapping from a file (safe_load), with clear errors for a missing or bad file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(field_name, f"file not found: {str(path)!r}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(field_name, f"invalid YAML in {str(path)!r}: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(field_name, f"{str(path)!r} must hold a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(source: Config | dict | str | Path) -> Config:
+    """Validate a dict / YAML path into a Config (a Config passes through)."""
+    if isinstance(source, Config):
+        return source
+    raw = read_yaml(source) if isinstance(source, (str, Path)) else source
+    if not isinstance(raw, dict):
+        raise ConfigError("config", f"expected a mapping, got {type(raw).__name__}")
+    config = _from_dict(Config, raw, "")
+    _check_values(config)
+    return config
+
+
+# ---- generic dict -> dataclass with type checks -----------------------------------------------
+def _from_dict(cls, raw: Any, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix or "config", f"expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(
+                path, f"unknown key {key!r}; allowed: {', '.join(names)}{did_you_mean(key, names)}"
+            )
+        values[key] = _coerce(hints[key], value, path)
+    return cls(**values)
+
+
+def _coerce(hint, value, path):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, path)
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, path)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(path, f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, f"expected a list, got {value!r}")
+        return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"expected a mapping, got {value!r}")
+        if args:
+            return {k: _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
+        return dict(value)
+    raise TypeError(f"config type {hint!r} at {path} is not supported")  # a bug of ours, not input
+
+
+# ---- value checks -------------------------------------------------------------------------------
+def _require(ok: bool, path: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(path, f"got {value!r}; allowed: {allowed}")
+
+
+def _choice(path: str, kind: str, value: str, choices) -> None:
+    if value not in choices:
+        raise unknown_choice(path, kind, value, choices)
+
+
+def _check_values(c: Config) -> None:
+    _require(c.epochs >= 1, "epochs", c.epochs, "an integer >= 1")
+    _require(c.seed >= 0, "seed", c.seed, "an integer >= 0")
+    _choice("device", "device", c.device, DEVICES)
+    _require(0.0 <= c.label_smoothing < 1.0, "label_smoothing", c.label_smoothing, "[0, 1)")
+
+    o = c.optimizer
+    _choice("optimizer.name", "optimizer", o.name, OPTIMIZERS)
+    _require(o.lr > 0, "optimizer.lr", o.lr, "a number > 0")
+    _require(0.0 <= o.momentum < 1.0, "optimizer.momentum", o.momentum, "[0, 1)")
+    _require(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "a number >= 0")
+    _require(not o.nesterov or (o.name == "sgd" and o.momentum > 0), "optimizer.nesterov", o.nesterov,
+             "true only with optimizer 'sgd' and momentum > 0")
+    _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas", list(o.betas),
+             "two numbers in [0, 1)")
+
+    s = c.lr_schedule
+    _choice("lr_schedule.name", "lr schedule", s.name, LR_SCHEDULES)
+    _require(all(0 < m <= 1 for m in s.milestones), "lr_schedule.milestones", list(s.milestones),
+             "fractions of the epochs in (0, 1]")
+    _require(s.step_size >= 1, "lr_schedule.step_size", s.step_size, "an integer >= 1")
+    _require(0 < s.gamma <= 1, "lr_schedule.gamma", s.gamma, "(0, 1]")
+
+    _check_sparsity(c.sparsity, c.epochs)
+    _check_blocks(c)
+
+
+def _check_sparsity(p: SparsityConfig, epochs: int) -> None:
+    _choice("sparsity.method", "method", p.method, METHODS)
+    _choice("sparsity.distribution", "distribution", p.distribution, DISTRIBUTIONS)
+    _choice("sparsity.regrowth_decay", "regrowth decay", p.regrowth_decay, REGROWTH_DECAYS)
+    _choice("sparsity.growth", "growth criterion", p.growth, GROWTH_SCORES)
+    for key in ("initial_sparsity", "final_sparsity"):
+        _require(0.0 <= getattr(p, key) < 1.0, f"sparsity.{key}", getattr(p, key), "[0, 1)")
+    _require(p.initial_sparsity <= p.final_sparsity, "sparsity.initial_sparsity", p.initial_sparsity,
+             f"at most final_sparsity ({p.final_sparsity})")
+    _require(0 <= p.prune_start <= epochs, "sparsity.prune_start", p.prune_start, f"an epoch in [0, {epochs}]")
+    if p.prune_end is not None:
+        _require(p.prune_start <= p.prune_end <= epochs, "sparsity.prune_end", p.prune_end,
+                 f"an epoch in [prune_start={p.prune_start}, epochs={epochs}]")
+    if p.regrowth_end is not None:
+        _require(0 <= p.regrowth_end <= epochs, "sparsity.regrowth_end", p.regrowth_end, f"an epoch in [0, {epochs}]")
+    _require(p.update_frequency >= 1, "sparsity.update_frequency", p.update_frequency, "an integer >= 1 (steps)")
+    _require(p.exponent > 0, "sparsity.exponent", p.exponent, "a number > 0")
+    _require(0.0 <= p.regrowth_ratio <= 1.0, "sparsity.regrowth_ratio", p.regrowth_ratio, "[0, 1]")
+    _require(0.0 <= p.regrowth_floor <= p.regrowth_ratio, "sparsity.regrowth_floor", p.regrowth_floor,
+             f"[0, regrowth_ratio={p.regrowth_ratio}]")
+    if p.distribution == "explicit" and not p.layer_densities:
+        raise ConfigError("sparsity.layer_densities", "distribution 'explicit' needs a mapping layer -> density")
+
+
+def _check_blocks(c: Config) -> None:
+    from raysparse.zoo import DATASETS, MODELS
+
+    for block, registry, kind in (("model", MODELS, "model"), ("data", DATASETS, "dataset")):
+        spec = getattr(c, block)
+        if "name" not in spec:
+            raise ConfigError(f"{block}.name", f"missing; available: {', '.join(registry.names())}")
+        name = spec["name"]
+        if not (isinstance(name, str) and (name in registry or (kind == "model" and name.startswith("torchvision:")))):
+            raise unknown_choice(f"{block}.name", kind, name, registry.names())
+    batch_size = c.data.get("batch_size", 64)
+    _require(isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1,
+             "data.batch_size", batch_size, "an integer >= 1")

@@ -1,0 +1,33 @@
+"""The one error type for bad input: it names the field, the bad value and what is allowed."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ConfigError(ValueError):
+    """Bad user input, found before anything starts.
+
+    ``field`` is the dotted config path (``sparsity.method``), so a CLI or a sweep validator can
+    show exactly where the problem is.
+    """
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+def did_you_mean(value: object, choices: Iterable[str]) -> str:
+    """A ' (did you mean 'x'?)' suffix when a close choice exists, else ''."""
+    match = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def unknown_choice(field: str, kind: str, value: object, choices: Iterable[str]) -> ConfigError:
+    """``unknown method 'grant'; available: dense, gmp, granet (did you mean 'granet'?)``."""
+    choices = sorted(choices)
+    return ConfigError(
+        field,
+        f"unknown {kind} {value!r}; available: {', '.join(choices)}{did_you_mean(value, choices)}",
+    )

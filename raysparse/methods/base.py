@@ -1,0 +1,179 @@
+"""The method interface: a small base class whose hooks the one training loop calls.
+
+Per training step the loop does::
+
+    loss = criterion(model(x), y) + method.regularization_loss()
+    loss.backward();  method.after_backward(step)
+    optimizer.step(); method.after_optimizer_step(step)   # apply masks, then maybe update them
+
+A method changes masks only through ``self.masks.update(...)``, which zeroes weights and
+optimizer state where the mask changed, broadcasts rank 0's masks under DDP and records a
+lineage event. A method overrides ``init_masks`` and/or ``update_masks``; nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from raysparse.sparsity.distributions import get_distribution, kept_counts
+from raysparse.sparsity.masks import MaskSet, prunable_weights, resolve_dense_layers
+from raysparse.sparsity.scores import keep_top, magnitude
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """Every knob of the seed methods. Epoch-valued fields are converted to steps by the loop."""
+
+    method: str = "dense"
+    distribution: str = "erk"
+    initial_sparsity: float = 0.0
+    final_sparsity: float = 0.9
+    prune_start: float = 0  # epoch
+    prune_end: float | None = None  # epoch; None = half of training (GraNet's CIFAR setting)
+    update_frequency: int = 100  # steps between mask updates
+    exponent: float = 3.0
+    regrowth_ratio: float = 0.5
+    regrowth_decay: str = "cosine"
+    regrowth_floor: float = 0.005
+    regrowth_end: float | None = None  # epoch; None = end of training
+    growth: str = "gradient"
+    dense_layers: tuple[str, ...] = ()
+    layer_densities: dict[str, float] | None = None  # for distribution 'explicit'
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    options: dict = field(default_factory=dict)  # method-specific extras (DST, HAP, ...)
+
+
+class SparseMethod:
+    """Base class. ``name`` is the registry key; ``paper`` links the method's source."""
+
+    name = "base"
+    paper = ""
+
+    def __init__(self, config: SparsityConfig, *, seed: int = 0):
+        self.config = config
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def attach(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, total_steps: int
+    ) -> None:
+        cfg = self.config
+        weights = prunable_weights(model, include=cfg.include, exclude=cfg.exclude)
+        if not weights:
+            from raysparse.errors import ConfigError
+
+            raise ConfigError("sparsity.include", "no Conv/Linear weight matches; nothing to prune")
+        dense = resolve_dense_layers(list(weights), cfg.dense_layers)
+        self.model, self.optimizer = model, optimizer
+        self.masks = MaskSet(weights, dense)
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+        self.init_masks()  # its event stays queued: the first report logs the initial masks
+
+    def epoch_to_step(self, epoch: float | None, default: float) -> int:
+        return round((default if epoch is None else epoch) * self.steps_per_epoch)
+
+    # ---- hooks the loop calls ---------------------------------------------------------------
+    def init_masks(self) -> None:
+        """Masks at the start of training (default: dense)."""
+
+    def after_backward(self, step: int) -> None:
+        """Gradients of this step are in ``.grad``; weights not yet updated."""
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.masks.apply()
+        self.update_masks(step)
+
+    def update_masks(self, step: int) -> None:
+        """Change masks at this step if the method's schedule says so."""
+
+    def regularization_loss(self) -> torch.Tensor | None:
+        """A term added to the loss (DST's threshold penalty); None for most methods."""
+        return None
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after each epoch's evaluation."""
+
+    def target_density(self) -> float:
+        """The global density this method ends training at."""
+        return 1.0 - self.config.final_sparsity
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"masks": self.masks.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.masks.load_state_dict(state["masks"])
+        self.generator.set_state(state["generator"])
+
+    # ---- building blocks shared by the methods ------------------------------------------------
+    def layer_targets(self, scores: dict[str, torch.Tensor], density: float) -> dict[str, int]:
+        """Weights to keep per layer at ``density``, allocated by the configured distribution.
+
+        ``scores`` stand in for the weights: 'global' ranks them across layers, the others
+        only read their shapes.
+        """
+        cfg = self.config
+        distribution = get_distribution(cfg.distribution)
+        densities = distribution(
+            scores, density, dense_layers=self.masks.dense_layers, densities=cfg.layer_densities
+        )
+        return kept_counts(densities, {n: s.numel() for n, s in scores.items()})
+
+    def masks_from_scores(
+        self, scores: dict[str, torch.Tensor], density: float, *, among_active: bool
+    ) -> dict[str, torch.Tensor]:
+        """Keep the top-scored weights per layer (only among active ones if ``among_active``)."""
+        if among_active:  # pruned weights rank last, also for the 'global' distribution
+            scores = {n: s * self.masks.masks[n] for n, s in scores.items()}
+        counts = self.layer_targets(scores, density)
+        new = {}
+        for name, score in scores.items():
+            if name in self.masks.dense_layers:
+                continue
+            candidates = self.masks.masks[name] if among_active else torch.ones_like(self.masks.masks[name])
+            new[name] = keep_top(score, candidates, counts[name])
+        return new
+
+    def random_masks(self, density: float) -> dict[str, torch.Tensor]:
+        """Random masks with exact per-layer counts (the seeds sample rand < d: inexact)."""
+        scores = {n: torch.rand(w.shape, generator=self.generator).to(w.device) for n, w in self.masks.weights.items()}
+        if self.config.distribution == "global":  # allocate counts by magnitude, place at random
+            counts = self.layer_targets({n: magnitude(w) for n, w in self.masks.weights.items()}, density)
+        else:
+            counts = self.layer_targets(scores, density)
+        return {
+            n: keep_top(s, torch.ones_like(s, dtype=torch.bool), counts[n])
+            for n, s in scores.items()
+            if n not in self.masks.dense_layers
+        }
+
+    def prune_by_magnitude(self, density: float, step: int, reason: str = "prune") -> None:
+        scores = {n: magnitude(w) for n, w in self.masks.weights.items()}
+        self.masks.update(
+            self.masks_from_scores(scores, density, among_active=True),
+            step=step, reason=reason, optimizer=self.optimizer,
+        )
+
+    def drop_and_grow(self, ratio: float, step: int, grow_score, reason: str = "regrow") -> None:
+        """In each layer drop ceil(ratio * nnz) smallest-magnitude active weights and grow as
+        many inactive ones with the highest ``grow_score`` (regrown weights start at zero with
+        fresh optimizer state). Density is unchanged."""
+        new, reset = {}, {}
+        for name, weight in self.masks.weights.items():
+            if name in self.masks.dense_layers:
+                continue
+            mask = self.masks.masks[name]
+            active = int(mask.sum())
+            n = math.ceil(ratio * active)
+            if n == 0 or active == mask.numel():  # a dense layer has nowhere to grow into
+                continue
+            kept = keep_top(magnitude(weight), mask, active - n)
+            grown = keep_top(grow_score(weight, self.optimizer, self.generator), ~kept, n)
+            new[name], reset[name] = kept | grown, grown & mask
+        self.masks.update(new, step=step, reason=reason, optimizer=self.optimizer, reset=reset)

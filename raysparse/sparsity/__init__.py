@@ -1,0 +1,10 @@
+"""Masks, per-layer distributions, schedules and scores: pure torch, no service imports."""
+
+from raysparse.sparsity.distributions import DISTRIBUTIONS, get_distribution
+from raysparse.sparsity.masks import MaskEvent, MaskSet, masks_hash, pack_masks, prunable_weights, unpack_masks
+from raysparse.sparsity.schedules import REGROWTH_DECAYS, cosine_decay, gmp_sparsity, linear_decay
+
+__all__ = [
+    "DISTRIBUTIONS", "REGROWTH_DECAYS", "MaskEvent", "MaskSet", "cosine_decay", "get_distribution",
+    "gmp_sparsity", "linear_decay", "masks_hash", "pack_masks", "prunable_weights", "unpack_masks",
+]

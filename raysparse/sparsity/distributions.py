@@ -1,0 +1,149 @@
+"""Per-layer density allocation: given a target global density, how dense is each layer?
+
+Every distribution has one signature::
+
+    fn(weights: dict[str, Tensor], density: float, *, dense_layers=frozenset(), densities=None)
+        -> dict[str, float]
+
+``density`` is over all prunable weights, layers kept dense included, so the total number of
+kept weights matches ``density * total`` to within rounding (one weight per layer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+
+from raysparse.errors import ConfigError, unknown_choice
+
+Distribution = Callable[..., dict[str, float]]
+DISTRIBUTIONS: dict[str, Distribution] = {}
+
+
+def register(name: str) -> Callable[[Distribution], Distribution]:
+    def decorator(fn: Distribution) -> Distribution:
+        DISTRIBUTIONS[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_distribution(name: str, field: str = "sparsity.distribution") -> Distribution:
+    if name not in DISTRIBUTIONS:
+        raise unknown_choice(field, "distribution", name, DISTRIBUTIONS)
+    return DISTRIBUTIONS[name]
+
+
+def _check_feasible(sizes: Mapping[str, int], density: float, dense_layers: frozenset[str]) -> float:
+    """Kept-weight budget left for the prunable (non-dense) layers."""
+    total = sum(sizes.values())
+    budget = density * total - sum(sizes[n] for n in dense_layers)
+    if budget < -0.5:
+        dense_share = sum(sizes[n] for n in dense_layers) / total
+        raise ConfigError(
+            "sparsity.dense_layers",
+            f"the layers kept dense already hold {dense_share:.1%} of the prunable weights, "
+            f"more than the target density {density:.1%}",
+        )
+    return max(budget, 0.0)
+
+
+def _scaled(
+    raw: Mapping[str, float], sizes: Mapping[str, int], density: float, dense: frozenset[str]
+) -> dict[str, float]:
+    """Solve eps so that sum(eps * raw_l * n_l) fills the budget; layers that would exceed
+    density 1 become dense and eps is solved again (the ERK rule of Evci et al. / GraNet)."""
+    dense = set(dense)
+    while True:
+        budget = _check_feasible(sizes, density, frozenset(dense))
+        free = [n for n in sizes if n not in dense]
+        denominator = sum(raw[n] * sizes[n] for n in free)
+        eps = budget / denominator if denominator > 0 else 0.0
+        overflow = [n for n in free if eps * raw[n] > 1.0]
+        if not overflow:
+            break
+        dense.update(overflow)
+    return {n: 1.0 if n in dense else eps * raw[n] for n in sizes}
+
+
+def _sizes(weights: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    return {n: w.numel() for n, w in weights.items()}
+
+
+@register("uniform")
+def uniform(weights, density, *, dense_layers=frozenset(), densities=None):
+    """The same density for every prunable layer (adjusted for the layers kept dense)."""
+    return _scaled({n: 1.0 for n in weights}, _sizes(weights), density, frozenset(dense_layers))
+
+
+@register("er")
+def erdos_renyi(weights, density, *, dense_layers=frozenset(), densities=None):
+    """Erdos-Renyi (Mocanu et al. 2018): density proportional to (n_in + n_out) / (n_in * n_out)."""
+    raw = {n: (w.shape[0] + w.shape[1]) / (w.shape[0] * w.shape[1]) for n, w in weights.items()}
+    return _scaled(raw, _sizes(weights), density, frozenset(dense_layers))
+
+
+@register("erk")
+def erdos_renyi_kernel(weights, density, *, dense_layers=frozenset(), densities=None):
+    """ERK (Evci et al. 2020, RigL): density proportional to sum(dims) / prod(dims)."""
+    raw = {n: sum(w.shape) / math.prod(w.shape) for n, w in weights.items()}
+    return _scaled(raw, _sizes(weights), density, frozenset(dense_layers))
+
+
+@register("global")
+def global_magnitude(weights, density, *, dense_layers=frozenset(), densities=None):
+    """One magnitude threshold across all layers: the densities that global top-k implies.
+
+    Pruned weights are zero (masks are applied), so they rank last and stay pruned.
+    """
+    dense_layers = frozenset(dense_layers)
+    sizes = _sizes(weights)
+    keep = round(_check_feasible(sizes, density, dense_layers))
+    free = [n for n in weights if n not in dense_layers]
+    result = {n: 1.0 for n in dense_layers}
+    if not free:
+        return result
+    scores = torch.cat([weights[n].detach().abs().flatten().float().cpu() for n in free])
+    keep = min(keep, scores.numel())
+    chosen = torch.zeros(scores.numel(), dtype=torch.bool)
+    if keep > 0:
+        # topk breaks ties deterministically, so the count is exact even with many zeros
+        chosen[torch.topk(scores, keep, sorted=False).indices] = True
+    offset = 0
+    for n in free:
+        result[n] = int(chosen[offset : offset + sizes[n]].sum()) / sizes[n]
+        offset += sizes[n]
+    return {n: result[n] for n in weights}
+
+
+@register("explicit")
+def explicit(weights, density, *, dense_layers=frozenset(), densities=None):
+    """Densities given per layer (the per-layer search). Layers not listed share the rest of
+    the budget uniformly, so the total still hits ``density`` when that is feasible."""
+    if not densities:
+        raise ConfigError("sparsity.layer_densities", "distribution 'explicit' needs a dict layer -> density")
+    unknown = sorted(set(densities) - set(weights))
+    if unknown:
+        raise ConfigError(
+            "sparsity.layer_densities",
+            f"{unknown[0]!r} is not a prunable layer; layers are: {', '.join(weights)}",
+        )
+    for name, value in densities.items():
+        if not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(f"sparsity.layer_densities.{name}", f"density must be in [0, 1], got {value!r}")
+    fixed = {n: float(v) for n, v in densities.items()}
+    fixed.update({n: 1.0 for n in dense_layers})
+    rest = {n: w for n, w in weights.items() if n not in fixed}
+    if rest:
+        sizes = _sizes(weights)
+        budget = density * sum(sizes.values()) - sum(fixed[n] * sizes[n] for n in fixed)
+        share = min(max(budget / sum(sizes[n] for n in rest), 0.0), 1.0)
+        fixed.update({n: share for n in rest})
+    return {n: fixed[n] for n in weights}
+
+
+def kept_counts(layer_density: Mapping[str, float], sizes: Mapping[str, int]) -> dict[str, int]:
+    """Weights to keep per layer: the rounding that keeps the total within one per layer."""
+    return {n: min(sizes[n], max(0, round(layer_density[n] * sizes[n]))) for n in layer_density}

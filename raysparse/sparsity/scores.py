@@ -1,0 +1,58 @@
+"""Scores that rank weights, and the top-k that turns a score into a mask of exact size."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Score = Callable[[torch.Tensor, torch.optim.Optimizer | None, torch.Generator], torch.Tensor]
+
+
+def magnitude(weight: torch.Tensor) -> torch.Tensor:
+    return weight.detach().abs()
+
+
+def gradient_score(weight, optimizer, generator) -> torch.Tensor:
+    """|dL/dW| of the current batch (dense: pruned positions get gradients too)."""
+    if weight.grad is None:
+        raise RuntimeError("growth by gradient needs a gradient; call after backward()")
+    return weight.grad.detach().abs()
+
+
+def momentum_score(weight, optimizer, generator) -> torch.Tensor:
+    """|momentum| (SNFS, Dettmers & Zettlemoyer 2019); falls back to |grad| before the first
+    optimizer step or for optimizers without a momentum buffer."""
+    state = optimizer.state.get(weight, {}) if optimizer is not None else {}
+    buf = state.get("momentum_buffer", state.get("exp_avg"))
+    if buf is None:
+        return gradient_score(weight, optimizer, generator)
+    return buf.detach().abs()
+
+
+def random_score(weight, optimizer, generator) -> torch.Tensor:
+    """Uniform random scores drawn from the method's generator (SET)."""
+    return torch.rand(weight.shape, generator=generator).to(weight.device)
+
+
+GROWTH_SCORES: dict[str, Score] = {
+    "gradient": gradient_score,
+    "momentum": momentum_score,
+    "random": random_score,
+}
+
+
+def topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+    """A bool mask with exactly ``k`` True entries at the highest scores."""
+    flat = score.flatten()
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    k = max(0, min(int(k), flat.numel()))
+    if k:
+        mask[torch.topk(flat, k, sorted=False).indices] = True
+    return mask.view_as(score)
+
+
+def keep_top(score: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """Exactly ``k`` of the ``candidates`` (bool), those with the highest score."""
+    masked = torch.where(candidates, score.float(), torch.full_like(score, -float("inf"), dtype=torch.float))
+    return topk_mask(masked, min(k, int(candidates.sum()))) & candidates

@@ -1,0 +1,24 @@
+import copy
+
+import pytest
+
+
+def small_config(method: str = "granet", **sparsity) -> dict:
+    """A run that takes about a second on digits: the shape of the README's config, smaller."""
+    return {
+        "seed": 0,
+        "epochs": 4,
+        "model": {"name": "mlp", "hidden": [64, 32]},
+        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.1},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True},
+        "lr_schedule": {"name": "cosine"},
+        "sparsity": {
+            "method": method, "distribution": "erk", "final_sparsity": 0.8,
+            "prune_start": 0, "prune_end": 2, "update_frequency": 5, "regrowth_ratio": 0.3, **sparsity,
+        },
+    }
+
+
+@pytest.fixture
+def config():
+    return copy.deepcopy(small_config())

@@ -1,0 +1,112 @@
+"""The contract every registered method keeps (run over the registry, as Optuna tests samplers)."""
+
+import pytest
+import torch
+
+from raysparse.config import load_config
+from raysparse.methods import METHODS
+from raysparse.train import fit
+from tests.conftest import small_config
+
+ALL = sorted(METHODS)
+
+
+def run(method, **sparsity):
+    seen = {}
+
+    def report(metrics, ctx):
+        for name, weight in ctx.masks.weights.items():  # pruned weights are exactly zero at every report
+            assert torch.all(weight[~ctx.masks.masks[name]] == 0), (method, name, metrics["epoch"])
+        seen.update(hash=ctx.masks.content_hash(), masks=ctx.masks, model=ctx.model)
+
+    final = fit(small_config(method, **sparsity), report)
+    return final, seen
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_density_reaches_target_and_same_seed_same_masks(method):
+    final, seen = run(method)
+    target = 1.0 if method == "dense" else 0.2
+    layers = len(seen["masks"].masks)
+    assert abs(final["density"] - target) <= layers / seen["masks"].count()[1]
+    again, seen_again = run(method)
+    assert seen_again["hash"] == seen["hash"]
+    assert again["val_accuracy"] == final["val_accuracy"]
+
+
+@pytest.mark.parametrize("method", ALL)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_pruned_weights_stay_zero_after_optimizer_step(method, optimizer):
+    cfg = small_config(method, final_sparsity=0.5, prune_end=0)  # pruned from the first step on
+    cfg["epochs"] = 1
+    cfg["optimizer"] = {"name": optimizer, "lr": 0.01, "weight_decay": 0.1, "momentum": 0.0}
+    built = load_config(cfg)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    from raysparse.train.optim import build_optimizer
+
+    opt = build_optimizer(model, built.optimizer)
+    method_obj = METHODS[method](built.sparsity, seed=0)
+    method_obj.attach(model, opt, steps_per_epoch=4, total_steps=4)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    for step in range(4):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        method_obj.after_backward(step)
+        opt.step()
+        method_obj.after_optimizer_step(step)
+        for name, weight in method_obj.masks.weights.items():
+            assert torch.all(weight[~method_obj.masks.masks[name]] == 0)
+    if method not in ("dense", "oneshot"):  # oneshot prunes at the end of its window
+        assert method_obj.masks.density() < 0.99
+
+
+@pytest.mark.parametrize("method", ["granet", "rigl", "set"])
+def test_regrown_weights_start_at_zero_with_zero_momentum(method):
+    cfg = load_config(small_config(method, initial_sparsity=0.5, final_sparsity=0.5))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    m = METHODS[method](cfg.sparsity, seed=0)
+    m.attach(model, opt, steps_per_epoch=10, total_steps=100)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    for _step in range(3):  # build up momentum everywhere
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        m.after_optimizer_step(1)  # not an update step
+    before = m.masks.snapshot()
+    assert not all(bool(v.all()) for v in before.values())
+    m.regrow(step=5)
+    event = m.masks.events[-1]
+    assert event.reason == "regrow" and event.churn > 0
+    for name, weight in m.masks.weights.items():
+        grown = m.masks.masks[name] & ~before[name]
+        assert grown.any() or bool(before[name].all())  # ERK may leave a small layer dense
+        assert torch.all(weight[grown] == 0)
+        assert torch.all(opt.state[weight]["momentum_buffer"][grown] == 0)
+    assert m.masks.count()[0] == sum(int(v.sum()) for v in before.values())  # density unchanged
+
+
+def mlp():
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_state_dict_round_trips_through_a_weights_only_file(method, tmp_path):
+    cfg = load_config(small_config(method, initial_sparsity=0.5))
+    torch.manual_seed(0)
+    model = mlp()
+    original = METHODS[method](cfg.sparsity, seed=0)
+    original.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), steps_per_epoch=10, total_steps=100)
+    if method != "dense":
+        original.masks.update(original.random_masks(0.3), step=1, reason="test")
+    torch.rand(5, generator=original.generator)  # advance the generator past its seed
+    torch.save(original.state_dict(), tmp_path / "m.pt")
+
+    twin_model = mlp()
+    twin_model.load_state_dict(model.state_dict())
+    twin = METHODS[method](cfg.sparsity, seed=123)
+    twin.attach(twin_model, torch.optim.SGD(twin_model.parameters(), lr=0.1), steps_per_epoch=10, total_steps=100)
+    twin.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    assert twin.masks.content_hash() == original.masks.content_hash()
+    assert torch.equal(twin.generator.get_state(), original.generator.get_state())
