@@ -89,16 +89,19 @@ class MaskSet:
         self.dense_layers = frozenset(dense_layers)
         self.masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in self.weights.items()}
         self._multipliers = {n: torch.ones_like(w) for n, w in self.weights.items()}
+        # multipliers are updated in place, so these lists stay valid for the fused multiply
+        masked = [n for n in self.weights if n not in self.dense_layers]
+        self._masked_weights = [self.weights[n] for n in masked]
+        self._masked_multipliers = [self._multipliers[n] for n in masked]
         self.events: list[MaskEvent] = []
         self._hash = self.content_hash()
 
     # ---- applying -------------------------------------------------------------------------
     @torch.no_grad()
     def apply(self) -> None:
-        """Zero the pruned weights (called after every optimizer step)."""
-        for name, weight in self.weights.items():
-            if name not in self.dense_layers:
-                weight.mul_(self._multipliers[name])
+        """Zero the pruned weights (called after every optimizer step): one fused multiply."""
+        if self._masked_weights:
+            torch._foreach_mul_(self._masked_weights, self._masked_multipliers)
 
     @torch.no_grad()
     def update(
@@ -137,7 +140,7 @@ class MaskSet:
             if optimizer is not None:
                 _clear_optimizer_state(optimizer, weight, changed)
             self.masks[name] = mask
-            self._multipliers[name] = mask.to(weight.dtype)
+            self._multipliers[name].copy_(mask)
         self.apply()
         if changed_any:
             parent = self._hash
@@ -197,7 +200,7 @@ class MaskSet:
         for name, mask in state.items():
             device = self.masks[name].device
             self.masks[name] = mask.to(device=device, dtype=torch.bool).clone()
-            self._multipliers[name] = self.masks[name].to(self.weights[name].dtype)
+            self._multipliers[name].copy_(self.masks[name])
         self._hash = self.content_hash()
         self.apply()
 

@@ -44,15 +44,23 @@ GROWTH_SCORES: dict[str, Score] = {
 
 def topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     """A bool mask with exactly ``k`` True entries at the highest scores."""
-    flat = score.flatten()
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    k = max(0, min(int(k), flat.numel()))
-    if k:
-        mask[torch.topk(flat, k, sorted=False).indices] = True
-    return mask.view_as(score)
+    return keep_top(score, torch.ones_like(score, dtype=torch.bool), k)
 
 
 def keep_top(score: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
     """Exactly ``k`` of the ``candidates`` (bool), those with the highest score."""
-    masked = torch.where(candidates, score.float(), torch.full_like(score, -float("inf"), dtype=torch.float))
-    return topk_mask(masked, min(k, int(candidates.sum()))) & candidates
+    n_candidates = int(candidates.sum())
+    k = max(0, min(int(k), n_candidates))
+    score = score.float()
+    if k <= n_candidates // 2:
+        chosen = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+        if k:
+            ranked = torch.where(candidates, score, -torch.inf).flatten()
+            chosen[torch.topk(ranked, k, sorted=False).indices] = True
+        return chosen.view_as(candidates)
+    # keeping most candidates: find the few to leave out instead (topk is slow for large k)
+    chosen = candidates.clone().flatten()
+    if n_candidates - k:
+        ranked = torch.where(candidates, score, torch.inf).flatten()
+        chosen[torch.topk(ranked, n_candidates - k, largest=False, sorted=False).indices] = False
+    return chosen.view_as(candidates)

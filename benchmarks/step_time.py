@@ -1,0 +1,120 @@
+"""Per-step time of masked sparse training against the dense step and torch.nn.utils.prune.
+
+Three ways to train the same model, interleaved round by round in one process so that machine
+noise hits all of them alike:
+  dense        plain step: zero_grad, forward, backward, optimizer.step
+  raysparse    the method hooks around the same step, masks (90% sparse, ERK) applied after
+               every optimizer step: what every step between mask updates costs
+  torch-prune  torch.nn.utils.prune (global L1, 90%): weight = weight_orig * mask recomputed in a
+               forward pre-hook on every step
+A mask update (GraNet: magnitude prune + drop-and-grow by gradient, with lineage hash and
+packing) is timed on its own, interleaved with the rounds, and amortized over
+``update_frequency`` steps: 100 (raysparse's default) and 1000 (GraNet's CIFAR setting).
+
+Run: .venv/bin/python benchmarks/step_time.py [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from raysparse.config import load_config
+from raysparse.methods import get_method
+from raysparse.zoo import build_model
+
+# title: (model spec, input shape, batch, steps per round)
+MODELS = {
+    "resnet20 (CIFAR 32x32, batch 128)": ({"name": "resnet20"}, (3, 32, 32), 128, 10),
+    "lenet300 (784-300-100, batch 128)": ({"name": "lenet300"}, (1, 28, 28), 128, 300),
+}
+
+
+def make(spec, shape):
+    torch.manual_seed(0)
+    model = build_model(spec, shape, 10)
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
+
+
+def plain_step(model, opt, x, y):
+    opt.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def granet(model, opt):
+    cfg = load_config({"epochs": 10, "sparsity": {
+        "method": "granet", "initial_sparsity": 0.9, "final_sparsity": 0.9, "prune_end": 1, "update_frequency": 100,
+    }})
+    method = get_method("granet")(cfg.sparsity, seed=0)
+    method.attach(model, opt, steps_per_epoch=1000, total_steps=10_000)
+    return method
+
+
+def runners(spec, shape):
+    dense = make(spec, shape)
+    masked_model, masked_opt = make(spec, shape)
+    method = granet(masked_model, masked_opt)
+    pruned = make(spec, shape)
+    layers = [(m, "weight") for m in pruned[0].modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=0.9)
+
+    def masked_step(x, y):
+        masked_opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(masked_model(x), y).backward()
+        method.after_backward(1)
+        masked_opt.step()
+        method.after_optimizer_step(1)  # step 1 is no update step: this is the steady state
+
+    def update(x, y):  # one GraNet mask update on the current gradients
+        method.prune_by_magnitude(0.1, step=100)
+        method.regrow(step=100)
+
+    return {
+        "dense": lambda x, y: plain_step(*dense, x, y),
+        "raysparse": masked_step,
+        "torch-prune": lambda x, y: plain_step(*pruned, x, y),
+    }, update
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds, median ms")
+    print("| model | dense | raysparse step | / dense | update | amortized / dense at f=100 | at f=1000 "
+          "| torch-prune | / dense |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for title, (spec, shape, batch, steps) in MODELS.items():
+        variants, update = runners(spec, shape)
+        x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
+        times = {name: [] for name in [*variants, "update"]}
+        for run in variants.values():  # warm-up
+            for _ in range(3):
+                run(x, y)
+        for _ in range(args.rounds):
+            for name, run in variants.items():
+                start = time.perf_counter()
+                for _ in range(steps):
+                    run(x, y)
+                times[name].append((time.perf_counter() - start) / steps * 1e3)
+            start = time.perf_counter()
+            update(x, y)
+            times["update"].append((time.perf_counter() - start) * 1e3)
+        med = {name: statistics.median(t) for name, t in times.items()}
+        dense, masked, upd = med["dense"], med["raysparse"], med["update"]
+        print(
+            f"| {title} | {dense:.2f} | {masked:.2f} | {masked / dense:.3f} | {upd:.1f} "
+            f"| {(masked + upd / 100) / dense:.3f} | {(masked + upd / 1000) / dense:.3f} "
+            f"| {med['torch-prune']:.2f} | {med['torch-prune'] / dense:.3f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The CLI as a user runs it: a subprocess, its exit status and what it prints."""
+
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import small_config
+
+
+def raysparse(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "raysparse.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_train_prints_a_line_per_epoch(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(small_config("granet")))
+    done = raysparse("train", str(path), "--set", "epochs=3", "--checkpoint-dir", str(tmp_path / "ckpt"))
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("epoch")]
+    assert [line.split()[1] for line in lines] == ["1", "2", "3"]
+    assert "done: test accuracy" in done.stdout
+    assert (tmp_path / "ckpt" / "checkpoint.pt").is_file()
+
+
+def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path):
+    cfg = small_config("granet")
+    cfg["sparsity"]["method"] = "grant"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    done = raysparse("train", str(path))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "raysparse: error: sparsity.method: unknown method 'grant'; available: dense, gmp, granet, oneshot, "
+        "rigl, set, snip, static (did you mean 'granet'?)"
+    ]
+    assert done.stdout == ""  # nothing started
+
+
+def test_missing_file_invalid_yaml_and_bad_override(tmp_path):
+    assert "file not found" in raysparse("train", str(tmp_path / "none.yaml")).stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("epochs: [1, 2\n")
+    done = raysparse("train", str(broken))
+    assert done.returncode == 2 and "invalid YAML" in done.stderr and "Traceback" not in done.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(small_config()))
+    done = raysparse("train", str(good), "--set", "sparsity.final_sparsity=1.5")
+    assert done.returncode == 2 and "sparsity.final_sparsity: got 1.5" in done.stderr
+
+
+def test_list_shows_every_registry():
+    done = raysparse("list")
+    assert done.returncode == 0
+    for name in ("granet", "rigl", "resnet20", "torchvision:<name>", "digits", "cifar10", "erk", "explicit"):
+        assert name in done.stdout
