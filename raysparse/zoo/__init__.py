@@ -1,13 +1,13 @@
 """Models and datasets by name: ``build_model({"name": "resnet20"}, ...)``, ``build_data(...)``."""
 
+from raysparse.zoo import formats  # noqa: F401 - registers the on-disk datasets into DATASETS
 from raysparse.zoo.datasets import (
     DATASETS,
     DataSplits,
-    TensorSplit,
     build_data,
     dataset_names,
-    make_loader,
 )
+from raysparse.zoo.loaders import TensorSplit, make_loader
 from raysparse.zoo.models import MODELS, build_model, model_names
 from raysparse.zoo.registry import Registry
 
