@@ -72,11 +72,14 @@ def fit(
     data = build_data(cfg.data, cfg.seed)
     net = build_model(model if model is not None else cfg.model, data.input_shape, data.num_classes).to(device)
 
-    batch_size = cfg.data.get("batch_size", 64)
+    rank, world = _process_group()
+    # data.batch_size is the global batch: steps per epoch, and so every schedule in steps,
+    # are the same whether a trial runs on one worker or several
+    batch_size = math.ceil(cfg.data.get("batch_size", 64) / world)
     loader_seed = torch.Generator()
     train_loader = make_loader(
         data.train, batch_size=batch_size, shuffle=True, generator=loader_seed,
-        augment=cfg.data.get("augment", False), num_workers=cfg.data.get("num_workers", 0),
+        augment=cfg.data.get("augment", False), num_workers=cfg.data.get("num_workers", 0), shard=(rank, world),
     )
     val_loader = make_loader(data.val, batch_size=512, shuffle=False, generator=None)
     test_loader = make_loader(data.test, batch_size=512, shuffle=False, generator=None)
@@ -88,6 +91,9 @@ def fit(
     method.attach(net, optimizer, steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     flops_dense, flops_by_layer = layer_flops(net, data.input_shape, device)
+    # DDP broadcasts rank 0's weights and all-reduces gradients; the method works on the
+    # unwrapped module (same parameters) and broadcasts rank 0's masks on every update
+    trained = _data_parallel(net, device) if world > 1 else net
 
     start_epoch, best = 0, {"best_val_accuracy": -1.0, "best_epoch": 0}
     if resume_from is not None:
@@ -114,7 +120,7 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         # the shuffle order depends only on (seed, epoch): a resumed run sees the same batches
         loader_seed.manual_seed(cfg.seed * 1_000_003 + epoch)
-        train_loss = _train_epoch(net, train_loader, optimizer, method, criterion, device, epoch * steps_per_epoch)
+        train_loss = _train_epoch(trained, train_loader, optimizer, method, criterion, device, epoch * steps_per_epoch)
         schedule.step()
         epoch_seconds = time.perf_counter() - started
         if not math.isfinite(train_loss):
@@ -156,6 +162,28 @@ def fit(
     return metrics
 
 
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) under torch.distributed (a Ray Train worker), else (0, 1)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _data_parallel(net: nn.Module, device: torch.device) -> nn.Module:
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(net, device_ids=ids)
+
+
+def _mean_over_ranks(value: float, device: torch.device) -> float:
+    world = _process_group()[1]
+    if world == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return float(tensor) / world
+
+
 def _train_epoch(net, loader, optimizer, method: SparseMethod, criterion, device, step: int) -> float:
     net.train()
     loss_sum = torch.zeros((), device=device)
@@ -172,4 +200,4 @@ def _train_epoch(net, loader, optimizer, method: SparseMethod, criterion, device
         loss_sum += loss.detach() * y.numel()  # no .item() per step: it would sync the device
         seen += y.numel()
         step += 1
-    return float(loss_sum) / max(seen, 1)
+    return _mean_over_ranks(float(loss_sum) / max(seen, 1), device)

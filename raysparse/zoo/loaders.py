@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class TensorSplit(Dataset):
@@ -60,17 +60,25 @@ class TensorLoader:
     """
 
     def __init__(self, split: TensorSplit, *, batch_size: int, shuffle: bool,
-                 generator: torch.Generator | None, augment: bool, drop_last: bool):
+                 generator: torch.Generator | None, augment: bool, drop_last: bool,
+                 shard: tuple[int, int] = (0, 1)):
         self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
         self.generator, self.augment, self.drop_last = generator, augment, drop_last
+        self.rank, self.world = shard
+
+    def _shard_size(self) -> int:
+        # every rank gets the same count, or DDP ranks would wait for each other's last step
+        return len(self.split) // self.world
 
     def __len__(self) -> int:
-        n = len(self.split)
+        n = self._shard_size()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.split)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        # all ranks draw the same permutation (same generator seed) and take disjoint slices
+        order = order[self.rank::self.world][: self._shard_size()]
         for batch in range(len(self)):
             x, y = self.split.batch(order[batch * self.batch_size:(batch + 1) * self.batch_size])
             if self.augment:
@@ -93,9 +101,24 @@ class _AugmentedLoader:
             yield augment_images(x, self.generator, padding=max(1, x.shape[-1] // 8), flip=True), y
 
 
+class _ShardedPermutation(Sampler):
+    """Indices of one rank's shard of a permutation drawn from ``generator`` on each pass."""
+
+    def __init__(self, n: int, *, shuffle: bool, generator: torch.Generator | None, shard: tuple[int, int]):
+        self.n, self.shuffle, self.generator = n, shuffle, generator
+        self.rank, self.world = shard
+
+    def __len__(self) -> int:
+        return self.n // self.world
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        return iter(order[self.rank::self.world][: len(self)].tolist())
+
+
 def make_loader(split: Dataset, *, batch_size: int, shuffle: bool,
                 generator: torch.Generator | None, augment: bool = False,
-                drop_last: bool = False, num_workers: int = 0):
+                drop_last: bool = False, num_workers: int = 0, shard: tuple[int, int] = (0, 1)):
     """An iterable of ``(x, y)`` batches with ``len()``; the same generator seed gives the same
     batches, augmentation included.
 
@@ -103,12 +126,14 @@ def make_loader(split: Dataset, *, batch_size: int, shuffle: bool,
     pass (``num_workers`` is ignored: nothing to parallelize); other Datasets go through a
     DataLoader seeded by ``generator``. With ``augment``,
     batches get a random crop after zero padding (in normalized units, i.e. the mean colour) and,
-    for natural images, a horizontal flip; see ``augment_images``.
+    for natural images, a horizontal flip; see ``augment_images``. ``shard=(rank, world)`` gives
+    each data-parallel rank a disjoint, equally long slice of the same permutation.
     """
     if isinstance(split, TensorSplit):
         return TensorLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                            augment=augment, drop_last=drop_last)
-    loader = DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                            augment=augment, drop_last=drop_last, shard=shard)
+    sampler = _ShardedPermutation(len(split), shuffle=shuffle, generator=generator, shard=shard)
+    loader = DataLoader(split, batch_size=batch_size, sampler=sampler, generator=generator,
                         drop_last=drop_last, num_workers=num_workers)
     return _AugmentedLoader(loader, generator) if augment else loader
 

@@ -46,3 +46,16 @@ def test_augment_images_crops_a_window_of_the_padded_image_and_flips():
         candidates = [image[:, r:r + 5, c:c + 5] for r in range(5) for c in range(5)]
         candidates += [crop.flip(-1) for crop in candidates]
         assert any(torch.equal(window, crop) for crop in candidates)
+
+
+def test_shards_are_disjoint_equal_and_cover_the_permutation(digits):
+    data = digits
+    shards = []
+    for rank in range(2):
+        loader = make_loader(data.train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(5),
+                             shard=(rank, 2))
+        shards.append(torch.cat([y for _, y in loader]))
+    assert len(shards[0]) == len(shards[1]) == len(data.train) // 2
+    single = torch.cat([y for _, y in make_loader(data.train, batch_size=32, shuffle=True,
+                                                   generator=torch.Generator().manual_seed(5))])
+    assert torch.equal(torch.stack([shards[0], shards[1]], 1).flatten(), single[: 2 * len(shards[0])])
