@@ -26,8 +26,22 @@ from raysparse.train.loop import EpochContext, TrainingDiverged, fit
 
 __all__ = [
     "Config", "ConfigError", "EpochContext", "MaskSet", "TrainingDiverged", "fit", "gmp_sparsity",
-    "layer_densities", "load_config", "masks_hash", "pack_masks", "train", "unpack_masks",
+    "layer_densities", "load_config", "masks_hash", "pack_masks", "sweep", "train", "unpack_masks",
 ]
+
+
+def sweep(space: str | Path | dict, **overrides):
+    """Run a sweep (a sweep file path or dict) with Ray Tune + Optuna, every trial in MLflow.
+
+    ``overrides`` replace top-level sweep keys (``num_samples=4``, ``tracking_uri=...``,
+    ``name=...``) or pass ``address=`` (an existing Ray cluster) and ``home=`` (where the
+    embedded MLflow store and Ray results live). Returns a ``SweepResult`` with ``.best()``,
+    ``.pareto()``, ``.to_dataframe()``, ``.tracking_uri``, ``.experiment_name``,
+    ``.parent_run_id``.
+    """
+    from raysparse.search import run_sweep  # Ray and Optuna load only when a sweep runs
+
+    return run_sweep(space, **overrides)
 
 
 def train(config: Config | dict | str | Path, *, model: nn.Module | None = None, report=None) -> dict:

@@ -1,4 +1,4 @@
-"""raysparse command line: ``raysparse train CONFIG.yaml``, ``raysparse list``.
+"""raysparse command line: train, sweep, report, ui, list.
 
 Bad input exits with status 2 and one line naming the field, never a traceback.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from raysparse.errors import ConfigError
 from raysparse.train.loop import TrainingDiverged
@@ -59,6 +60,67 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from raysparse.search import load_sweep, run_sweep
+
+    sweep = load_sweep(args.space, num_samples=args.num_samples, tracking_uri=args.tracking_uri, name=args.name)
+    print(f"sweep {sweep.name!r}: {sweep.num_samples} trials, {sweep.max_concurrent} at a time, objectives "
+          + ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives), flush=True)
+    result = run_sweep(sweep, address=args.address)
+    trials = result.to_dataframe()
+    reported = f"metrics.{sweep.metric}"
+    if reported in trials.columns and trials[reported].notna().any():
+        best = result.best()
+        shown = ", ".join(f"{m} {best['metrics'].get(m, float('nan')):.4f}" for m, _ in sweep.objectives)
+        print(f"best trial {best['trial_id']}: {shown}")
+        for key in sorted(sweep.space):
+            print(f"  {key} = {best['params'].get(key)}")
+    for error in result.errors:
+        print(f"failed trial: {error.splitlines()[-1] if error else error}", file=sys.stderr)
+    print(f"results: MLflow {result.tracking_uri}, experiment {result.experiment_name!r}")
+    print(f"browse them:  raysparse ui     |  table and plot:  raysparse report {sweep.name}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from raysparse.report import pareto_front, rank_trials, write_report
+    from raysparse.tracking import SweepRun, default_home, ensure_local_server, load_sweep
+
+    uri = args.tracking_uri or ensure_local_server(default_home())
+    data = load_sweep(uri, args.experiment or args.name, args.name)
+    objectives = [
+        (f"metrics.{k.removeprefix('sweep.objectives.')}", v)
+        for k, v in data.params.items() if k.startswith("sweep.objectives.")
+    ] or [("metrics.val_accuracy", "max")]
+    ranked = rank_trials(data.trials, objectives)
+    shown = ["trial_id", "status", *[c for c, _ in objectives], "metrics.density", "params.sparsity.method"]
+    shown = [c for c in dict.fromkeys(shown) if c in ranked.columns]
+    print(f"sweep {data.sweep_name!r} ({data.parent_status}), {len(ranked)} trials, best first:")
+    print(ranked[shown].to_string(index=False))
+    if len(objectives) > 1:
+        print("Pareto front:")
+        print(pareto_front(data.trials, objectives)[shown].to_string(index=False))
+    best = {k: v for k, v in ranked.iloc[0].items() if k.startswith("params.")} if len(ranked) else None
+    out = Path(args.out) if args.out else default_home() / "reports" / data.sweep_name
+    paths = write_report(data.trials, objectives, out, name=data.sweep_name, best_config=best)
+    parent = SweepRun.attach(uri, data.experiment_name, data.parent_run_id)
+    for path in paths.values():
+        parent.log_artifact(path, "report")
+    print("written: " + ", ".join(str(p) for p in paths.values()) + " (and logged to the sweep's parent run)")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from raysparse.tracking import default_home, ensure_local_server, stop_local_server
+
+    if args.stop:
+        print("stopped" if stop_local_server(default_home()) else "no server was running")
+        return 0
+    uri = ensure_local_server(default_home(), port=args.port)
+    print(f"MLflow UI: {uri}  (store: {default_home() / 'mlflow'}; stop it with: raysparse ui --stop)")
+    return 0
+
+
 def cmd_list(args) -> int:
     from raysparse.methods import METHODS
     from raysparse.sparsity.distributions import DISTRIBUTIONS
@@ -86,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-dir", help="write a checkpoint after every epoch")
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint file or dir")
     train.set_defaults(handler=cmd_train)
+    sweep = sub.add_parser("sweep", help="search sparse-training configs with Ray Tune + Optuna")
+    sweep.add_argument("space", help="sweep file (see search_spaces/)")
+    sweep.add_argument("--address", help="an existing Ray cluster (default: a local runtime)")
+    sweep.add_argument("--num-samples", type=int, help="number of trials")
+    sweep.add_argument("--tracking-uri", help="a shared MLflow server (default: the embedded one)")
+    sweep.add_argument("--name", help="sweep (and MLflow experiment) name")
+    sweep.set_defaults(handler=cmd_sweep)
+    report = sub.add_parser("report", help="trials ranked, best config, Pareto front: CSV + PNG")
+    report.add_argument("name", help="sweep name")
+    report.add_argument("--experiment", help="MLflow experiment (default: the sweep name)")
+    report.add_argument("--tracking-uri", help="MLflow server (default: the embedded one)")
+    report.add_argument("--out", help="directory for the report files")
+    report.set_defaults(handler=cmd_report)
+    ui = sub.add_parser("ui", help="start the MLflow UI on the embedded store and print its URL")
+    ui.add_argument("--port", type=int, help="port (default: a free one)")
+    ui.add_argument("--stop", action="store_true", help="stop the embedded server")
+    ui.set_defaults(handler=cmd_ui)
     listing = sub.add_parser("list", help="registered methods, models, datasets, distributions")
     listing.set_defaults(handler=cmd_list)
     return parser

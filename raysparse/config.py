@@ -216,6 +216,14 @@ def _check_blocks(c: Config) -> None:
         name = spec["name"]
         if not (isinstance(name, str) and (name in registry or (kind == "model" and name.startswith("torchvision:")))):
             raise unknown_choice(f"{block}.name", kind, name, registry.names())
+    from raysparse.zoo.formats import FILE_DATASETS
+
+    if c.data["name"] in FILE_DATASETS:  # caught here, before a sweep starts, not in a trial
+        root = c.data.get("root")
+        if not isinstance(root, str) or not Path(root).expanduser().is_dir():
+            raise ConfigError(
+                "data.root", f"got {root!r}; dataset {c.data['name']!r} reads its files from an existing directory"
+            )
     batch_size = c.data.get("batch_size", 64)
     _require(isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1,
              "data.batch_size", batch_size, "an integer >= 1")

@@ -147,3 +147,29 @@ def explicit(weights, density, *, dense_layers=frozenset(), densities=None):
 def kept_counts(layer_density: Mapping[str, float], sizes: Mapping[str, int]) -> dict[str, int]:
     """Weights to keep per layer: the rounding that keeps the total within one per layer."""
     return {n: min(sizes[n], max(0, round(layer_density[n] * sizes[n]))) for n in layer_density}
+
+
+def rescale_to_budget(
+    raw: Mapping[str, float], sizes: Mapping[str, int], kept: float, bounds: tuple[float, float] = (0.0, 1.0)
+) -> dict[str, float]:
+    """Densities ``clip(c * raw_l, low, high)`` with the one scale ``c`` (bisection) that makes
+    ``sum(d_l * n_l) == kept``: the per-layer search proposes relative densities and every trial
+    still has exactly the target number of weights."""
+    low, high = bounds
+    total = sum(sizes[n] for n in raw)
+    if not low * total - 0.5 <= kept <= high * total + 0.5:
+        raise ValueError(f"{kept:.0f} kept weights cannot be spread over {total} with densities in {bounds}")
+
+    def densities(scale: float) -> dict[str, float]:
+        return {n: min(max(scale * r, low), high) for n, r in raw.items()}
+
+    def filled(scale: float) -> float:
+        return sum(d * sizes[n] for n, d in densities(scale).items())
+
+    lo, hi = 0.0, 1.0
+    while filled(hi) < kept and hi < 1e12:
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if filled(mid) < kept else (lo, mid)
+    return densities(hi)

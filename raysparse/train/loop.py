@@ -40,6 +40,12 @@ class EpochContext:
 
 Report = Callable[[dict, EpochContext], None]
 
+# what every report carries: the metrics a sweep may name as objectives
+REPORTED_METRICS = (
+    "val_accuracy", "val_loss", "test_accuracy", "test_loss", "train_loss", "density", "flops_dense",
+    "flops_sparse", "mask_churn", "epoch_seconds", "best_val_accuracy", "epoch", "lr",
+)
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)

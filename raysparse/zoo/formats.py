@@ -39,6 +39,9 @@ except ImportError:  # pragma: no cover - numpy 1.x
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
+# datasets read from files under data.root (nothing is downloaded at run time)
+FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
+
 
 @DATASETS.register("mnist")
 def mnist(common: SplitOptions) -> DataSplits:

@@ -81,6 +81,19 @@ def write_cifar_batch(path, data: np.ndarray, labels: list[int], label_key: byte
             pickle.dump(batch, file)
 
 
+def write_cifar10(root, per_batch: int = 4, seed: int = 0) -> None:
+    """A small CIFAR-10 in the real python-version layout under ``root``."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(5):
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        write_cifar_batch(folder / f"data_batch_{i + 1}", data, [int(v) for v in rng.integers(0, 10, per_batch)],
+                          b"labels")
+    write_cifar_batch(folder / "test_batch", rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                      list(range(per_batch)), b"labels")
+
+
 class RunsShellCommand:
     def __init__(self, command):
         self.command = command

@@ -1,0 +1,7 @@
+"""The search service: the only package that imports ray.tune, ray.train and optuna."""
+
+from raysparse.search.result import SweepResult
+from raysparse.search.spaces import Sweep, load_sweep
+from raysparse.search.tuner import run_sweep
+
+__all__ = ["Sweep", "SweepResult", "load_sweep", "run_sweep"]

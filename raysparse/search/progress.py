@@ -1,0 +1,85 @@
+"""Tune callbacks: a live progress view, and closing the MLflow runs of trials Tune ended."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from ray.tune import Callback
+
+from raysparse.tracking import SweepRun
+
+
+class ProgressView(Callback):
+    """One status line: trials running / finished / stopped early / failed, and the best so far."""
+
+    def __init__(self, sweep, *, enabled: bool = True, every_seconds: float = 5.0):
+        self.sweep, self.enabled, self.every = sweep, enabled, every_seconds
+        self.epochs = sweep.base.get("epochs", 30)
+        self.last_value: dict[str, float] = {}
+        self.last_epoch: dict[str, int] = {}
+        self.errors: set[str] = set()
+        self.started = time.monotonic()
+        self._printed = 0.0
+        self._tty = sys.stdout.isatty()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.sweep.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            self.last_value[trial.trial_id] = value
+        self.last_epoch[trial.trial_id] = result.get("epoch", 0)
+        if time.monotonic() - self._printed >= self.every:
+            self._show(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._show(trials, force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.errors.add(trial.trial_id)
+        self._show(trials, force=True)
+
+    def best(self) -> tuple[str, float] | None:
+        if not self.last_value:
+            return None
+        pick = max if self.sweep.mode == "max" else min
+        trial_id = pick(self.last_value, key=self.last_value.get)
+        return trial_id, self.last_value[trial_id]
+
+    def _show(self, trials, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        self._printed = time.monotonic()
+        running = sum(t.status == "RUNNING" for t in trials)
+        done = [t for t in trials if t.status == "TERMINATED"]
+        finished = sum(self.last_epoch.get(t.trial_id, 0) >= self.epochs for t in done)
+        best = self.best()
+        best_text = f"best {self.sweep.metric} {best[1]:.4f} ({best[0]})" if best else "best: -"
+        line = (
+            f"[{time.monotonic() - self.started:6.0f}s] trials {len(trials)}/{self.sweep.num_samples}: "
+            f"{running} running, {finished} finished, {len(done) - finished} stopped early, "
+            f"{len(self.errors)} failed | {best_text}"
+        )
+        if self._tty and not force:
+            print(f"\r{line}", end="", flush=True)
+        else:
+            print(f"\r{line}" if self._tty else line, flush=True)
+
+    def summary(self, result) -> None:
+        if self.enabled:
+            print(f"sweep {self.sweep.name!r} done in {result.seconds:.0f}s", flush=True)
+
+
+class TrialRunCloser(Callback):
+    """A trial that ASHA stops or that crashes is killed mid-run and cannot close its own MLflow
+    run; the driver does it, so no child run is left RUNNING."""
+
+    def __init__(self, parent: SweepRun):
+        self.parent = parent
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.parent.close_trial(trial.trial_id, "KILLED")  # no-op when the trial finished itself
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        reason = str(trial.error_file) if getattr(trial, "error_file", None) else "the trial raised an error"
+        self.parent.close_trial(trial.trial_id, "FAILED", reason=f"see {reason}")

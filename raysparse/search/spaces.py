@@ -1,0 +1,299 @@
+"""Sweep files: parse and validate completely, before Ray or MLflow starts.
+
+A sweep is a base config (the core's shape), a search space over dotted config keys, an
+optional per-layer sparsity block, objectives, trials, early stopping, resources and where
+results go. ``load_sweep`` returns a frozen ``Sweep`` or raises one ``ConfigError`` naming the
+field (``space.optimizer.lr``, ``objectives.val_acc``, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raysparse.config import load_config, read_yaml
+from raysparse.errors import ConfigError, did_you_mean
+from raysparse.search.domains import Domain, parse_domain
+from raysparse.train.loop import REPORTED_METRICS
+
+SWEEP_KEYS = (
+    "name", "base", "space", "layer_sparsity", "objectives", "num_samples", "max_concurrent", "seed",
+    "early_stopping", "resources", "storage_path", "tracking_uri", "experiment_name",
+)
+MODES = ("max", "min")
+
+
+@dataclass(frozen=True)
+class Resources:
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """ASHA on the first objective; ``grace_period`` None = just after the pruning schedule ends."""
+
+    enabled: bool = True
+    grace_period: int | None = None
+    reduction_factor: int = 2
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """One density per prunable layer within ``bounds``, rescaled so the total hits the target."""
+
+    layers: dict[str, int]  # layer -> number of weights
+    bounds: tuple[float, float] = (0.01, 1.0)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    base: dict
+    space: dict[str, Domain]
+    objectives: tuple[tuple[str, str], ...]
+    num_samples: int = 8
+    max_concurrent: int = 2
+    seed: int = 0
+    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
+    resources: Resources = field(default_factory=Resources)
+    layer_sparsity: LayerSparsity | None = None
+    storage_path: str | None = None
+    tracking_uri: str | None = None
+    experiment_name: str | None = None
+    source_text: str | None = None  # the sweep file as written, logged to the parent run
+
+    @property
+    def metric(self) -> str:
+        return self.objectives[0][0]
+
+    @property
+    def mode(self) -> str:
+        return self.objectives[0][1]
+
+    def trial_config(self, params: dict[str, Any]) -> dict:
+        """The base config with one trial's sampled values put in place."""
+        from raysparse.search.layerwise import apply_layer_densities
+
+        config = copy.deepcopy(self.base)
+        for key, value in params.items():
+            if key in self.space:
+                set_dotted(config, key, self.space[key].decode(value))
+        if self.layer_sparsity is not None:
+            apply_layer_densities(config, params, self.layer_sparsity)
+        return config
+
+    def grace_period(self) -> int:
+        """ASHA's grace period in epochs: by default one epoch past the latest end of pruning,
+        since accuracy dips while sparsity ramps up and trials must not be judged then."""
+        if self.early_stopping.grace_period is not None:
+            return self.early_stopping.grace_period
+        epochs = self.base.get("epochs", 30)
+        ends = [self.base.get("sparsity", {}).get("prune_end")]
+        domain = self.space.get("sparsity.prune_end")
+        if domain is not None:
+            ends.append(domain.upper())
+        known = [e for e in ends if e is not None]
+        end = max(known) if known else epochs / 2
+        return min(epochs, math.ceil(end) + 1)
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def get_dotted(tree: dict, key: str, default: Any = None) -> Any:
+    node = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def load_sweep(source: str | Path | dict, **overrides: Any) -> Sweep:
+    """Parse and validate a sweep file (path) or dict; ``overrides`` replace top-level keys
+    (``num_samples=4``, ``tracking_uri=...``, ``name=...``)."""
+    text = None
+    if isinstance(source, (str, Path)):
+        raw = read_yaml(source, "sweep")
+        text = Path(source).read_text()
+        base_dir = Path(source).parent
+    elif isinstance(source, dict):
+        raw, base_dir = copy.deepcopy(source), Path.cwd()
+    else:
+        raise ConfigError("sweep", f"expected a path or a mapping, got {type(source).__name__}")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = [k for k in raw if k not in SWEEP_KEYS]
+    if unknown:
+        allowed = ", ".join(SWEEP_KEYS)
+        raise ConfigError(unknown[0], f"unknown sweep key; allowed: {allowed}{did_you_mean(unknown[0], SWEEP_KEYS)}")
+
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError("name", f"got {name!r}; allowed: a non-empty name of letters, digits, '-' and '_'")
+    base = _base_config(raw.get("base"), base_dir)
+    space = _space(raw.get("space", {}), base)
+    from raysparse.search.layerwise import parse_layer_sparsity
+
+    layer_sparsity = parse_layer_sparsity(raw["layer_sparsity"], base, space) if "layer_sparsity" in raw else None
+    objectives = _objectives(raw.get("objectives", {"val_accuracy": "max"}))
+    sweep = Sweep(
+        name=name, base=base, space=space, objectives=objectives,
+        num_samples=_int(raw, "num_samples", 8, minimum=1),
+        max_concurrent=_int(raw, "max_concurrent", 2, minimum=1),
+        seed=_int(raw, "seed", 0, minimum=0),
+        early_stopping=_early_stopping(raw.get("early_stopping", {})),
+        resources=_resources(raw.get("resources", {})),
+        layer_sparsity=layer_sparsity,
+        storage_path=_optional_str(raw, "storage_path"),
+        tracking_uri=_optional_str(raw, "tracking_uri"),
+        experiment_name=_optional_str(raw, "experiment_name"),
+        source_text=text,
+    )
+    _check_space_values(sweep)
+    return sweep
+
+
+def _base_config(base: Any, base_dir: Path) -> dict:
+    if base is None:
+        raise ConfigError("base", "missing: a core config (mapping) or the path of a config YAML")
+    if isinstance(base, str):
+        path = Path(base) if Path(base).is_absolute() else base_dir / base
+        base = read_yaml(path, "base")
+    if not isinstance(base, dict):
+        raise ConfigError("base", f"expected a mapping or a path, got {base!r}")
+    try:
+        load_config(base)
+    except ConfigError as err:
+        raise ConfigError(f"base.{err.field}", str(err).removeprefix(f"{err.field}: ")) from None
+    return base
+
+
+def _space(raw: Any, base: dict) -> dict[str, Domain]:
+    if not isinstance(raw, dict):
+        raise ConfigError("space", f"expected a mapping of config keys to domains, got {raw!r}")
+    space: dict[str, Domain] = {}
+    for key, spec in raw.items():
+        domain = parse_domain(spec, f"space.{key}")
+        for cond_key in domain.when:
+            if cond_key not in space and get_dotted(base, cond_key) is None:
+                raise ConfigError(
+                    f"space.{key}.when", f"{cond_key!r} is neither an earlier space key nor set in base"
+                )
+        space[key] = domain
+    return space
+
+
+def _check_space_values(sweep: Sweep) -> None:
+    """Every value a domain can produce must make a valid config: try its bounds / choices."""
+    for key, domain in sweep.space.items():
+        for value in domain.probe_values():
+            config = copy.deepcopy(sweep.base)
+            set_dotted(config, key, value)
+            try:
+                load_config(config)
+            except ConfigError as err:
+                raise ConfigError(f"space.{key}", f"value {value!r} gives an invalid config: {err}") from None
+
+
+def _objectives(raw: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError("objectives", f"expected a mapping metric -> max|min, got {raw!r}")
+    for metric, mode in raw.items():
+        if metric.startswith("test_"):
+            raise ConfigError(
+                f"objectives.{metric}",
+                "test data is never used for selection; use the validation metric (val_accuracy, val_loss)",
+            )
+        if metric not in REPORTED_METRICS:
+            raise ConfigError(
+                f"objectives.{metric}",
+                f"unknown metric; reported metrics: {', '.join(REPORTED_METRICS)}"
+                f"{did_you_mean(metric, REPORTED_METRICS)}",
+            )
+        if mode not in MODES:
+            raise ConfigError(f"objectives.{metric}", f"got mode {mode!r}; allowed: max, min")
+    return tuple(raw.items())
+
+
+def _early_stopping(raw: Any) -> EarlyStopping:
+    if raw is False:
+        return EarlyStopping(enabled=False)
+    if not isinstance(raw, dict):
+        raise ConfigError("early_stopping", f"expected a mapping or false, got {raw!r}")
+    allowed = ("enabled", "grace_period", "reduction_factor")
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"early_stopping.{key}", f"unknown key; allowed: {', '.join(allowed)}")
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError("early_stopping.enabled", f"expected true or false, got {enabled!r}")
+    grace = raw.get("grace_period")
+    if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool) or grace < 1):
+        raise ConfigError("early_stopping.grace_period", f"got {grace!r}; allowed: an integer >= 1 (epochs) or null")
+    factor = raw.get("reduction_factor", 2)
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 2:
+        raise ConfigError("early_stopping.reduction_factor", f"got {factor!r}; allowed: an integer >= 2")
+    return EarlyStopping(enabled=enabled, grace_period=grace, reduction_factor=factor)
+
+
+def _resources(raw: Any) -> Resources:
+    if not isinstance(raw, dict):
+        raise ConfigError("resources", f"expected a mapping, got {raw!r}")
+    allowed = ("workers", "cpus_per_worker", "gpus_per_worker")
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(
+                f"resources.{key}", f"unknown key; allowed: {', '.join(allowed)}{did_you_mean(key, allowed)}"
+            )
+    workers = _int(raw, "workers", 1, minimum=1, prefix="resources.")
+    cpus, gpus = raw.get("cpus_per_worker", 1.0), raw.get("gpus_per_worker", 0.0)
+    for key, value, low in (("cpus_per_worker", cpus, 0.0), ("gpus_per_worker", gpus, 0.0)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low or not math.isfinite(value):
+            raise ConfigError(f"resources.{key}", f"got {value!r}; allowed: a number >= {low:g}")
+    if cpus <= 0:
+        raise ConfigError("resources.cpus_per_worker", f"got {cpus!r}; allowed: a number > 0")
+    return Resources(workers=workers, cpus_per_worker=float(cpus), gpus_per_worker=float(gpus))
+
+
+def check_local_resources(resources: Resources) -> None:
+    """On a local Ray runtime, a trial that asks for more than this machine has never starts."""
+    cpus = os.cpu_count() or 1
+    if resources.workers * resources.cpus_per_worker > cpus:
+        raise ConfigError(
+            "resources",
+            f"a trial needs {resources.workers} x {resources.cpus_per_worker:g} CPUs; this machine has {cpus}",
+        )
+    if resources.gpus_per_worker > 0:
+        import torch
+
+        if resources.gpus_per_worker * resources.workers > torch.cuda.device_count():
+            raise ConfigError(
+                "resources.gpus_per_worker",
+                f"got {resources.gpus_per_worker:g} per worker; this machine has {torch.cuda.device_count()} GPUs "
+                "(use --address to run on a cluster with GPUs)",
+            )
+
+
+def _int(raw: dict, key: str, default: int, *, minimum: int, prefix: str = "") -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{prefix}{key}", f"got {value!r}; allowed: an integer >= {minimum}")
+    return value
+
+
+def _optional_str(raw: dict, key: str) -> str | None:
+    value = raw.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(key, f"got {value!r}; allowed: a non-empty string or null")
+    return value

@@ -1,0 +1,149 @@
+"""One trial: the Tune function that trains one configuration.
+
+With one worker the training loop runs in the trial's own process (a TorchTrainer would cost
+~30 s per trial here). With more, the trial builds a Ray Train TorchTrainer whose workers run
+the same loop under DDP (Train V2: a Tune function builds the trainer). Rank 0 logs to MLflow;
+every rank reports its mask hash, and the trial fails loudly if two ranks ever disagree.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray.train
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from raysparse.search.spaces import Sweep
+from raysparse.tracking import TrialRun
+from raysparse.train.checkpoint import CHECKPOINT_FILE
+from raysparse.train.loop import EpochContext, TrainingDiverged, fit
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where trials log: the parent run of the sweep on a tracking server."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+def tune_metrics(metrics: dict, context: EpochContext) -> dict:
+    """What Tune sees: the scalar metrics plus the mask hash (per-layer densities go to MLflow)."""
+    flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    flat["mask_hash"] = context.masks.content_hash()
+    return flat
+
+
+class _TrialLogger:
+    """Logs one trial's epochs, mask lineage and final artifacts to its MLflow child run."""
+
+    def __init__(self, target: TrackingTarget, trial_id: str, trial_name: str, config: dict):
+        self.run = TrialRun.open(
+            target.tracking_uri, target.experiment_id, target.parent_run_id, trial_id,
+            run_name=trial_name, params=config,
+        )
+        self.config = config
+        self.last: EpochContext | None = None
+
+    def epoch(self, metrics: dict, context: EpochContext) -> None:
+        self.run.log_epoch(metrics, step=metrics["epoch"])
+        self.run.log_mask_events(context.mask_events)
+        self.last = context
+
+    def final(self) -> None:
+        masks = self.last.masks
+        state = {k: v.detach().cpu() for k, v in self.last.model.state_dict().items()}
+        self.run.log_final(
+            packed_masks=masks.pack(), layer_density=masks.layer_density(), model_state=state, config=self.config
+        )
+        self.run.finish()
+
+
+def _restore_checkpoint(checkpoint, into: str) -> Path | None:
+    """The trial's last checkpoint (a retried or resumed trial), copied to ``into``."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint.to_directory(into)) / CHECKPOINT_FILE
+    return path if path.exists() else None
+
+
+def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint) -> None:
+    """The loop with a report that logs (rank 0), checkpoints and reports every epoch."""
+
+    def report(metrics: dict, context: EpochContext) -> None:
+        if logger is not None:
+            logger.epoch(metrics, context)
+        with tempfile.TemporaryDirectory() as directory:
+            context.save_checkpoint(directory)
+            report_to(tune_metrics(metrics, context), checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+    try:
+        with tempfile.TemporaryDirectory() as restored:
+            fit(config, report, resume_from=_restore_checkpoint(checkpoint, restored))
+    except TrainingDiverged as err:
+        if logger is not None:
+            logger.run.fail(str(err))
+        raise
+    if logger is not None:
+        logger.final()
+
+
+def trial_function(params: dict, *, sweep: Sweep, target: TrackingTarget, storage_path: str) -> None:
+    """The Tune trainable (function API)."""
+    context = tune.get_context()
+    config = sweep.trial_config(params)
+    trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
+    if sweep.resources.workers == 1:
+        _train(config, _TrialLogger(target, trial_id, trial_name, config), tune.report, tune.get_checkpoint())
+        return
+    _run_data_parallel(config, sweep, target, trial_id, trial_name, storage_path)
+
+
+def _worker_loop(loop_config: dict) -> None:
+    """Runs in each Ray Train worker (torch.distributed is already set up, gloo or nccl)."""
+    rank = ray.train.get_context().get_world_rank()
+    target, config = loop_config["target"], loop_config["config"]
+    logger = _TrialLogger(target, loop_config["trial_id"], loop_config["trial_name"], config) if rank == 0 else None
+
+    def report_to(metrics, checkpoint):  # every rank reports (a barrier); only rank 0 uploads
+        ray.train.report(metrics, checkpoint=checkpoint if rank == 0 else None)
+
+    _train(config, logger, report_to, ray.train.get_checkpoint())
+
+
+class _SameMasksOnAllRanks(TuneReportCallback):
+    """Forwards rank 0's metrics to Tune after checking that every rank holds the same masks."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        hashes = {m["mask_hash"] for m in metrics}
+        if len(hashes) != 1:
+            raise RuntimeError(f"DDP ranks hold different masks: {sorted(hashes)}")
+        metrics = [{**metrics[0], "ranks_with_same_masks": len(metrics)}, *metrics[1:]]
+        super().after_report(run_context, metrics, checkpoint)
+
+
+def _run_data_parallel(
+    config: dict, sweep: Sweep, target: TrackingTarget, trial_id: str, trial_name: str, storage_path: str
+) -> None:
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    res = sweep.resources
+    per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"config": config, "target": target, "trial_id": trial_id, "trial_name": trial_name},
+        torch_config=TorchConfig(backend="nccl" if res.gpus_per_worker else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"{sweep.name}-{trial_id}-ddp",
+            storage_path=storage_path,
+            callbacks=[_SameMasksOnAllRanks()],
+        ),
+    )
+    trainer.fit()

@@ -1,0 +1,149 @@
+"""The driver: Ray Tune + OptunaSearch (+ ASHA) over a validated Sweep, one MLflow parent run.
+
+Order matters for bad input: the sweep is validated and the tracking server checked before Ray
+starts or any run is created.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from raysparse.search.layerwise import suggest_layer_densities
+from raysparse.search.progress import ProgressView, TrialRunCloser
+from raysparse.search.result import SweepResult
+from raysparse.search.spaces import Sweep, check_local_resources, get_dotted, load_sweep
+from raysparse.search.trial import TrackingTarget, trial_function
+from raysparse.tracking import SweepRun, check_tracking_uri, default_home, ensure_local_server
+
+
+class _DefineByRun:
+    """Optuna define-by-run space: conditional keys are only sampled when their ``when`` holds.
+    A class, not a closure: Tune pickles the searcher into its experiment checkpoint."""
+
+    def __init__(self, sweep: Sweep):
+        self.sweep = sweep
+
+    def __call__(self, trial) -> None:
+        sampled: dict = {}
+        for key, domain in self.sweep.space.items():
+            if domain.active(sampled, self._base_value):
+                sampled[key] = domain.decode(domain.suggest(trial, key))
+        if self.sweep.layer_sparsity is not None:
+            suggest_layer_densities(trial, self.sweep.layer_sparsity)
+
+    def _base_value(self, key: str):
+        return get_dotted(self.sweep.base, key)
+
+
+def _searcher(sweep: Sweep) -> OptunaSearch:
+    metrics = [m for m, _ in sweep.objectives]
+    modes = [m for _, m in sweep.objectives]
+    if len(metrics) == 1:
+        sampler = optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=min(10, max(2, sweep.num_samples // 3)))
+        return OptunaSearch(_DefineByRun(sweep), metric=metrics[0], mode=modes[0], sampler=sampler)
+    # several objectives: Optuna's NSGA-II, its population sized to the budget
+    population = max(2, min(50, sweep.num_samples // 2))
+    sampler = optuna.samplers.NSGAIISampler(seed=sweep.seed, population_size=population)
+    return OptunaSearch(_DefineByRun(sweep), metric=metrics, mode=modes, sampler=sampler)
+
+
+def _scheduler(sweep: Sweep):
+    epochs = sweep.base.get("epochs", 30)
+    grace = sweep.grace_period()
+    if not sweep.early_stopping.enabled or grace >= epochs:
+        return None
+    # max_t past the last epoch: at max_t ASHA stops a trial at its final report, killing it
+    # before it logs its final masks and model
+    return ASHAScheduler(
+        time_attr="epoch", metric=sweep.metric, mode=sweep.mode, max_t=epochs + 1,
+        grace_period=grace, reduction_factor=sweep.early_stopping.reduction_factor,
+    )
+
+
+def _start_ray(address: str | None) -> None:
+    # one checkpoint kept per trial forces an experiment snapshot per epoch: cheap on local
+    # storage, but Tune warns about it on every report
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():
+        return
+    if address is None:  # a local runtime bound to loopback; Ray's token auth stays on
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+
+
+def run_sweep(
+    source: str | Path | dict | Sweep,
+    *,
+    address: str | None = None,
+    home: Path | None = None,
+    verbose: bool = True,
+    **overrides,
+) -> SweepResult:
+    """Validate, then run the sweep; returns when every trial has finished or stopped."""
+    sweep = source if isinstance(source, Sweep) else load_sweep(source, **overrides)
+    if address is None:
+        check_local_resources(sweep.resources)
+    home = Path(home) if home is not None else default_home()
+    if sweep.tracking_uri is not None:
+        check_tracking_uri(sweep.tracking_uri)
+        tracking_uri = sweep.tracking_uri
+    else:
+        tracking_uri = ensure_local_server(home)
+    storage_path = str(Path(sweep.storage_path or home / "ray_results").resolve())
+    experiment = sweep.experiment_name or sweep.name
+
+    _start_ray(address)
+    parent = SweepRun.start(
+        tracking_uri, experiment, sweep.name,
+        params={"sweep": _sweep_params(sweep)}, sweep_text=sweep.source_text,
+    )
+    target = TrackingTarget(tracking_uri, parent.experiment_id, parent.run_id)
+    res = sweep.resources
+    # a 1-worker trial trains in its own process; a DDP trial only hosts the TorchTrainer driver
+    trial_resources = (
+        {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker} if res.workers == 1 else {"cpu": 0.01}
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_function, sweep=sweep, target=target, storage_path=storage_path), trial_resources
+    )
+    progress = ProgressView(sweep, enabled=verbose)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=_searcher(sweep), scheduler=_scheduler(sweep),
+            num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep.name, storage_path=storage_path, verbose=0,
+            callbacks=[progress, TrialRunCloser(parent)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    started = time.monotonic()
+    status = "FAILED"
+    try:
+        grid = tuner.fit()
+        result = SweepResult(sweep, grid, tracking_uri, experiment, parent.run_id, time.monotonic() - started)
+        parent.log_metrics({"num_trials": len(result.to_dataframe()), "sweep_seconds": result.seconds})
+        status = "FINISHED"
+    finally:
+        parent.finish(status)
+    progress.summary(result)
+    return result
+
+
+def _sweep_params(sweep: Sweep) -> dict:
+    return {
+        "name": sweep.name, "objectives": dict(sweep.objectives), "num_samples": sweep.num_samples,
+        "max_concurrent": sweep.max_concurrent, "seed": sweep.seed, "space": sorted(sweep.space),
+        "workers": sweep.resources.workers, "grace_period": sweep.grace_period(),
+    }

@@ -1,0 +1,40 @@
+"""MLflow tracking: the only package that imports mlflow (ARCHITECTURE.md, dependency direction).
+
+``ensure_local_server`` gives the URI every run writes through; ``SweepRun`` is the driver's
+parent run, ``TrialRun`` a trial's child run; ``load_sweep`` reads a sweep back for reports.
+"""
+
+import os
+
+# trials run unattended: no "View run at" line per run end, no progress bar per download
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from raysparse.tracking.runs import (  # noqa: E402  (after the environment defaults)
+    ChildRun,
+    SweepData,
+    SweepRun,
+    TrialRun,
+    download_lineage,
+    download_masks,
+    flatten_metrics,
+    flatten_params,
+    load_sweep,
+)
+from raysparse.tracking.server import check_tracking_uri, default_home, ensure_local_server, stop_local_server
+
+__all__ = [
+    "ChildRun",
+    "SweepData",
+    "SweepRun",
+    "TrialRun",
+    "check_tracking_uri",
+    "default_home",
+    "download_lineage",
+    "download_masks",
+    "ensure_local_server",
+    "flatten_metrics",
+    "flatten_params",
+    "load_sweep",
+    "stop_local_server",
+]

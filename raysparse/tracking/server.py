@@ -1,0 +1,222 @@
+"""One local ``mlflow server`` per raysparse home, and checks on a user-given tracking URI.
+
+Every writer goes through one server over HTTP: the file store is rejected by MLflow 3.x and a
+SQLite file written by several trial processes at once fails with "database is locked". The
+server proxies artifacts too, so trials on other nodes upload masks without a shared disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from raysparse.errors import ConfigError
+
+_HEALTH_TIMEOUT = 2.0
+# Popen objects of servers this process started: polling them reaps an exited child, so a
+# zombie is not mistaken for a live server (and Python does not warn about a lost child).
+_STARTED: dict[int, subprocess.Popen] = {}
+# The local server is only ever reached on loopback, so an http_proxy in the environment must
+# not route the health check elsewhere.
+_LOOPBACK_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def default_home() -> Path:
+    """``$RAYSPARSE_HOME`` if set, else ``~/.raysparse``."""
+    return Path(os.environ.get("RAYSPARSE_HOME") or Path.home() / ".raysparse").expanduser()
+
+
+def ensure_local_server(
+    home: Path | None = None, *, port: int | None = None, host: str = "127.0.0.1", timeout: float = 60
+) -> str:
+    """Return the URI of this home's MLflow server, starting it (detached) if none answers.
+
+    The server (SQLite backend, artifacts proxied over HTTP) outlives the calling process and
+    is reused by later calls, from any process, while its pid is alive and ``/health`` answers.
+    ``port``/``host`` only apply when a server is started; a free port is picked when ``port``
+    is None. A file lock makes concurrent callers start one server between them.
+    """
+    state_dir = Path(home or default_home()).expanduser().resolve() / "mlflow"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(state_dir / "server.lock"):
+        record = _read_record(state_dir)
+        if record and _alive(record["pid"]):
+            if _healthy(_uri(record)):
+                return _uri(record)
+            _stop_group(record["pid"])  # alive but not answering (the starter holds the lock): hung
+        port = port or _free_port(host)
+        log_path = state_dir / "server.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                _server_command(state_dir, host, port),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: survives us, stops as one
+                env=_server_env(),
+            )
+        _STARTED[proc.pid] = proc
+        record = {"pid": proc.pid, "port": port, "host": host}
+        (state_dir / "server.json").write_text(json.dumps(record))
+        try:
+            _wait_until_healthy(proc, _uri(record), timeout, log_path)
+        except RuntimeError:
+            _stop_group(proc.pid)
+            (state_dir / "server.json").unlink(missing_ok=True)
+            raise
+        return _uri(record)
+
+
+def stop_local_server(home: Path | None = None) -> bool:
+    """Stop the server recorded for ``home`` (its whole process group); False if none was running."""
+    state_dir = Path(home or default_home()).expanduser().resolve() / "mlflow"
+    if not state_dir.is_dir():
+        return False
+    with _locked(state_dir / "server.lock"):
+        record = _read_record(state_dir)
+        (state_dir / "server.json").unlink(missing_ok=True)
+        return bool(record) and _alive(record["pid"]) and _stop_group(record["pid"])
+
+
+def check_tracking_uri(uri: str, field: str = "tracking_uri") -> None:
+    """Fail early, naming ``field``, unless ``uri`` is an MLflow server that answers ``/health``.
+
+    Only http(s) servers are accepted: concurrent trials cannot share a file store or SQLite file.
+    """
+    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    instead = f"give the http(s) URI of an `mlflow server` or omit {field} to use the embedded server"
+    if scheme in ("", "file"):
+        raise ConfigError(field, f"{uri!r} is a file store, which MLflow 3.x rejects and concurrent trials "
+                                 f"cannot share; {instead}")
+    if scheme == "sqlite":
+        raise ConfigError(field, f"{uri!r}: concurrent trials writing one SQLite file fail with 'database is "
+                                 f"locked'; serve it with `mlflow server --backend-store-uri {uri}` and {instead}")
+    if scheme not in ("http", "https"):
+        raise ConfigError(field, f"{uri!r} has scheme {scheme!r}; {instead}")
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
+            return
+    except urllib.error.HTTPError as error:
+        reason = f"/health answered HTTP {error.code}"
+    except (urllib.error.URLError, OSError) as error:
+        reason = str(getattr(error, "reason", error))
+    raise ConfigError(field, f"MLflow tracking server {uri!r} cannot be reached ({reason}); start it or omit "
+                             f"{field} to use the embedded server")
+
+
+def _server_command(state_dir: Path, host: str, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{state_dir / 'mlflow.db'}",
+        "--artifacts-destination", str(state_dir / "artifacts"),
+        "--serve-artifacts",
+        "--host", host, "--port", str(port),
+        # one worker: SQLite serialises writes anyway, and each worker costs ~250 MB
+        "--workers", "1",
+    ]  # the security middleware stays on: its defaults accept localhost and private-network Host headers
+
+
+def _server_env() -> dict[str, str]:
+    # The job runner serves GenAI evaluation jobs; it adds ~8 processes and ~600 MB we never use.
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def _uri(record: dict) -> str:
+    host = record["host"]
+    if host in ("0.0.0.0", "::", ""):  # bound to every interface: reach it on loopback from here
+        host = "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{record['port']}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, even if we crash
+        yield
+
+
+def _read_record(state_dir: Path) -> dict | None:
+    try:
+        return json.loads((state_dir / "server.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a running mlflow server we may reuse or stop."""
+    if pid in _STARTED:
+        return _STARTED[pid].poll() is None
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone, or someone else's: not ours either way
+        return False
+    # a recycled pid must not be mistaken for the server (and its process group killed)
+    with contextlib.suppress(OSError):
+        return b"mlflow" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return True
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        with _LOOPBACK_OPENER.open(uri + "/health", timeout=_HEALTH_TIMEOUT) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_healthy(proc: subprocess.Popen, uri: str, timeout: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with code {proc.returncode}:\n{_tail(log_path)}")
+        if _healthy(uri):
+            return
+        time.sleep(0.25)
+    raise RuntimeError(f"mlflow server did not answer {uri}/health within {timeout:g} s:\n{_tail(log_path)}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _stop_group(pid: int, grace: float = 15) -> bool:
+    """SIGTERM the process group led by ``pid``, SIGKILL it after ``grace`` s; False if it was gone."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group_alive(pid):
+        time.sleep(0.1)
+    if _group_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    if pid in _STARTED:
+        _STARTED.pop(pid).wait()
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    if pgid in _STARTED:
+        _STARTED[pgid].poll()  # reap our own leader, so its zombie does not keep the group alive
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,138 @@
+"""Sweep files are validated completely before anything starts (no Ray, no MLflow here)."""
+
+import copy
+
+import pytest
+
+from raysparse.errors import ConfigError
+from raysparse.search.spaces import load_sweep
+from tests.conftest import small_config
+
+
+def sweep(**changes):
+    raw = {
+        "name": "t",
+        "base": small_config("granet"),
+        "space": {
+            "sparsity.method": {"choice": ["gmp", "granet", "rigl"]},
+            "sparsity.regrowth_ratio": {"uniform": [0.1, 0.6], "when": {"sparsity.method": ["granet", "rigl"]}},
+            "optimizer.lr": {"loguniform": [0.01, 0.2]},
+        },
+        "objectives": {"val_accuracy": "max"},
+        "num_samples": 4,
+    }
+    raw.update(copy.deepcopy(changes))
+    return raw
+
+
+def test_shipped_sweep_files_load(tmp_path):
+    for name in ("quickstart", "quickstart_pareto", "digits_ddp"):
+        assert load_sweep(f"search_spaces/{name}.yaml").num_samples >= 1
+    assert load_sweep("search_spaces/quickstart.yaml").num_samples >= 8
+
+
+@pytest.mark.parametrize("name", ["granet_vs_gmp_cifar10", "rigl_set_cifar10", "layerwise_cifar10"])
+def test_cifar_sweeps_load_once_the_data_is_there(name, tmp_path):
+    from tests.zoo.test_formats import write_cifar10  # the real on-disk format, small
+
+    write_cifar10(tmp_path)
+    import yaml
+
+    raw = yaml.safe_load(open(f"search_spaces/{name}.yaml"))
+    raw["base"]["data"]["root"] = str(tmp_path)
+    loaded = load_sweep(raw)
+    assert loaded.base["epochs"] == 160
+    with pytest.raises(ConfigError, match=r"base\.data\.root: got 'data/cifar10'"):
+        load_sweep(f"search_spaces/{name}.yaml")  # without the data: one clear error, before anything
+
+
+def test_conditional_key_refers_to_an_earlier_key():
+    bad = sweep()
+    bad["space"]["sparsity.regrowth_ratio"]["when"] = {"sparsity.methd": ["granet"]}
+    with pytest.raises(ConfigError, match=r"space\.sparsity\.regrowth_ratio\.when: 'sparsity\.methd' is neither"):
+        load_sweep(bad)
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"objectives": {"val_acc": "max"}}, r"objectives\.val_acc: unknown metric.*did you mean 'val_accuracy'"),
+        ({"objectives": {"test_accuracy": "max"}}, r"objectives\.test_accuracy: test data is never used"),
+        ({"objectives": {"val_accuracy": "maximize"}}, r"objectives\.val_accuracy: got mode 'maximize'"),
+        ({"space": {"sparsity.final_sparsity": {"uniform": [0.8, 1.2]}}},
+         r"space\.sparsity\.final_sparsity: value 1\.2 gives an invalid config: sparsity\.final_sparsity: got 1\.2"),
+        ({"space": {"optimizer.lr": {"loguniform": [0, 0.1]}}}, r"space\.optimizer\.lr\.loguniform: got \[0, 0\.1\]"),
+        ({"space": {"optimizer.lr": {"uniform": [0.2, 0.1]}}}, r"low < high"),
+        ({"space": {"optimizer.lr": {"normal": [0, 1]}}}, r"space\.optimizer\.lr: got keys \['normal'\]"),
+        ({"space": {"sparsity.methods": {"choice": ["gmp"]}}}, r"space\.sparsity\.methods: .*unknown key 'methods'"),
+        ({"space": {"sparsity.method": {"choice": []}}}, r"space\.sparsity\.method\.choice: got \[\]"),
+        ({"num_samples": 0}, r"num_samples: got 0; allowed: an integer >= 1"),
+        ({"resources": {"workers": 2, "cpus_per_worker": 64}}, r"resources: a trial needs 2 x 64 CPUs"),
+        ({"resources": {"gpus_per_worker": 1}}, r"resources\.gpus_per_worker: got 1 per worker; this machine has 0"),
+        ({"resources": {"worker": 2}}, r"resources\.worker: unknown key.*did you mean 'workers'"),
+        ({"layer_sparsity": {}}, r"layer_sparsity"),
+        ({"layer_sparsity": {"bounds": [0.5, 1.0]}}, r"layer_sparsity\.bounds: \[0\.5, 1\.0\] cannot reach"),
+        ({"early_stopping": {"grace": 3}}, r"early_stopping\.grace: unknown key"),
+        ({"name": "a b"}, r"name: got 'a b'"),
+        ({"sapce": {}}, r"sapce: unknown sweep key.*did you mean 'space'"),
+    ],
+)
+def test_bad_sweeps_name_the_field(changes, expected):
+    from raysparse.search.spaces import check_local_resources
+
+    with pytest.raises(ConfigError, match=expected):
+        loaded = load_sweep(sweep(**changes))
+        check_local_resources(loaded.resources)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="sweep: file not found"):
+        load_sweep(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="sweep: invalid YAML"):
+        load_sweep(tmp_path / "bad.yaml")
+
+
+def test_grace_period_defaults_to_after_pruning_ends():
+    assert load_sweep(sweep()).grace_period() == 3  # prune_end 2 -> judged from epoch 3
+    wide = sweep(space={"sparsity.prune_end": {"uniform": [1, 3]}})
+    wide["base"]["epochs"] = 10
+    assert load_sweep(wide).grace_period() == 4
+    assert load_sweep(sweep(early_stopping={"grace_period": 2})).grace_period() == 2
+
+
+def test_trial_config_puts_sampled_values_in_place():
+    loaded = load_sweep(sweep())
+    config = loaded.trial_config({"sparsity.method": "rigl", "optimizer.lr": 0.05})
+    assert config["sparsity"]["method"] == "rigl" and config["optimizer"]["lr"] == 0.05
+    assert config["sparsity"]["regrowth_ratio"] == 0.3  # not sampled: the base value stays
+    assert loaded.base["optimizer"]["lr"] == 0.1  # the base itself is untouched
+
+
+def test_list_choices_round_trip_through_optuna_indices():
+    loaded = load_sweep(sweep(space={"model.hidden": {"choice": [[64, 32], [32]]}}))
+    assert loaded.trial_config({"model.hidden": "1"})["model"]["hidden"] == [32]
+
+
+def test_layer_densities_are_rescaled_to_the_exact_target():
+    from raysparse.config import load_config
+    from raysparse.methods import METHODS
+    from raysparse.sparsity.distributions import explicit
+    from raysparse.sparsity.masks import prunable_weights
+    from raysparse.zoo import build_model
+
+    loaded = load_sweep(sweep(space={"sparsity.final_sparsity": {"uniform": [0.7, 0.9]}},
+                              layer_sparsity={"bounds": [0.02, 1.0]}))
+    layers = loaded.layer_sparsity.layers
+    assert list(layers) == ["1", "3", "5"]
+    params = {"sparsity.final_sparsity": 0.85, "layer.1": 0.9, "layer.3": 0.1, "layer.5": 0.5}
+    config = loaded.trial_config(params)
+    densities = config["sparsity"]["layer_densities"]
+    assert config["sparsity"]["distribution"] == "explicit"
+    kept = sum(densities[n] * layers[n] for n in layers)
+    assert abs(kept - 0.15 * sum(layers.values())) < 1.0
+    assert densities["1"] > densities["5"] > densities["3"] >= 0.02  # the proposal's order survives
+    cfg = load_config(config)
+    assert METHODS[cfg.sparsity.method] and cfg.sparsity.layer_densities == densities
+    weights = prunable_weights(build_model(cfg.model, (1, 8, 8), 10))
+    assert explicit(weights, 0.15, densities=densities) == densities

@@ -1,0 +1,100 @@
+"""The embedded MLflow server: one per home, reused, stopped; and checks on a given tracking URI."""
+
+import json
+import os
+import socket
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from raysparse.errors import ConfigError
+from raysparse.tracking import check_tracking_uri, default_home, ensure_local_server, stop_local_server
+
+
+def server_processes(home: Path) -> list[int]:
+    """Pids whose command line mentions ``home``: the server and its uvicorn worker."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(home).encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return pids
+
+
+def health(uri: str) -> int:
+    with urllib.request.urlopen(uri + "/health", timeout=5) as response:
+        return response.status
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_default_home_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAYSPARSE_HOME", str(tmp_path))
+    assert default_home() == tmp_path
+    monkeypatch.delenv("RAYSPARSE_HOME")
+    assert default_home() == Path.home() / ".raysparse"
+
+
+def test_server_is_started_once_reused_and_stopped(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYSPARSE_HOME", str(tmp_path))
+    uris = []
+    callers = [threading.Thread(target=lambda: uris.append(ensure_local_server())) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(uris) == 2 and uris[0] == uris[1] and uris[0].startswith("http://127.0.0.1:")
+    assert health(uris[0]) == 200
+    # each server is started in its own session: one process group means one server was started
+    assert len({os.getpgid(pid) for pid in server_processes(tmp_path)}) == 1
+
+    record = json.loads((tmp_path / "mlflow" / "server.json").read_text())
+    assert ensure_local_server(tmp_path) == uris[0]
+    assert json.loads((tmp_path / "mlflow" / "server.json").read_text())["pid"] == record["pid"]
+    check_tracking_uri(uris[0])  # a live server passes
+
+    assert stop_local_server(tmp_path) is True
+    assert not (tmp_path / "mlflow" / "server.json").exists()
+    assert server_processes(tmp_path) == []
+    with pytest.raises(OSError):
+        health(uris[0])
+    assert stop_local_server(tmp_path) is False
+
+
+def test_server_that_does_not_come_up_in_time_is_killed_with_its_log(tmp_path):
+    with pytest.raises(RuntimeError, match="did not answer .*/health within 0.5 s"):
+        ensure_local_server(tmp_path, timeout=0.5)
+    assert not (tmp_path / "mlflow" / "server.json").exists()
+    assert server_processes(tmp_path) == []
+
+
+def test_unreachable_server_is_a_config_error_naming_field_and_uri():
+    uri = f"http://127.0.0.1:{closed_port()}"
+    with pytest.raises(ConfigError, match="cannot be reached") as caught:
+        check_tracking_uri(uri, field="tracking.uri")
+    assert caught.value.field == "tracking.uri"
+    assert repr(uri) in str(caught.value) and "omit tracking.uri" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("file:///tmp/mlruns", "file store"),
+        ("/tmp/mlruns", "file store"),
+        ("mlruns", "file store"),
+        ("sqlite:///tmp/mlflow.db", "database is locked"),
+        ("postgresql://db/mlflow", "scheme 'postgresql'; give the http"),
+    ],
+)
+def test_non_server_uris_are_rejected(uri, reason):
+    with pytest.raises(ConfigError, match=reason) as caught:
+        check_tracking_uri(uri)
+    assert caught.value.field == "tracking_uri"
