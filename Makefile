@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 quickstart: setup
-	$(VENV)/bin/raysparse train configs/digits_granet.yaml
+	$(VENV)/bin/raysparse sweep search_spaces/quickstart.yaml
 
 test: setup
 	$(VENV)/bin/ruff check .
@@ -24,6 +24,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/orchestration.py
 
 clean:
 	rm -rf $(VENV)

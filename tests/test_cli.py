@@ -55,3 +55,19 @@ def test_list_shows_every_registry():
     assert done.returncode == 0
     for name in ("granet", "rigl", "resnet20", "torchvision:<name>", "digits", "cifar10", "erk", "explicit"):
         assert name in done.stdout
+
+
+def test_bad_sweep_file_exits_2_and_starts_nothing(tmp_path):
+    import os
+
+    sweep = {"name": "x", "base": small_config(), "space": {"optimizer.lr": {"loguniform": [0.2, 0.01]}}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    home = tmp_path / "home"
+    env = {**os.environ, "RAYSPARSE_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-m", "raysparse.cli", "sweep", str(path)], capture_output=True,
+                          text=True, env=env)
+    assert done.returncode == 2
+    expected = "raysparse: error: space.optimizer.lr.loguniform: got [0.2, 0.01]; allowed: low < high"
+    assert done.stderr.strip() == expected
+    assert not home.exists()  # no MLflow store, no Ray results

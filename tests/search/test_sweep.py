@@ -29,8 +29,13 @@ def tiny_sweep(name, **changes):
     return raw
 
 
-def test_four_trials_four_child_runs_with_metrics_and_masks(ray_runtime, home):
-    result = raysparse.sweep(tiny_sweep("four"), home=home, verbose=False)
+@pytest.fixture(scope="module")
+def four_trials(ray_runtime, home):
+    return raysparse.sweep(tiny_sweep("four"), home=home, verbose=False)
+
+
+def test_four_trials_four_child_runs_with_metrics_and_masks(four_trials):
+    result = four_trials
     trials = result.to_dataframe()
     assert len(trials) == 4 and set(trials["status"]) == {"FINISHED"}
     assert trials["trial_id"].nunique() == 4
@@ -74,3 +79,27 @@ def test_bad_sweep_starts_nothing(tmp_path):
         raysparse.sweep(bad, home=tmp_path)
     assert ray.is_initialized() == was_running
     assert list(tmp_path.iterdir()) == []  # no MLflow store, no Ray results
+    unreachable = tiny_sweep("bad", tracking_uri="http://127.0.0.1:9")
+    with pytest.raises(ConfigError, match=r"tracking_uri: MLflow tracking server 'http://127.0.0.1:9' cannot be"):
+        raysparse.sweep(unreachable, home=tmp_path)
+    assert ray.is_initialized() == was_running and list(tmp_path.iterdir()) == []
+
+
+def test_report_and_ui_commands_read_the_finished_sweep(four_trials, home, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAYSPARSE_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-m", "raysparse.cli", "report", "four", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "4 trials, best first" in done.stdout
+    best_id = four_trials.best()["trial_id"]
+    assert done.stdout.splitlines()[2].split()[0] == best_id  # first row of the table is the best
+    assert (tmp_path / "four_trials.csv").read_text().count("\n") == 5 and (tmp_path / "four.png").stat().st_size
+    ui = subprocess.run([sys.executable, "-m", "raysparse.cli", "ui"], capture_output=True, text=True, env=env)
+    assert ui.returncode == 0 and four_trials.tracking_uri in ui.stdout  # the running server is reused
+    missing = subprocess.run([sys.executable, "-m", "raysparse.cli", "report", "fuor"], capture_output=True,
+                             text=True, env=env)
+    assert missing.returncode == 2 and "did you mean 'four'" in missing.stderr and "Traceback" not in missing.stderr

@@ -1,0 +1,74 @@
+"""``MlflowClient`` calls shared by the sweep run, the trial run and the reader.
+
+Only ``MlflowClient`` is used, never the fluent ``mlflow.start_run`` API: its active run is
+process-global state, so two trials (or threads) in one process would log into each other.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run
+from mlflow.exceptions import MlflowException
+
+from raysparse.tracking.naming import FAILURE_TAG, PARENT_TAG, TRIAL_TAG
+
+_PARAMS_PER_BATCH, _METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
+_MAX_REASON_LENGTH = 8000  # MLflow's tag value limit
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException as error:  # another driver created it in between
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), _PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=items[start : start + _PARAMS_PER_BATCH])
+
+
+def _log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    now = int(time.time() * 1000)
+    items = [Metric(k, v, now, int(step)) for k, v in metrics.items()]
+    for start in range(0, len(items), _METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=items[start : start + _METRICS_PER_BATCH])
+
+
+def _set_failure_reason(client: MlflowClient, run_id: str, reason: str) -> None:
+    client.set_tag(run_id, FAILURE_TAG, reason[:_MAX_REASON_LENGTH])
+
+
+def _search(client: MlflowClient, experiment_id: str, query: str, order_by: str = "attributes.start_time ASC",
+            limit: int | None = None) -> list[Run]:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=limit or 1000, order_by=[order_by],
+                                  page_token=token)
+        runs += page
+        token = page.token
+        if not token or limit:
+            return runs
+
+
+def _children(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str | None = None) -> list[Run]:
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    if trial_id is not None:
+        query += f" and tags.`{TRIAL_TAG}` = '{_quotable(trial_id)}'"
+    return _search(client, experiment_id, query)
+
+
+def _quotable(value: str) -> str:
+    if "'" in value:
+        raise ValueError(f"{value!r}: a quote cannot be searched for in an MLflow filter")
+    return value

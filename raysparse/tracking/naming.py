@@ -1,0 +1,54 @@
+"""How a sweep's runs are named, shared by the writing side and the report side.
+
+- params: the config flattened with dots (``sparsity.final_sparsity``), values ``str()``-ed,
+  cut at MLflow's 6000 characters with a ``...[truncated]`` marker;
+- metrics: nested dicts flattened the same way (``layer_density.layer1.0.conv1``); characters
+  MLflow rejects in names (anything but letters, digits, ``_ - . space``) become ``_``;
+- a trial's run carries ``raysparse.trial_id``: that tag, under the sweep's parent run, is how a
+  retried trial finds and continues its run instead of creating a second one;
+- a trial's mask lineage is its ``masks/lineage.jsonl`` artifact.
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+
+import numpy as np
+import torch
+
+ROLE_TAG, SWEEP_TAG, TRIAL_TAG = "raysparse.role", "raysparse.sweep", "raysparse.trial_id"
+FAILURE_TAG, PARENT_TAG = "raysparse.failure_reason", "mlflow.parentRunId"
+LINEAGE = "masks/lineage.jsonl"
+_MAX_PARAM_LENGTH, _TRUNCATED = 6000, "...[truncated]"
+
+
+def flatten_params(config: dict, prefix: str = "") -> dict[str, str]:
+    """``{"sparsity": {"final_sparsity": 0.9}}`` -> ``{"sparsity.final_sparsity": "0.9"}``."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten_params(value, f"{prefix}{key}."))
+            continue
+        text = str(value)
+        if len(text) > _MAX_PARAM_LENGTH:  # MLflow would reject the whole batch
+            text = text[: _MAX_PARAM_LENGTH - len(_TRUNCATED)] + _TRUNCATED
+        flat[f"{prefix}{key}"] = text
+    return flat
+
+
+def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Numbers, nested dicts of numbers -> dotted metric names; anything else is a TypeError."""
+    flat = {}
+    for key, value in metrics.items():
+        name = prefix + re.sub(r"[^A-Za-z0-9_.\- ]", "_", str(key))
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, name + "."))
+        elif isinstance(value, (numbers.Real, np.bool_)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+            if name in flat:
+                raise ValueError(f"metric names {key!r} and another key both become {name!r}")
+            flat[name] = float(value)
+        else:
+            raise TypeError(f"metric {prefix + str(key)!r} is a {type(value).__name__} ({value!r:.60}); only numbers "
+                            "or dicts of numbers can be logged")
+    return flat

@@ -1,0 +1,95 @@
+"""Reading a sweep back for reports: its parent run, one row per trial, a trial's masks and lineage."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from raysparse.errors import ConfigError, unknown_choice
+from raysparse.sparsity.masks import unpack_masks
+from raysparse.tracking._client import _children, _quotable, _search
+from raysparse.tracking.naming import FAILURE_TAG, LINEAGE, ROLE_TAG, SWEEP_TAG, TRIAL_TAG
+
+
+@dataclass
+class SweepData:
+    """A sweep's parent run and one row per trial: ``run_id, trial_id, run_name, status,
+    start_time, end_time, failure_reason``, then ``params.<dotted>`` (numeric where every value
+    parses as a number) and ``metrics.<name>`` holding each metric's last-step value."""
+
+    experiment_id: str
+    experiment_name: str
+    sweep_name: str
+    parent_run_id: str
+    parent_status: str
+    params: dict[str, str]
+    trials: pd.DataFrame
+
+
+def load_sweep(tracking_uri: str, experiment_name: str, sweep_name: str | None = None) -> SweepData:
+    """The latest run of ``sweep_name`` (or of any sweep) in the experiment, with its trials."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise _not_found("experiment", experiment_name, [e.name for e in client.search_experiments()])
+    query = f"tags.`{ROLE_TAG}` = 'sweep'"
+    if sweep_name is not None:
+        query += f" and tags.`{SWEEP_TAG}` = '{_quotable(sweep_name)}'"
+    found = _search(client, experiment.experiment_id, query, "attributes.start_time DESC", limit=1)
+    if not found:
+        every_sweep = _search(client, experiment.experiment_id, f"tags.`{ROLE_TAG}` = 'sweep'")
+        raise _not_found(f"sweep (experiment {experiment_name!r})", sweep_name,
+                         {r.data.tags.get(SWEEP_TAG) for r in every_sweep})
+    parent = found[0]
+    rows = [_trial_row(run) for run in _children(client, experiment.experiment_id, parent.info.run_id)]
+    base = ["run_id", "trial_id", "run_name", "status", "start_time", "end_time", "failure_reason"]
+    extra = {key for row in rows for key in row if key not in base}
+    columns = base + sorted(extra, key=lambda k: (k.startswith("metrics."), k))  # params first, then metrics
+    trials = pd.DataFrame(rows, columns=columns)
+    for column in columns:
+        if column.startswith("params."):
+            with contextlib.suppress(ValueError, TypeError):  # "None", "cosine", "[64, 32]" stay text
+                trials[column] = pd.to_numeric(trials[column])
+    return SweepData(experiment.experiment_id, experiment_name, parent.data.tags.get(SWEEP_TAG, ""),
+                     parent.info.run_id, parent.info.status, dict(parent.data.params), trials)
+
+
+def download_masks(tracking_uri: str, run_id: str, artifact: str = "masks/final.bin") -> dict[str, torch.Tensor]:
+    """The masks stored in a run's artifact (``masks/final.bin`` or a lineage ``file``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return unpack_masks(Path(MlflowClient(tracking_uri).download_artifacts(run_id, artifact, tmp)).read_bytes())
+
+
+def download_lineage(tracking_uri: str, run_id: str) -> list[dict]:
+    """The rows of a trial's ``masks/lineage.jsonl``, oldest first."""
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(MlflowClient(tracking_uri).download_artifacts(run_id, LINEAGE, tmp)).read_text()
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+def _trial_row(run: Run) -> dict:
+    def time_of(ms):
+        return pd.to_datetime(ms, unit="ms") if ms else pd.NaT
+
+    return {
+        "run_id": run.info.run_id, "trial_id": run.data.tags.get(TRIAL_TAG), "run_name": run.info.run_name,
+        "status": run.info.status, "start_time": time_of(run.info.start_time), "end_time": time_of(run.info.end_time),
+        "failure_reason": run.data.tags.get(FAILURE_TAG),
+        **{f"params.{k}": v for k, v in run.data.params.items()},
+        **{f"metrics.{k}": v for k, v in run.data.metrics.items()},  # search results hold the latest step
+    }
+
+
+def _not_found(kind: str, value: str | None, choices) -> ConfigError:
+    choices = sorted(c for c in choices if c)
+    if not choices:
+        return ConfigError("name", f"unknown {kind} {value!r}; there is none yet")
+    return unknown_choice("name", kind, value, choices)

@@ -1,0 +1,94 @@
+"""A sweep's parent run, held by the driver, and its trials' child runs as the driver sees them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from raysparse.errors import ConfigError
+from raysparse.tracking._client import _children, _experiment_id, _log_metrics, _log_params, _set_failure_reason
+from raysparse.tracking.naming import ROLE_TAG, SWEEP_TAG, TRIAL_TAG, flatten_metrics, flatten_params
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """A trial's run as the driver sees it."""
+
+    run_id: str
+    trial_id: str | None
+    run_name: str
+    status: str
+
+
+@dataclass
+class SweepRun:
+    """The parent run of one sweep, held by the driver."""
+
+    tracking_uri: str
+    experiment_id: str
+    experiment_name: str
+    run_id: str
+    _client: MlflowClient = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self._client = MlflowClient(self.tracking_uri)
+
+    @classmethod
+    def start(cls, tracking_uri: str, experiment_name: str, sweep_name: str, *, params: dict,
+              sweep_text: str | None = None) -> SweepRun:
+        """Create the parent run (in a new or existing experiment), log params and the sweep file."""
+        client = MlflowClient(tracking_uri)
+        experiment_id = _experiment_id(client, experiment_name)
+        run = client.create_run(experiment_id, run_name=sweep_name, tags={ROLE_TAG: "sweep", SWEEP_TAG: sweep_name})
+        _log_params(client, run.info.run_id, flatten_params(params))
+        if sweep_text is not None:
+            client.log_text(run.info.run_id, sweep_text, "sweep.yaml")
+        return cls(tracking_uri, experiment_id, experiment_name, run.info.run_id)
+
+    @classmethod
+    def attach(cls, tracking_uri: str, experiment_name: str, run_id: str, *, resume: bool = False) -> SweepRun:
+        """Reopen an existing sweep run: to add artifacts (a report) or, with ``resume``, to
+        continue the sweep, which marks the run RUNNING again until ``finish``."""
+        client = MlflowClient(tracking_uri)
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as error:
+            raise ConfigError("run_id", f"no MLflow run {run_id!r} at {tracking_uri} ({error.message})") from error
+        actual = client.get_experiment(run.info.experiment_id).name
+        if actual != experiment_name or run.data.tags.get(ROLE_TAG) != "sweep":
+            raise ConfigError("run_id", f"run {run_id!r} is not a sweep run of experiment {experiment_name!r}")
+        if resume:
+            client.update_run(run_id, status="RUNNING")
+        return cls(tracking_uri, run.info.experiment_id, experiment_name, run_id)
+
+    def log_metrics(self, metrics: dict, step: int = 0) -> None:
+        """Numbers (or dicts of numbers) on the parent run, e.g. the sweep's best objective."""
+        _log_metrics(self._client, self.run_id, flatten_metrics(metrics), step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def child_runs(self) -> list[ChildRun]:
+        """The trials' runs, oldest first."""
+        return [
+            ChildRun(r.info.run_id, r.data.tags.get(TRIAL_TAG), r.info.run_name, r.info.status)
+            for r in _children(self._client, self.experiment_id, self.run_id)
+        ]
+
+    def close_trial(self, trial_id: str, status: str, *, reason: str | None = None) -> bool:
+        """End a trial's run that is still RUNNING (its process was killed, so it cannot): set
+        ``status`` (KILLED, FAILED) and ``reason`` as its failure reason; False if none was running."""
+        closed = False
+        for run in _children(self._client, self.experiment_id, self.run_id, trial_id):
+            if run.info.status == "RUNNING":
+                if reason is not None:
+                    _set_failure_reason(self._client, run.info.run_id, reason)
+                self._client.set_terminated(run.info.run_id, status)
+                closed = True
+        return closed
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._client.set_terminated(self.run_id, status)

@@ -1,0 +1,117 @@
+"""A trial's child run, written from the trial process (rank 0 only): epochs, mask events, final artifacts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from mlflow import MlflowClient
+
+from raysparse.sparsity.masks import MaskEvent, unpack_masks
+from raysparse.tracking._client import _children, _log_metrics, _log_params, _set_failure_reason
+from raysparse.tracking.naming import (
+    FAILURE_TAG,
+    LINEAGE,
+    PARENT_TAG,
+    ROLE_TAG,
+    TRIAL_TAG,
+    flatten_metrics,
+    flatten_params,
+)
+
+
+class TrialRun:
+    """A trial's child run, written from the trial process (rank 0 only)."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self._client, self.run_id = client, run_id
+        # the full lineage lives here and is re-uploaded whole: artifacts cannot be appended to
+        self._workdir = tempfile.TemporaryDirectory(prefix="raysparse-trial-")
+        self._lineage = Path(self._workdir.name) / LINEAGE
+        self._lineage.parent.mkdir(parents=True)
+
+    @classmethod
+    def open(cls, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str, *,
+             run_name: str, params: dict) -> TrialRun:
+        """Continue this trial's run under the parent if one exists (a retry), else create it."""
+        client = MlflowClient(tracking_uri)
+        params = flatten_params(params)
+        existing = _children(client, experiment_id, parent_run_id, trial_id)
+        if existing:
+            run = existing[0]
+            client.update_run(run.info.run_id, status="RUNNING")
+            if FAILURE_TAG in run.data.tags:  # the earlier failure no longer describes this run
+                client.delete_tag(run.info.run_id, FAILURE_TAG)
+            params = {k: v for k, v in params.items() if k not in run.data.params}  # params are write-once
+        else:
+            tags = {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
+            run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        trial = cls(client, run.info.run_id)
+        _log_params(client, trial.run_id, params)
+        if existing and any(f.path == LINEAGE for f in client.list_artifacts(trial.run_id, "masks")):
+            # keep the rows logged before the retry: later uploads overwrite the artifact whole
+            Path(client.download_artifacts(trial.run_id, LINEAGE, trial._workdir.name)).replace(trial._lineage)
+        return trial
+
+    def log_epoch(self, metrics: dict, step: int) -> None:
+        """All numbers of one epoch at ``step`` in one request; a non-number raises TypeError first."""
+        _log_metrics(self._client, self.run_id, flatten_metrics(metrics), step)
+
+    def log_mask_events(self, events: list[MaskEvent]) -> None:
+        """Each event's packed masks as ``masks/step_<step>_<hash>.bin`` plus a row in the lineage."""
+        if not events:
+            return
+        upload = Path(self._workdir.name) / "upload"
+        upload.mkdir(exist_ok=True)
+        for event in events:
+            name = f"step_{event.step:08d}_{event.hash[:12]}.bin"
+            (upload / name).write_bytes(event.packed)
+            self._client.log_artifact(self.run_id, str(upload / name), "masks")
+            (upload / name).unlink()
+            row = {"step": event.step, "reason": event.reason, "density": event.density, "churn": event.churn,
+                   "hash": event.hash, "parent_hash": event.parent_hash, "file": f"masks/{name}"}
+            with open(self._lineage, "a") as lineage:
+                lineage.write(json.dumps(row) + "\n")
+        self._client.log_artifact(self.run_id, str(self._lineage), "masks")
+
+    def log_final(self, *, packed_masks: bytes, layer_density: dict[str, float], model_state: dict,
+                  config: dict) -> None:
+        """Final masks, per-layer density table, state_dict (weights_only-loadable) and config."""
+        out = Path(self._workdir.name) / "final"
+        (out / "masks").mkdir(parents=True, exist_ok=True)
+        (out / "model").mkdir(exist_ok=True)
+        (out / "masks" / "final.bin").write_bytes(packed_masks)
+        masks = unpack_masks(packed_masks)
+        with open(out / "layer_density.csv", "w", newline="") as table:
+            writer = csv.writer(table)
+            writer.writerow(["layer", "density", "kept", "total"])
+            for layer, density in layer_density.items():
+                mask = masks.get(layer)
+                writer.writerow([layer, density, *((int(mask.sum()), mask.numel()) if mask is not None else ("", ""))])
+        state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model_state.items()}
+        torch.save(state, out / "model" / "state_dict.pt")
+        (out / "model" / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        self._client.log_artifacts(self.run_id, str(out))
+        shutil.rmtree(out)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._client.set_terminated(self.run_id, status)
+        self._workdir.cleanup()
+
+    def fail(self, reason: str) -> None:
+        """Mark the run FAILED with ``reason`` in the ``raysparse.failure_reason`` tag."""
+        _set_failure_reason(self._client, self.run_id, reason)
+        self.finish("FAILED")
+
+    def __enter__(self) -> TrialRun:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc is None:
+            self.finish()
+        else:
+            self.fail(f"{exc_type.__name__}: {exc}")

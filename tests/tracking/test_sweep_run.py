@@ -1,0 +1,31 @@
+"""The driver's sweep run against a real MLflow server: closing trials' runs, reattaching."""
+
+import pytest
+
+from raysparse.errors import ConfigError
+from raysparse.tracking import SweepRun, load_sweep
+from tests.tracking.conftest import log_two_trials_one_left_running
+
+
+def test_close_trial_kills_running_children_and_leaves_finished_ones(sweep):
+    log_two_trials_one_left_running(sweep)
+    assert sweep.close_trial("t1", "KILLED", reason="stopped early by ASHA") is True
+    assert sweep.close_trial("t0", "KILLED") is False  # already finished: left as it was
+    assert {c.trial_id: c.status for c in sweep.child_runs()} == {"t0": "FINISHED", "t1": "KILLED"}
+
+
+def test_attach_reopens_a_finished_sweep_and_resume_marks_it_running(sweep):
+    log_two_trials_one_left_running(sweep)
+    sweep.close_trial("t1", "KILLED", reason="stopped early by ASHA")
+    sweep.finish()
+
+    reopened = SweepRun.attach(sweep.tracking_uri, sweep.experiment_name, sweep.run_id)
+    assert reopened.run_id == sweep.run_id
+    assert load_sweep(sweep.tracking_uri, sweep.experiment_name).parent_status == "FINISHED"  # e.g. for a report
+    SweepRun.attach(sweep.tracking_uri, sweep.experiment_name, sweep.run_id, resume=True)
+    assert load_sweep(sweep.tracking_uri, sweep.experiment_name).parent_status == "RUNNING"
+
+
+def test_attach_refuses_a_run_that_is_not_a_sweep_of_the_experiment(sweep):
+    with pytest.raises(ConfigError, match="not a sweep run"):
+        SweepRun.attach(sweep.tracking_uri, "Default", sweep.run_id)
