@@ -3,7 +3,7 @@ embedded MLflow server, every epoch logged and checkpointed) against the same 16
 trained one after another in one plain Python process (an in-process Optuna study, no Ray, no
 MLflow). Rounds alternate the two so machine noise hits both.
 
-Run: .venv/bin/python benchmarks/orchestration.py [--rounds 2 --trials 16 --epochs 30]
+Run: .venv/bin/python benchmarks/orchestration.py [--rounds 2 --trials 16 --epochs 30 --hidden 256 128]
 Prints wall seconds per round and the ratio raysparse / plain (goal: <= 1.0 on 2 CPUs).
 """
 
@@ -20,10 +20,10 @@ from raysparse.search import load_sweep, run_sweep
 from raysparse.train import fit
 
 
-def sweep_dict(trials: int, epochs: int) -> dict:
+def sweep_dict(trials: int, epochs: int, hidden: list[int] | None = None) -> dict:
     base = {
         "seed": 0, "epochs": epochs,
-        "model": {"name": "mlp", "hidden": [256, 128]},
+        "model": {"name": "mlp", "hidden": hidden or [256, 128]},
         "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.1},
         "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True},
         "sparsity": {"method": "granet", "final_sparsity": 0.9, "prune_end": epochs * 2 // 3, "update_frequency": 25},
@@ -71,16 +71,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 128], help="MLP widths (trial size)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    raw = sweep_dict(args.trials, args.epochs)
+    raw = sweep_dict(args.trials, args.epochs, args.hidden)
     plain, swept = [], []
     for round_ in range(args.rounds):
         plain.append(plain_process(raw))
         swept.append(through_raysparse(raw))
         print(f"round {round_ + 1}: plain {plain[-1]:.1f}s, raysparse {swept[-1]:.1f}s", flush=True)
     p, s = statistics.median(plain), statistics.median(swept)
-    print(f"| {args.trials} trials x {args.epochs} epochs (digits MLP) | plain process {p:.1f}s "
+    print(f"| {args.trials} trials x {args.epochs} epochs, digits MLP {args.hidden} | plain process {p:.1f}s "
           f"| raysparse sweep {s:.1f}s | ratio {s / p:.2f} |")
 
 

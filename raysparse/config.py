@@ -202,6 +202,9 @@ def _check_sparsity(p: SparsityConfig, epochs: int) -> None:
     _require(0.0 <= p.regrowth_ratio <= 1.0, "sparsity.regrowth_ratio", p.regrowth_ratio, "[0, 1]")
     _require(0.0 <= p.regrowth_floor <= p.regrowth_ratio, "sparsity.regrowth_floor", p.regrowth_floor,
              f"[0, regrowth_ratio={p.regrowth_ratio}]")
+    _require(p.alpha >= 0, "sparsity.alpha", p.alpha, "a number >= 0")
+    _choice("sparsity.density_control", "density control", p.density_control, ("target", "free"))
+    _require(p.controller_gain > 0, "sparsity.controller_gain", p.controller_gain, "a number > 0")
     if p.distribution == "explicit" and not p.layer_densities:
         raise ConfigError("sparsity.layer_densities", "distribution 'explicit' needs a mapping layer -> density")
 

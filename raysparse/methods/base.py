@@ -14,7 +14,7 @@ lineage event. A method overrides ``init_masks`` and/or ``update_masks``; nothin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -45,7 +45,9 @@ class SparsityConfig:
     layer_densities: dict[str, float] | None = None  # for distribution 'explicit'
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    options: dict = field(default_factory=dict)  # method-specific extras (DST, HAP, ...)
+    alpha: float = 5e-4  # DST: weight of the threshold regularizer alpha * sum(exp(-t))
+    density_control: str = "target"  # DST: 'target' steers alpha to final_sparsity; 'free' = the seed
+    controller_gain: float = 1.0  # DST: log-alpha change per update per unit of relative density error
 
 
 class SparseMethod:
@@ -53,6 +55,7 @@ class SparseMethod:
 
     name = "base"
     paper = ""
+    density_tolerance = 0.0  # how far the final density may be from target_density() (exact methods: 0)
 
     def __init__(self, config: SparsityConfig, *, seed: int = 0):
         self.config = config
@@ -102,6 +105,10 @@ class SparseMethod:
     def target_density(self) -> float:
         """The global density this method ends training at."""
         return 1.0 - self.config.final_sparsity
+
+    def export(self, model: nn.Module) -> nn.Module:
+        """The trained model as a plain nn.Module (masks in the weights, no method machinery)."""
+        return model
 
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:

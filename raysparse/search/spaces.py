@@ -22,7 +22,7 @@ from raysparse.train.loop import REPORTED_METRICS
 
 SWEEP_KEYS = (
     "name", "base", "space", "layer_sparsity", "objectives", "num_samples", "max_concurrent", "seed",
-    "early_stopping", "resources", "storage_path", "tracking_uri", "experiment_name",
+    "early_stopping", "resources", "storage_path", "tracking_uri", "experiment_name", "checkpoint_interval",
 )
 MODES = ("max", "min")
 
@@ -66,6 +66,7 @@ class Sweep:
     storage_path: str | None = None
     tracking_uri: str | None = None
     experiment_name: str | None = None
+    checkpoint_interval: float = 60.0  # seconds between a trial's checkpoints (0: every epoch)
     source_text: str | None = None  # the sweep file as written, logged to the parent run
 
     @property
@@ -158,6 +159,7 @@ def load_sweep(source: str | Path | dict, **overrides: Any) -> Sweep:
         storage_path=_optional_str(raw, "storage_path"),
         tracking_uri=_optional_str(raw, "tracking_uri"),
         experiment_name=_optional_str(raw, "experiment_name"),
+        checkpoint_interval=_seconds(raw, "checkpoint_interval", 60.0),
         source_text=text,
     )
     _check_space_values(sweep)
@@ -290,6 +292,13 @@ def _int(raw: dict, key: str, default: int, *, minimum: int, prefix: str = "") -
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{prefix}{key}", f"got {value!r}; allowed: an integer >= {minimum}")
     return value
+
+
+def _seconds(raw: dict, key: str, default: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ConfigError(key, f"got {value!r}; allowed: seconds >= 0")
+    return float(value)
 
 
 def _optional_str(raw: dict, key: str) -> str | None:

@@ -9,6 +9,9 @@ every rank reports its mask hash, and the trial fails loudly if two ranks ever d
 from __future__ import annotations
 
 import tempfile
+import time
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +42,11 @@ def tune_metrics(metrics: dict, context: EpochContext) -> dict:
 
 
 class _TrialLogger:
-    """Logs one trial's epochs, mask lineage and final artifacts to its MLflow child run."""
+    """Logs one trial's epochs, mask lineage and final artifacts to its MLflow child run.
+
+    Epochs are logged by one background thread, in order, so training never waits for HTTP
+    round trips (about 40 ms an epoch here); a logging error surfaces at the next epoch.
+    """
 
     def __init__(self, target: TrackingTarget, trial_id: str, trial_name: str, config: dict):
         self.run = TrialRun.open(
@@ -48,19 +55,41 @@ class _TrialLogger:
         )
         self.config = config
         self.last: EpochContext | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raysparse-mlflow")
+        self._pending: list[Future] = []
 
     def epoch(self, metrics: dict, context: EpochContext) -> None:
-        self.run.log_epoch(metrics, step=metrics["epoch"])
-        self.run.log_mask_events(context.mask_events)
+        self._collect(wait=False)
+        self._pending.append(self._worker.submit(self._log_epoch, metrics, context.mask_events))
         self.last = context
 
+    def _log_epoch(self, metrics: dict, events: list) -> None:
+        self.run.log_epoch(metrics, step=metrics["epoch"])
+        self.run.log_mask_events(events)
+
+    def _collect(self, wait: bool) -> None:
+        """Re-raise the first logging error; with ``wait``, after everything queued is done."""
+        if wait:
+            futures.wait(self._pending)
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for future in done:
+            future.result()
+
     def final(self) -> None:
+        self._collect(wait=True)
         masks = self.last.masks
-        state = {k: v.detach().cpu() for k, v in self.last.model.state_dict().items()}
+        state = {k: v.detach().cpu() for k, v in self.last.export_model().state_dict().items()}
         self.run.log_final(
             packed_masks=masks.pack(), layer_density=masks.layer_density(), model_state=state, config=self.config
         )
         self.run.finish()
+        self._worker.shutdown()  # actors are reused across trials: leave no idle thread behind
+
+    def fail(self, reason: str) -> None:
+        self._collect(wait=True)
+        self.run.fail(reason)
+        self._worker.shutdown()
 
 
 def _restore_checkpoint(checkpoint, into: str) -> Path | None:
@@ -71,22 +100,31 @@ def _restore_checkpoint(checkpoint, into: str) -> Path | None:
     return path if path.exists() else None
 
 
-def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint) -> None:
-    """The loop with a report that logs (rank 0), checkpoints and reports every epoch."""
+def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, checkpoint_interval: float) -> None:
+    """The loop with a report that logs (rank 0) and reports every epoch, and checkpoints once
+    ``checkpoint_interval`` seconds have passed since the last checkpoint (0: every epoch).
+    Every checkpoint makes Tune persist it and snapshot the experiment: per epoch, that cost
+    more than training a digits trial."""
+    last_saved = time.monotonic()
 
     def report(metrics: dict, context: EpochContext) -> None:
+        nonlocal last_saved
         if logger is not None:
             logger.epoch(metrics, context)
+        if time.monotonic() - last_saved < checkpoint_interval:
+            report_to(tune_metrics(metrics, context), checkpoint=None)
+            return
         with tempfile.TemporaryDirectory() as directory:
             context.save_checkpoint(directory)
             report_to(tune_metrics(metrics, context), checkpoint=ray.train.Checkpoint.from_directory(directory))
+        last_saved = time.monotonic()
 
     try:
         with tempfile.TemporaryDirectory() as restored:
             fit(config, report, resume_from=_restore_checkpoint(checkpoint, restored))
     except TrainingDiverged as err:
         if logger is not None:
-            logger.run.fail(str(err))
+            logger.fail(str(err))
         raise
     if logger is not None:
         logger.final()
@@ -98,7 +136,8 @@ def trial_function(params: dict, *, sweep: Sweep, target: TrackingTarget, storag
     config = sweep.trial_config(params)
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
     if sweep.resources.workers == 1:
-        _train(config, _TrialLogger(target, trial_id, trial_name, config), tune.report, tune.get_checkpoint())
+        logger = _TrialLogger(target, trial_id, trial_name, config)
+        _train(config, logger, tune.report, tune.get_checkpoint(), sweep.checkpoint_interval)
         return
     _run_data_parallel(config, sweep, target, trial_id, trial_name, storage_path)
 
@@ -112,7 +151,7 @@ def _worker_loop(loop_config: dict) -> None:
     def report_to(metrics, checkpoint):  # every rank reports (a barrier); only rank 0 uploads
         ray.train.report(metrics, checkpoint=checkpoint if rank == 0 else None)
 
-    _train(config, logger, report_to, ray.train.get_checkpoint())
+    _train(config, logger, report_to, ray.train.get_checkpoint(), loop_config["checkpoint_interval"])
 
 
 class _SameMasksOnAllRanks(TuneReportCallback):
@@ -135,7 +174,10 @@ def _run_data_parallel(
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"config": config, "target": target, "trial_id": trial_id, "trial_name": trial_name},
+        train_loop_config={
+            "config": config, "target": target, "trial_id": trial_id, "trial_name": trial_name,
+            "checkpoint_interval": sweep.checkpoint_interval,
+        },
         torch_config=TorchConfig(backend="nccl" if res.gpus_per_worker else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker

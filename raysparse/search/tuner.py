@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -94,14 +95,16 @@ def run_sweep(
         check_local_resources(sweep.resources)
     home = Path(home) if home is not None else default_home()
     if sweep.tracking_uri is not None:
-        check_tracking_uri(sweep.tracking_uri)
+        check_tracking_uri(sweep.tracking_uri)  # before Ray starts: a clear error, nothing begun
         tracking_uri = sweep.tracking_uri
-    else:
-        tracking_uri = ensure_local_server(home)
+        _start_ray(address)
+    else:  # the embedded server and Ray each take ~10 s to start here: start them together
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            server = pool.submit(ensure_local_server, home)
+            _start_ray(address)
+            tracking_uri = server.result()
     storage_path = str(Path(sweep.storage_path or home / "ray_results").resolve())
     experiment = sweep.experiment_name or sweep.name
-
-    _start_ray(address)
     parent = SweepRun.start(
         tracking_uri, experiment, sweep.name,
         params={"sweep": _sweep_params(sweep)}, sweep_text=sweep.source_text,
@@ -121,6 +124,7 @@ def run_sweep(
         tune_config=tune.TuneConfig(
             search_alg=_searcher(sweep), scheduler=_scheduler(sweep),
             num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent,
+            reuse_actors=True,  # a new trial process re-imports torch & co: seconds per trial here
         ),
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=storage_path, verbose=0,

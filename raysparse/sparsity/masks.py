@@ -84,9 +84,13 @@ class MaskEvent:
 class MaskSet:
     """Masks for ``weights`` (name -> parameter); all-ones (dense) until updated."""
 
-    def __init__(self, weights: dict[str, nn.Parameter], dense_layers: Iterable[str] = ()):
+    def __init__(
+        self, weights: dict[str, nn.Parameter], dense_layers: Iterable[str] = (), *, apply_to_weights: bool = True
+    ):
         self.weights = dict(weights)
         self.dense_layers = frozenset(dense_layers)
+        # False when the method masks in the forward pass itself (DST): masked weights live on
+        self.apply_to_weights = apply_to_weights
         self.masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in self.weights.items()}
         self._multipliers = {n: torch.ones_like(w) for n, w in self.weights.items()}
         # multipliers are updated in place, so these lists stay valid for the fused multiply
@@ -100,7 +104,7 @@ class MaskSet:
     @torch.no_grad()
     def apply(self) -> None:
         """Zero the pruned weights (called after every optimizer step): one fused multiply."""
-        if self._masked_weights:
+        if self._masked_weights and self.apply_to_weights:
             torch._foreach_mul_(self._masked_weights, self._masked_multipliers)
 
     @torch.no_grad()
@@ -136,9 +140,10 @@ class MaskSet:
                 _broadcast_from_rank0(restart)
                 changed = changed | restart
             weight = self.weights[name]
-            weight.masked_fill_(changed, 0.0)
-            if optimizer is not None:
-                _clear_optimizer_state(optimizer, weight, changed)
+            if self.apply_to_weights:
+                weight.masked_fill_(changed, 0.0)
+                if optimizer is not None:
+                    _clear_optimizer_state(optimizer, weight, changed)
             self.masks[name] = mask
             self._multipliers[name].copy_(mask)
         self.apply()

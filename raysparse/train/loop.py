@@ -36,6 +36,7 @@ class EpochContext:
     masks: MaskSet
     model: nn.Module
     save_checkpoint: Callable[[str | Path], Path]
+    export_model: Callable[[], nn.Module]  # a plain nn.Module with the masks in its weights
 
 
 Report = Callable[[dict, EpochContext], None]
@@ -91,10 +92,11 @@ def fit(
     test_loader = make_loader(data.test, batch_size=512, shuffle=False, generator=None)
 
     optimizer = build_optimizer(net, cfg.optimizer)
-    schedule = build_lr_schedule(optimizer, cfg.lr_schedule, cfg.epochs)
     steps_per_epoch = len(train_loader)
     method: SparseMethod = get_method(cfg.sparsity.method)(cfg.sparsity, seed=cfg.seed)
     method.attach(net, optimizer, steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs)
+    # after attach: a method may add parameter groups (DST's thresholds) that the schedule must see
+    schedule = build_lr_schedule(optimizer, cfg.lr_schedule, cfg.epochs)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     flops_dense, flops_by_layer = layer_flops(net, data.input_shape, device)
     # DDP broadcasts rank 0's weights and all-reduces gradients; the method works on the
@@ -163,6 +165,7 @@ def fit(
             context = EpochContext(
                 mask_events=method.masks.drain_events(), masks=method.masks, model=net,
                 save_checkpoint=lambda path, e=state_at_epoch: save_checkpoint(path, checkpoint_state(e)),
+                export_model=lambda: method.export(net),
             )
             report(metrics, context)
     return metrics

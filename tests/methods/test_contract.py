@@ -11,12 +11,17 @@ from tests.conftest import small_config
 ALL = sorted(METHODS)
 
 
+def effective_weight(model, name):
+    """What the forward pass uses: the parameter, or a parametrized (DST) weight."""
+    return model.get_submodule(name).weight
+
+
 def run(method, **sparsity):
     seen = {}
 
     def report(metrics, ctx):
-        for name, weight in ctx.masks.weights.items():  # pruned weights are exactly zero at every report
-            assert torch.all(weight[~ctx.masks.masks[name]] == 0), (method, name, metrics["epoch"])
+        for name, mask in ctx.masks.masks.items():  # the weights the network computes with are zero
+            assert torch.all(effective_weight(ctx.model, name)[~mask] == 0), (method, name, metrics["epoch"])
         seen.update(hash=ctx.masks.content_hash(), masks=ctx.masks, model=ctx.model)
 
     final = fit(small_config(method, **sparsity), report)
@@ -28,7 +33,8 @@ def test_density_reaches_target_and_same_seed_same_masks(method):
     final, seen = run(method)
     target = 1.0 if method == "dense" else 0.2
     layers = len(seen["masks"].masks)
-    assert abs(final["density"] - target) <= layers / seen["masks"].count()[1]
+    tolerance = max(layers / seen["masks"].count()[1], METHODS[method].density_tolerance)
+    assert abs(final["density"] - target) <= tolerance
     again, seen_again = run(method)
     assert seen_again["hash"] == seen["hash"]
     assert again["val_accuracy"] == final["val_accuracy"]
@@ -54,9 +60,10 @@ def test_pruned_weights_stay_zero_after_optimizer_step(method, optimizer):
         method_obj.after_backward(step)
         opt.step()
         method_obj.after_optimizer_step(step)
-        for name, weight in method_obj.masks.weights.items():
-            assert torch.all(weight[~method_obj.masks.masks[name]] == 0)
-    if method not in ("dense", "oneshot"):  # oneshot prunes at the end of its window
+        method_obj.on_epoch_end(0)  # DST syncs its mask view at epoch ends
+        for name, mask in method_obj.masks.masks.items():
+            assert torch.all(effective_weight(model, name)[~mask] == 0)
+    if method not in ("dense", "oneshot", "dst"):  # oneshot prunes at the end of its window, DST learns
         assert method_obj.masks.density() < 0.99
 
 
@@ -104,9 +111,9 @@ def test_state_dict_round_trips_through_a_weights_only_file(method, tmp_path):
     torch.save(original.state_dict(), tmp_path / "m.pt")
 
     twin_model = mlp()
-    twin_model.load_state_dict(model.state_dict())
     twin = METHODS[method](cfg.sparsity, seed=123)
     twin.attach(twin_model, torch.optim.SGD(twin_model.parameters(), lr=0.1), steps_per_epoch=10, total_steps=100)
+    twin_model.load_state_dict(model.state_dict())  # as a checkpoint restores it: after attach
     twin.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
     assert twin.masks.content_hash() == original.masks.content_hash()
     assert torch.equal(twin.generator.get_state(), original.generator.get_state())

@@ -26,12 +26,12 @@ def sweep(**changes):
 
 
 def test_shipped_sweep_files_load(tmp_path):
-    for name in ("quickstart", "quickstart_pareto", "digits_ddp"):
+    for name in ("quickstart", "quickstart_pareto", "digits_ddp", "dst_digits", "dst_free_digits"):
         assert load_sweep(f"search_spaces/{name}.yaml").num_samples >= 1
     assert load_sweep("search_spaces/quickstart.yaml").num_samples >= 8
 
 
-@pytest.mark.parametrize("name", ["granet_vs_gmp_cifar10", "rigl_set_cifar10", "layerwise_cifar10"])
+@pytest.mark.parametrize("name", ["granet_vs_gmp_cifar10", "rigl_set_cifar10", "layerwise_cifar10", "dst_cifar10"])
 def test_cifar_sweeps_load_once_the_data_is_there(name, tmp_path):
     from tests.zoo.test_formats import write_cifar10  # the real on-disk format, small
 

@@ -18,7 +18,7 @@ def final_state(path):
     return state["model"], state["method"]["masks"], state["optimizer"]
 
 
-@pytest.mark.parametrize("method", ["granet", "set"])  # gradient growth, and random growth (generator)
+@pytest.mark.parametrize("method", ["granet", "set", "dst"])  # gradient growth, random growth, thresholds
 def test_resume_is_bit_identical(method, tmp_path):
     cfg = small_config(method)
     cfg["epochs"] = 5

@@ -3,6 +3,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -17,7 +18,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker(rank: int, port: int, out: str) -> None:
+def worker(rank: int, port: int, out: str, method: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -27,13 +28,14 @@ def worker(rank: int, port: int, out: str) -> None:
         seen["hashes"].append(ctx.masks.content_hash())
         seen["weights"] = torch.cat([p.detach().flatten() for p in ctx.model.parameters()])
 
-    final = fit(small_config("granet"), report)
+    final = fit(small_config(method), report)
     torch.save({**seen, "density": final["density"], "loss": final["train_loss"]}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_two_ranks_hold_identical_masks_and_weights(tmp_path):
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=2)
+@pytest.mark.parametrize("method", ["granet", "dst"])  # decided on rank 0 / learned thresholds synced by DDP
+def test_two_ranks_hold_identical_masks_and_weights(tmp_path, method):
+    mp.spawn(worker, args=(free_port(), str(tmp_path), method), nprocs=2)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["hashes"] == r1["hashes"] and len(set(r0["hashes"])) > 2  # masks changed, identically
     assert torch.equal(r0["weights"], r1["weights"])
