@@ -32,7 +32,7 @@ def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
-        "raysparse: error: sparsity.method: unknown method 'grant'; available: dense, gmp, granet, oneshot, "
+        "raysparse: error: sparsity.method: unknown method 'grant'; available: dense, dst, gmp, granet, oneshot, "
         "rigl, set, snip, static (did you mean 'granet'?)"
     ]
     assert done.stdout == ""  # nothing started
