@@ -51,6 +51,8 @@ class Config:
     epochs: int = 30
     device: str = "auto"
     label_smoothing: float = 0.0
+    init_from: str | None = None  # a state_dict file (torch.save) to start from, e.g. a trained network
+    measure_latency: bool = True  # time a forward pass at batch 1 and 64 (at start and after a restructure)
     model: dict = field(default_factory=lambda: {"name": "mlp", "hidden": [256, 128]})
     data: dict = field(default_factory=lambda: {"name": "digits", "batch_size": 64, "val_fraction": 0.1})
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -159,6 +161,8 @@ def _check_values(c: Config) -> None:
     _require(c.epochs >= 1, "epochs", c.epochs, "an integer >= 1")
     _require(c.seed >= 0, "seed", c.seed, "an integer >= 0")
     _choice("device", "device", c.device, DEVICES)
+    if c.init_from is not None and not Path(c.init_from).expanduser().is_file():
+        raise ConfigError("init_from", f"got {c.init_from!r}; allowed: an existing state_dict file")
     _require(0.0 <= c.label_smoothing < 1.0, "label_smoothing", c.label_smoothing, "[0, 1)")
 
     o = c.optimizer
@@ -203,6 +207,15 @@ def _check_sparsity(p: SparsityConfig, epochs: int) -> None:
     _require(0.0 <= p.regrowth_floor <= p.regrowth_ratio, "sparsity.regrowth_floor", p.regrowth_floor,
              f"[0, regrowth_ratio={p.regrowth_ratio}]")
     _require(p.alpha >= 0, "sparsity.alpha", p.alpha, "a number >= 0")
+    if p.finetune_lr is not None:
+        _require(p.finetune_lr > 0, "sparsity.finetune_lr", p.finetune_lr, "a number > 0 or null")
+    _choice("sparsity.prune_unit", "prune unit", p.prune_unit, ("params", "channels"))
+    _require(0 < p.layer_cap < 1, "sparsity.layer_cap", p.layer_cap, "(0, 1)")
+    _require(0 <= p.implant_ratio < 1, "sparsity.implant_ratio", p.implant_ratio, "[0, 1)")
+    _choice("sparsity.implant", "implant", p.implant, ("zero", "lowrank"))
+    _require(p.hessian_samples >= 1, "sparsity.hessian_samples", p.hessian_samples, "an integer >= 1")
+    _require(p.hessian_tol >= 0, "sparsity.hessian_tol", p.hessian_tol, "a number >= 0")
+    _require(p.hessian_batches >= 2, "sparsity.hessian_batches", p.hessian_batches, "an integer >= 2")
     _choice("sparsity.density_control", "density control", p.density_control, ("target", "free"))
     _require(p.controller_gain > 0, "sparsity.controller_gain", p.controller_gain, "a number > 0")
     if p.distribution == "explicit" and not p.layer_densities:

@@ -45,6 +45,14 @@ class SparsityConfig:
     layer_densities: dict[str, float] | None = None  # for distribution 'explicit'
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    finetune_lr: float | None = None  # learning rate after a structural change (HAP); None: optimizer.lr
+    prune_unit: str = "params"  # HAP: final_sparsity is this fraction of 'params' or of 'channels'
+    layer_cap: float = 0.95  # HAP: at most this fraction of one layer's channels is removed
+    implant_ratio: float = 0.0  # HAP: this share of the channels chosen for removal get an implant
+    implant: str = "zero"  # HAP: 'zero' (the seed's zero-initialized 1x1 conv) or 'lowrank'
+    hessian_samples: int = 4  # HAP: Rademacher vectors per batch
+    hessian_tol: float = 0.01  # HAP: stop averaging batches when the total trace moves less than this
+    hessian_batches: int = 16  # HAP: at most this many shuffled batches
     alpha: float = 5e-4  # DST: weight of the threshold regularizer alpha * sum(exp(-t))
     density_control: str = "target"  # DST: 'target' steers alpha to final_sparsity; 'free' = the seed
     controller_gain: float = 1.0  # DST: log-alpha change per update per unit of relative density error
@@ -56,6 +64,8 @@ class SparseMethod:
     name = "base"
     paper = ""
     density_tolerance = 0.0  # how far the final density may be from target_density() (exact methods: 0)
+    structure_version = 0  # bumped by a method that rebuilds the model's structure (HAP)
+    restructured_epoch: int | None = None  # epochs done when it did
 
     def __init__(self, config: SparsityConfig, *, seed: int = 0):
         self.config = config
@@ -81,7 +91,15 @@ class SparseMethod:
     def epoch_to_step(self, epoch: float | None, default: float) -> int:
         return round((default if epoch is None else epoch) * self.steps_per_epoch)
 
+    def bind(self, *, loss_fn, train_batches, input_shape: tuple[int, ...]) -> None:
+        """What a method may need beyond the model: the loss, a fresh iterator of shuffled
+        training batches (for its own estimates, e.g. HAP's Hessian) and one example's shape."""
+        self.loss_fn, self.train_batches, self.input_shape = loss_fn, train_batches, input_shape
+
     # ---- hooks the loop calls ---------------------------------------------------------------
+    def on_train_start(self) -> None:
+        """Before the first epoch of a run that is not resumed."""
+
     def init_masks(self) -> None:
         """Masks at the start of training (default: dense)."""
 
@@ -105,6 +123,13 @@ class SparseMethod:
     def target_density(self) -> float:
         """The global density this method ends training at."""
         return 1.0 - self.config.final_sparsity
+
+    def density(self) -> float:
+        """Kept fraction of the prunable weights (a structured method counts removed weights)."""
+        return self.masks.density()
+
+    def layer_density(self) -> dict[str, float]:
+        return self.masks.layer_density()
 
     def export(self, model: nn.Module) -> nn.Module:
         """The trained model as a plain nn.Module (masks in the weights, no method machinery)."""

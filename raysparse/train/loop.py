@@ -4,6 +4,7 @@ context)``; Ray Tune, MLflow or a test plug in there."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -19,6 +20,7 @@ from raysparse.config import Config, load_config
 from raysparse.methods import SparseMethod, get_method
 from raysparse.sparsity.masks import MaskEvent, MaskSet
 from raysparse.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from raysparse.train.latency import count_params, measure_latency
 from raysparse.train.metrics import evaluate, layer_flops, sparse_flops
 from raysparse.train.optim import build_lr_schedule, build_optimizer
 from raysparse.zoo import build_data, build_model, make_loader
@@ -37,6 +39,7 @@ class EpochContext:
     model: nn.Module
     save_checkpoint: Callable[[str | Path], Path]
     export_model: Callable[[], nn.Module]  # a plain nn.Module with the masks in its weights
+    input_shape: tuple[int, ...]  # of one example, for exporting the model
 
 
 Report = Callable[[dict, EpochContext], None]
@@ -44,7 +47,8 @@ Report = Callable[[dict, EpochContext], None]
 # what every report carries: the metrics a sweep may name as objectives
 REPORTED_METRICS = (
     "val_accuracy", "val_loss", "test_accuracy", "test_loss", "train_loss", "density", "flops_dense",
-    "flops_sparse", "mask_churn", "epoch_seconds", "best_val_accuracy", "epoch", "lr",
+    "flops_sparse", "mask_churn", "epoch_seconds", "best_val_accuracy", "epoch", "lr", "params", "params_dense",
+    "latency_ms_b1", "latency_ms_b64",
 )
 
 
@@ -73,102 +77,163 @@ def fit(
     ``checkpoint_dir`` writes a checkpoint after every epoch; ``resume_from`` continues a run
     from one, ending bit-identical to an uninterrupted run.
     """
-    cfg = load_config(config)
-    device = pick_device(cfg.device)
-    seed_everything(cfg.seed)
-    data = build_data(cfg.data, cfg.seed)
-    net = build_model(model if model is not None else cfg.model, data.input_shape, data.num_classes).to(device)
-
-    rank, world = _process_group()
-    # data.batch_size is the global batch: steps per epoch, and so every schedule in steps,
-    # are the same whether a trial runs on one worker or several
-    batch_size = math.ceil(cfg.data.get("batch_size", 64) / world)
-    loader_seed = torch.Generator()
-    train_loader = make_loader(
-        data.train, batch_size=batch_size, shuffle=True, generator=loader_seed,
-        augment=cfg.data.get("augment", False), num_workers=cfg.data.get("num_workers", 0), shard=(rank, world),
-    )
-    val_loader = make_loader(data.val, batch_size=512, shuffle=False, generator=None)
-    test_loader = make_loader(data.test, batch_size=512, shuffle=False, generator=None)
-
-    optimizer = build_optimizer(net, cfg.optimizer)
-    steps_per_epoch = len(train_loader)
-    method: SparseMethod = get_method(cfg.sparsity.method)(cfg.sparsity, seed=cfg.seed)
-    method.attach(net, optimizer, steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs)
-    # after attach: a method may add parameter groups (DST's thresholds) that the schedule must see
-    schedule = build_lr_schedule(optimizer, cfg.lr_schedule, cfg.epochs)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    flops_dense, flops_by_layer = layer_flops(net, data.input_shape, device)
-    # DDP broadcasts rank 0's weights and all-reduces gradients; the method works on the
-    # unwrapped module (same parameters) and broadcasts rank 0's masks on every update
-    trained = _data_parallel(net, device) if world > 1 else net
-
-    start_epoch, best = 0, {"best_val_accuracy": -1.0, "best_epoch": 0}
+    run = _Run(load_config(config), model)
     if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["lr_schedule"])
-        method.load_state_dict(state["method"])
-        restore_rng(state["rng"])
-        start_epoch, best = state["epoch"], dict(state["best"])
-        method.masks.drain_events()  # already logged by the run that wrote the checkpoint
+        run.restore(load_checkpoint(resume_from))
+    else:
+        run.method.on_train_start()
+        run.follow_structure()
+    metrics: dict = {}
+    for epoch in range(run.start_epoch, run.cfg.epochs):
+        metrics = run.epoch(epoch)
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, run.checkpoint_state(epoch + 1))
+        if report is not None:
+            report(metrics, run.context(epoch + 1))
+    return metrics
 
-    def checkpoint_state(epoch: int) -> dict:
+
+class _Run:
+    """Everything one training run holds. A method may rebuild the model's structure (HAP's
+    channel compaction): then the optimizer, LR schedule, DDP wrapper and cost metrics follow
+    (``follow_structure``), the same way whether it happens live or on resume."""
+
+    def __init__(self, cfg: Config, model: nn.Module | None):
+        self.cfg, self.device = cfg, pick_device(cfg.device)
+        seed_everything(cfg.seed)
+        self.data = data = build_data(cfg.data, cfg.seed)
+        self.net = build_model(model if model is not None else cfg.model, data.input_shape, data.num_classes)
+        self.net.to(self.device)
+        if cfg.init_from is not None:  # e.g. a pretrained network for one-shot or HAP pruning
+            self.net.load_state_dict(torch.load(cfg.init_from, map_location=self.device, weights_only=True))
+        self.rank, self.world = _process_group()
+        # data.batch_size is the global batch: steps per epoch, and so every schedule in steps,
+        # are the same whether a trial runs on one worker or several
+        self.batch_size = batch_size = math.ceil(cfg.data.get("batch_size", 64) / self.world)
+        self.loader_seed = torch.Generator()
+        self.train_loader = make_loader(
+            data.train, batch_size=batch_size, shuffle=True, generator=self.loader_seed,
+            augment=cfg.data.get("augment", False), num_workers=cfg.data.get("num_workers", 0),
+            shard=(self.rank, self.world),
+        )
+        self.val_loader = make_loader(data.val, batch_size=512, shuffle=False, generator=None)
+        self.test_loader = make_loader(data.test, batch_size=512, shuffle=False, generator=None)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.steps_per_epoch = len(self.train_loader)
+
+        self.optimizer = build_optimizer(self.net, cfg.optimizer)
+        self.method: SparseMethod = get_method(cfg.sparsity.method)(cfg.sparsity, seed=cfg.seed)
+        self.method.bind(loss_fn=self.criterion, train_batches=self._sample_batches, input_shape=data.input_shape)
+        total_steps = self.steps_per_epoch * cfg.epochs
+        self.method.attach(self.net, self.optimizer, steps_per_epoch=self.steps_per_epoch, total_steps=total_steps)
+        # after attach: a method may add parameter groups (DST's thresholds) that the schedule must see
+        self.schedule = build_lr_schedule(self.optimizer, cfg.lr_schedule, cfg.epochs)
+        self.flops_dense = layer_flops(self.net, data.input_shape, self.device)[0]
+        self.params_dense = count_params(self.net)
+        self.structure_version = 0
+        self._measure_structure()
+        self.start_epoch, self.best = 0, {"best_val_accuracy": -1.0, "best_epoch": 0}
+        self.last_masks = self.method.masks.snapshot()
+
+    def _sample_batches(self):
+        """Shuffled training batches for a method's own estimates (HAP's Hessian), from a
+        generator of their own so the training batches do not change."""
+        generator = torch.Generator().manual_seed(self.cfg.seed + 17)
+        return iter(make_loader(self.data.train, batch_size=self.batch_size, shuffle=True, generator=generator))
+
+    def _measure_structure(self) -> None:
+        """FLOPs, parameters and latency of the model as it is now; DDP wraps this structure."""
+        shape, device = self.data.input_shape, self.device
+        self.flops_now, self.flops_by_layer = layer_flops(self.net, shape, device)
+        self.costs = {"params": count_params(self.net), "params_dense": self.params_dense}
+        if self.cfg.measure_latency:
+            for batch in (1, 64):
+                self.costs[f"latency_ms_b{batch}"] = measure_latency(self.net, shape, batch=batch, device=device)
+        # DDP broadcasts rank 0's weights and all-reduces gradients; the method works on the
+        # unwrapped module (same parameters) and broadcasts rank 0's masks on every update
+        self.trained = _data_parallel(self.net, device) if self.world > 1 else self.net
+
+    def follow_structure(self) -> None:
+        """After a method rebuilt the model: a fresh optimizer (``finetune_lr``) and LR schedule
+        over the epochs left, and new cost figures."""
+        if self.method.structure_version == self.structure_version:
+            return
+        self.structure_version = self.method.structure_version
+        cfg, done = self.cfg, self.method.restructured_epoch
+        lr = cfg.sparsity.finetune_lr if cfg.sparsity.finetune_lr is not None else cfg.optimizer.lr
+        self.optimizer = build_optimizer(self.net, dataclasses.replace(cfg.optimizer, lr=lr))
+        self.method.optimizer = self.optimizer
+        self.schedule = build_lr_schedule(self.optimizer, cfg.lr_schedule, max(1, cfg.epochs - done))
+        self._measure_structure()
+        self.last_masks = self.method.masks.snapshot()
+
+    def restore(self, state: dict) -> None:
+        self.method.load_state_dict(state["method"])  # first: it may rebuild the structure
+        self.follow_structure()
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["lr_schedule"])
+        restore_rng(state["rng"])
+        self.start_epoch, self.best = state["epoch"], dict(state["best"])
+        self.method.masks.drain_events()  # already logged by the run that wrote the checkpoint
+        self.last_masks = self.method.masks.snapshot()
+
+    def checkpoint_state(self, epoch: int) -> dict:
         return {
-            "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-            "lr_schedule": schedule.state_dict(), "method": method.state_dict(),
-            "rng": capture_rng(), "epoch": epoch, "best": best, "config": cfg.to_dict(),
+            "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.schedule.state_dict(), "method": self.method.state_dict(),
+            "rng": capture_rng(), "epoch": epoch, "best": self.best, "config": self.cfg.to_dict(),
         }
 
-    last_masks = method.masks.snapshot()
-    metrics: dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
+    def epoch(self, epoch: int) -> dict:
+        cfg, method = self.cfg, self.method
         started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
+        lr = self.optimizer.param_groups[0]["lr"]
         # the shuffle order depends only on (seed, epoch): a resumed run sees the same batches
-        loader_seed.manual_seed(cfg.seed * 1_000_003 + epoch)
-        train_loss = _train_epoch(trained, train_loader, optimizer, method, criterion, device, epoch * steps_per_epoch)
-        schedule.step()
+        self.loader_seed.manual_seed(cfg.seed * 1_000_003 + epoch)
+        train_loss = _train_epoch(
+            self.trained, self.train_loader, self.optimizer, method, self.criterion, self.device,
+            epoch * self.steps_per_epoch,
+        )
+        self.schedule.step()
         epoch_seconds = time.perf_counter() - started
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"train_loss is {train_loss} at epoch {epoch + 1}; stopping the run")
         method.on_epoch_end(epoch)
+        self.follow_structure()
 
-        val_accuracy, val_loss = evaluate(net, val_loader, device)
-        test_accuracy, test_loss = evaluate(net, test_loader, device)
-        layer_density = method.masks.layer_density()
-        if val_accuracy > best["best_val_accuracy"]:  # model selection on validation, never test
-            best = {"best_val_accuracy": val_accuracy, "best_epoch": epoch + 1}
+        val_accuracy, val_loss = evaluate(self.net, self.val_loader, self.device)
+        test_accuracy, test_loss = evaluate(self.net, self.test_loader, self.device)
+        layer_density = method.layer_density()
+        if val_accuracy > self.best["best_val_accuracy"]:  # model selection on validation, never test
+            self.best = {"best_val_accuracy": val_accuracy, "best_epoch": epoch + 1}
         metrics = {
             "epoch": epoch + 1,
-            "step": (epoch + 1) * steps_per_epoch,
+            "step": (epoch + 1) * self.steps_per_epoch,
             "train_loss": train_loss,
             "val_accuracy": val_accuracy,
             "val_loss": val_loss,
             "test_accuracy": test_accuracy,
             "test_loss": test_loss,
-            "density": method.masks.density(),
+            "density": method.density(),
             "layer_density": layer_density,
-            "flops_dense": flops_dense,
-            "flops_sparse": sparse_flops(flops_dense, flops_by_layer, layer_density),
-            "mask_churn": method.masks.churn_since(last_masks),
+            "flops_dense": self.flops_dense,
+            "flops_sparse": sparse_flops(self.flops_now, self.flops_by_layer, method.masks.layer_density()),
+            "mask_churn": method.masks.churn_since(self.last_masks),
             "lr": lr,
             "epoch_seconds": epoch_seconds,
-            **best,
+            **self.costs,
+            **self.best,
         }
-        last_masks = method.masks.snapshot()
-        state_at_epoch = epoch + 1
-        if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, checkpoint_state(state_at_epoch))
-        if report is not None:
-            context = EpochContext(
-                mask_events=method.masks.drain_events(), masks=method.masks, model=net,
-                save_checkpoint=lambda path, e=state_at_epoch: save_checkpoint(path, checkpoint_state(e)),
-                export_model=lambda: method.export(net),
-            )
-            report(metrics, context)
-    return metrics
+        self.last_masks = method.masks.snapshot()
+        return metrics
+
+    def context(self, epoch: int) -> EpochContext:
+        return EpochContext(
+            mask_events=self.method.masks.drain_events(), masks=self.method.masks, model=self.net,
+            save_checkpoint=lambda path: save_checkpoint(path, self.checkpoint_state(epoch)),
+            export_model=lambda: self.method.export(self.net), input_shape=self.data.input_shape,
+        )
 
 
 def _process_group() -> tuple[int, int]:
