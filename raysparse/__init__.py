@@ -22,9 +22,11 @@ from raysparse.sparsity.masks import (
     unpack_masks,
 )
 from raysparse.sparsity.schedules import gmp_sparsity
+from raysparse.structured import channel_hessian_traces
 from raysparse.train.loop import EpochContext, TrainingDiverged, fit
 
 __all__ = [
+    "channel_hessian_traces",
     "Config", "ConfigError", "EpochContext", "MaskSet", "TrainingDiverged", "fit", "gmp_sparsity",
     "layer_densities", "load_config", "masks_hash", "pack_masks", "sweep", "train", "unpack_masks",
 ]

@@ -8,6 +8,7 @@ every rank reports its mask hash, and the trial fails loudly if two ranks ever d
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from concurrent import futures
@@ -22,6 +23,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from raysparse.search.spaces import Sweep
 from raysparse.tracking import TrialRun
 from raysparse.train.checkpoint import CHECKPOINT_FILE
+from raysparse.train.export import export_program
 from raysparse.train.loop import EpochContext, TrainingDiverged, fit
 
 
@@ -78,10 +80,11 @@ class _TrialLogger:
 
     def final(self) -> None:
         self._collect(wait=True)
-        masks = self.last.masks
-        state = {k: v.detach().cpu() for k, v in self.last.export_model().state_dict().items()}
+        masks, plain = self.last.masks, self.last.export_model()
+        state = {k: v.detach().cpu() for k, v in plain.state_dict().items()}
         self.run.log_final(
-            packed_masks=masks.pack(), layer_density=masks.layer_density(), model_state=state, config=self.config
+            packed_masks=masks.pack(), layer_density=masks.layer_density(), model_state=state, config=self.config,
+            write_program=lambda path: _export_or_skip(plain, self.last.input_shape, path),
         )
         self.run.finish()
         self._worker.shutdown()  # actors are reused across trials: leave no idle thread behind
@@ -90,6 +93,15 @@ class _TrialLogger:
         self._collect(wait=True)
         self.run.fail(reason)
         self._worker.shutdown()
+
+
+def _export_or_skip(model, input_shape, path) -> None:
+    """The program file is a convenience: a model torch.export cannot trace still gets its
+    state_dict logged, and the trial says why the program is missing."""
+    try:
+        export_program(copy.deepcopy(model), input_shape, path)
+    except Exception as err:  # torch.export raises many types for untraceable models
+        print(f"raysparse: model not exported as a program ({type(err).__name__}: {err})", flush=True)
 
 
 def _restore_checkpoint(checkpoint, into: str) -> Path | None:

@@ -44,7 +44,7 @@ class ImplantedConv(nn.Module):
         self.implant = implant
         # cat() lists kept then implant channels; argsort of that listing is the inverse permutation.
         # Not persistent: the plan that built this module rebuilds it, so it is structure, not state.
-        order = torch.argsort(torch.tensor([*kept_idx, *implant_idx]))
+        order = torch.argsort(torch.tensor([*kept_idx, *implant_idx], device=next(kept.parameters()).device))
         self.register_buffer("channel_order", order, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

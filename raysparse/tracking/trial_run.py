@@ -79,8 +79,9 @@ class TrialRun:
         self._client.log_artifact(self.run_id, str(self._lineage), "masks")
 
     def log_final(self, *, packed_masks: bytes, layer_density: dict[str, float], model_state: dict,
-                  config: dict) -> None:
-        """Final masks, per-layer density table, state_dict (weights_only-loadable) and config."""
+                  config: dict, write_program=None) -> None:
+        """Final masks, per-layer density table, state_dict (weights_only-loadable) and config;
+        ``write_program(path)`` may add ``model/model.pt2`` (a torch.export program)."""
         out = Path(self._workdir.name) / "final"
         (out / "masks").mkdir(parents=True, exist_ok=True)
         (out / "model").mkdir(exist_ok=True)
@@ -95,6 +96,8 @@ class TrialRun:
         state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model_state.items()}
         torch.save(state, out / "model" / "state_dict.pt")
         (out / "model" / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        if write_program is not None:
+            write_program(out / "model" / "model.pt2")
         self._client.log_artifacts(self.run_id, str(out))
         shutil.rmtree(out)
 

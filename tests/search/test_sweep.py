@@ -50,8 +50,21 @@ def test_four_trials_four_child_runs_with_metrics_and_masks(four_trials):
         assert lineage and all(b["parent_hash"] == a["hash"] for a, b in zip(lineage, lineage[1:]))
     best = result.best()
     assert best["metrics"]["val_accuracy"] == trials["metrics.val_accuracy"].max()
+    assert_model_loads_without_raysparse(result.tracking_uri, best["run_id"])
     assert best["config"]["sparsity"]["method"] in ("gmp", "granet")
     assert result.experiment_name == "four" and result.parent_run_id
+
+
+def assert_model_loads_without_raysparse(tracking_uri, run_id):
+    """The final model is logged as a torch.export program and a weights_only state_dict."""
+    import mlflow
+    import torch
+
+    folder = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", tracking_uri=tracking_uri)
+    program = torch.export.load(f"{folder}/model.pt2").module()
+    state = torch.load(f"{folder}/state_dict.pt", weights_only=True)
+    assert program(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+    assert set(state) == {"1.weight", "1.bias", "3.weight", "3.bias"}
 
 
 def test_data_parallel_trial_has_identical_masks_on_both_ranks(ray_runtime, home):

@@ -29,15 +29,20 @@ def worker(rank: int, port: int, out: str, method: str) -> None:
         seen["weights"] = torch.cat([p.detach().flatten() for p in ctx.model.parameters()])
 
     final = fit(small_config(method), report)
-    torch.save({**seen, "density": final["density"], "loss": final["train_loss"]}, f"{out}/rank{rank}.pt")
+    torch.save({**seen, "density": final["density"], "loss": final["train_loss"], "params": final["params"],
+                "params_dense": final["params_dense"]}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("method", ["granet", "dst"])  # decided on rank 0 / learned thresholds synced by DDP
+@pytest.mark.parametrize("method", ["granet", "dst", "hap"])  # rank-0 masks, DDP-synced thresholds, one plan
 def test_two_ranks_hold_identical_masks_and_weights(tmp_path, method):
     mp.spawn(worker, args=(free_port(), str(tmp_path), method), nprocs=2)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert r0["hashes"] == r1["hashes"] and len(set(r0["hashes"])) > 2  # masks changed, identically
+    assert r0["hashes"] == r1["hashes"]
+    if method == "hap":  # one plan on both ranks: the same compact architecture
+        assert r0["params"] == r1["params"] < 0.5 * r0["params_dense"]
+    else:
+        assert len(set(r0["hashes"])) > 2 and abs(r0["density"] - 0.2) < 0.01  # masks changed, identically
     assert torch.equal(r0["weights"], r1["weights"])
-    assert r0["density"] == r1["density"] and abs(r0["density"] - 0.2) < 0.01
+    assert r0["density"] == r1["density"]
     assert r0["loss"] == r1["loss"]  # the reported loss is averaged over ranks

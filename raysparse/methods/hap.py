@@ -1,0 +1,150 @@
+"""HAP: Hessian-aware structured pruning with neural implants (Yu et al. 2022,
+https://arxiv.org/abs/2101.08940), physically compacted.
+
+Pipeline on the one loop: train (or start from ``init_from``) until ``prune_end`` epochs, then
+estimate each output channel's Hessian trace (Hutchinson, averaged over shuffled batches until
+``hessian_tol``), rank channels globally by I_c = Tr(H_c) * ||W_c||^2 / numel(W_c), remove the
+least important ``final_sparsity`` of the channels or parameters (``prune_unit``) with
+torch-pruning's dependency graph (residual couplings included; at most ``layer_cap`` of a
+layer, at least one channel kept, classifier outputs kept), give the next ``implant_ratio``
+band a cheap implant, fine-tune for the remaining epochs at ``finetune_lr``, and re-estimate
+BatchNorm statistics at the end. The model really is smaller: params, FLOPs and measured
+latency are reported on the compact model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from raysparse.methods.base import SparseMethod
+from raysparse.methods.registry import register
+from raysparse.sparsity.masks import MaskSet, prunable_weights
+from raysparse.structured import apply_plan, channel_groups, channel_hessian_traces, group_importance, plan_pruning
+
+BN_BATCHES = 50  # batches to re-estimate BatchNorm statistics after fine-tuning
+
+
+@register
+class HAP(SparseMethod):
+    name = "hap"
+    paper = "https://arxiv.org/abs/2101.08940"
+    # whole channels: the kept fraction of Conv/Linear weights only approximates the target, which
+    # counts every parameter a removed channel takes along (BatchNorm, biases, next-layer inputs)
+    density_tolerance = 0.1
+
+    def attach(self, model, optimizer, *, steps_per_epoch, total_steps):
+        super().attach(model, optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+        epochs = total_steps // steps_per_epoch
+        end = self.config.prune_end
+        self.prune_epoch = round(end) if end is not None else epochs // 2
+        self.epochs = epochs
+        self.plan: dict | None = None
+        self.prunable_dense = sum(w.numel() for w in self.masks.weights.values())
+        self.layer_sizes_dense = {n: w.numel() for n, w in self.masks.weights.items()}
+
+    def after_optimizer_step(self, step: int) -> None:
+        pass  # nothing is masked: channels are removed, not zeroed
+
+    def on_train_start(self) -> None:
+        if self.prune_epoch == 0:  # pruning a loaded network (init_from) before fine-tuning
+            self.prune(epochs_done=0)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        if epoch + 1 == self.prune_epoch and self.plan is None:
+            self.prune(epochs_done=epoch + 1)
+        if epoch + 1 == self.epochs and self.plan is not None:
+            recalibrate_batchnorm(self.model, self.train_batches(), BN_BATCHES)
+
+    # ---- pruning ----------------------------------------------------------------------------
+    def channel_importance(self) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        traces = channel_hessian_traces(
+            self.model, self.loss_fn, self.train_batches(), samples=cfg.hessian_samples, tol=cfg.hessian_tol,
+            max_batches=cfg.hessian_batches, generator=torch.Generator().manual_seed(self.seed),
+        )
+        importance = {}
+        for name, trace in traces.items():
+            weight = self.model.get_submodule(name).weight.detach().cpu()
+            per_channel = weight.flatten(1)
+            importance[name] = trace * per_channel.pow(2).sum(1) / per_channel.shape[1]
+        return importance
+
+    def prune(self, epochs_done: int) -> None:
+        cfg = self.config
+        example = self._example()
+        groups = channel_groups(self.model, example, keep=[self._classifier()])
+        scores = group_importance(groups, self.channel_importance())
+        plan = plan_pruning(
+            groups, scores, ratio=cfg.final_sparsity, unit=cfg.prune_unit, layer_cap=cfg.layer_cap,
+            implant_ratio=cfg.implant_ratio, implant_kind=cfg.implant,
+        ).to_dict()
+        self._apply(_same_on_every_rank(plan), epochs_done)
+
+    def _apply(self, plan: dict, epochs_done: int) -> None:
+        """Compact the model by ``plan`` (plain data: it is also how a resumed run rebuilds)."""
+        self.summary = apply_plan(self.model, self._example(), plan)
+        self.plan, self.restructured_epoch = plan, epochs_done
+        self.structure_version += 1
+        # a dense mask view of the compact model: density and FLOPs come from its real size
+        self.masks = MaskSet(prunable_weights(self.model))
+
+    def _example(self) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        return torch.zeros(1, *self.input_shape, device=device)
+
+    def _classifier(self) -> nn.Module:
+        *_, last = (m for m in self.model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+        return last
+
+    # ---- reporting and checkpoints -------------------------------------------------------------
+    def density(self) -> float:
+        return sum(w.numel() for w in self.masks.weights.values()) / self.prunable_dense
+
+    def layer_density(self) -> dict[str, float]:
+        return {n: w.numel() / self.layer_sizes_dense.get(n, w.numel()) for n, w in self.masks.weights.items()}
+
+    def target_density(self) -> float:
+        return 1.0 - self.config.final_sparsity if self.config.prune_unit == "params" else float("nan")
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "plan": self.plan, "restructured_epoch": self.restructured_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["plan"] is not None and self.plan is None:  # rebuild the compact structure first
+            self._apply(state["plan"], state["restructured_epoch"])
+        super().load_state_dict(state)
+
+
+def _same_on_every_rank(plan: dict) -> dict:
+    """Under DDP every rank estimates the same traces from the same batches; rank 0's plan is
+    broadcast anyway, so float noise can never give two ranks different architectures."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        holder = [plan]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+    return plan
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches, max_batches: int) -> None:
+    """Re-estimate BatchNorm running statistics on training batches (cumulative average), as
+    the seed does after fine-tuning: pruning shifted every layer's activation statistics."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches below
+    model.train()
+    device = next(model.parameters()).device
+    for i, (x, _) in enumerate(batches):
+        if i >= max_batches:
+            break
+        model(x.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)

@@ -1,0 +1,70 @@
+"""HAP through the one loop: pruned once, really smaller, reported as it is, resumable."""
+
+import pytest
+import torch
+
+from raysparse.train import fit
+from raysparse.train.latency import count_params
+from tests.conftest import small_config
+
+
+def hap_config(**sparsity):
+    cfg = small_config("hap", **{"final_sparsity": 0.5, "prune_unit": "channels", "prune_end": 4, **sparsity})
+    cfg["model"] = {"name": "lenet5"}
+    cfg["optimizer"]["lr"] = 0.05
+    cfg["epochs"] = 6
+    return cfg
+
+
+@pytest.mark.parametrize("implant", ["zero", "lowrank"])
+def test_compact_model_is_smaller_and_reported_as_it_is(implant):
+    reports, models = [], []
+
+    def report(metrics, ctx):
+        reports.append(metrics)
+        models.append(ctx.export_model())
+
+    fit(hap_config(implant_ratio=0.2, implant=implant), report)
+    before, after = reports[0], reports[-1]
+    assert before["params"] == before["params_dense"] and after["params"] < 0.7 * after["params_dense"]
+    assert after["params"] == count_params(models[-1])  # the reported count is the model's own
+    assert after["flops_sparse"] < before["flops_sparse"] == before["flops_dense"]
+    assert after["density"] < 1.0 and after["val_accuracy"] > 0.5
+    kinds = {type(m).__name__ for m in models[-1].modules()}
+    assert {"zero": "ZeroInitImplant", "lowrank": "LowRankImplant"}[implant] in kinds
+    assert models[-1](torch.zeros(2, 1, 8, 8)).shape == (2, 10)  # classifier outputs kept
+
+
+def test_prune_at_epoch_zero_starts_from_a_loaded_network(tmp_path):
+    from raysparse.zoo import build_model
+
+    torch.manual_seed(3)
+    trained = build_model({"name": "lenet5"}, (1, 8, 8), 10)
+    torch.save(trained.state_dict(), tmp_path / "dense.pt")
+    cfg = hap_config(prune_end=0)
+    cfg["init_from"] = str(tmp_path / "dense.pt")
+    cfg["epochs"] = 1
+    reports = []
+    fit(cfg, lambda m, ctx: reports.append(m))
+    assert reports[0]["params"] < reports[0]["params_dense"]
+
+
+def test_resume_after_the_restructure_is_bit_identical(tmp_path):
+    cfg = hap_config(prune_end=2)
+    cfg["epochs"] = 4
+    fit(cfg, checkpoint_dir=tmp_path / "full")
+
+    class Stop(Exception):
+        pass
+
+    def stop(metrics, ctx):
+        if metrics["epoch"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(cfg, stop, checkpoint_dir=tmp_path / "part")
+    fit(cfg, checkpoint_dir=tmp_path / "part", resume_from=tmp_path / "part")
+    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    part = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    assert full["method"]["plan"] == part["method"]["plan"] and full["method"]["plan"] is not None
+    assert all(torch.equal(full["model"][k], part["model"][k]) for k in full["model"])
