@@ -20,7 +20,7 @@ from raysparse.config import Config, load_config
 from raysparse.methods import SparseMethod, get_method
 from raysparse.sparsity.masks import MaskEvent, MaskSet
 from raysparse.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from raysparse.train.latency import count_params, measure_latency
+from raysparse.train.latency import count_params, inference_model, measure_latency
 from raysparse.train.metrics import evaluate, layer_flops, sparse_flops
 from raysparse.train.optim import build_lr_schedule, build_optimizer
 from raysparse.zoo import build_data, build_model, make_loader
@@ -146,9 +146,10 @@ class _Run:
         shape, device = self.data.input_shape, self.device
         self.flops_now, self.flops_by_layer = layer_flops(self.net, shape, device)
         self.costs = {"params": count_params(self.net), "params_dense": self.params_dense}
-        if self.cfg.measure_latency:
+        if self.cfg.measure_latency:  # as deployed: BatchNorm folded into the convolutions
+            deployed = inference_model(self.net)
             for batch in (1, 64):
-                self.costs[f"latency_ms_b{batch}"] = measure_latency(self.net, shape, batch=batch, device=device)
+                self.costs[f"latency_ms_b{batch}"] = measure_latency(deployed, shape, batch=batch, device=device)
         # DDP broadcasts rank 0's weights and all-reduces gradients; the method works on the
         # unwrapped module (same parameters) and broadcasts rank 0's masks on every update
         self.trained = _data_parallel(self.net, device) if self.world > 1 else self.net
