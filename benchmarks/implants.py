@@ -1,7 +1,8 @@
 """Neural implants compared: no implant, the seed code's zero-initialized 1x1 conv, and the
 low-rank replacement, on HAP-pruned ResNet-20 / digits (60% of channels chosen for
-removal, the top 30% of those implanted; implants go on convolutions), over several seeds. Accuracy after fine-tuning is measured on
-validation data (selection) and test data (reported), with the compact model's params and
+removal, the top 30% of those implanted; implants go on convolutions), over several seeds.
+Accuracy after fine-tuning is measured on validation data (selection) and test data
+(reported), with the compact model's params and
 deployed latency.
 
 Run: .venv/bin/python benchmarks/implants.py [--seeds 3]
