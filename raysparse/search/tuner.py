@@ -20,7 +20,8 @@ from ray.tune.search.optuna import OptunaSearch
 from raysparse.search.layerwise import suggest_layer_densities
 from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
-from raysparse.search.spaces import Sweep, check_local_resources, get_dotted, load_sweep
+from raysparse.search.settings import check_local_resources
+from raysparse.search.spaces import Sweep, get_dotted, load_sweep
 from raysparse.search.trial import TrackingTarget, trial_function
 from raysparse.tracking import SweepRun, check_tracking_uri, default_home, ensure_local_server
 

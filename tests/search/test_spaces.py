@@ -85,7 +85,7 @@ def test_conditional_key_refers_to_an_earlier_key():
     ],
 )
 def test_bad_sweeps_name_the_field(changes, expected):
-    from raysparse.search.spaces import check_local_resources
+    from raysparse.search.settings import check_local_resources
 
     with pytest.raises(ConfigError, match=expected):
         loaded = load_sweep(sweep(**changes))
