@@ -67,7 +67,10 @@ class ProgressView(Callback):
 
     def summary(self, result) -> None:
         if self.enabled:
-            print(f"sweep {self.sweep.name!r} done in {result.seconds:.0f}s", flush=True)
+            statuses = result.to_dataframe()["status"].value_counts().to_dict()
+            counts = ", ".join(f"{statuses.get(s, 0)} {word}" for s, word in
+                               (("FINISHED", "finished"), ("KILLED", "stopped early"), ("FAILED", "failed")))
+            print(f"sweep {self.sweep.name!r} done in {result.seconds:.0f}s: {counts}", flush=True)
 
 
 class TrialRunCloser(Callback):

@@ -46,6 +46,7 @@ class _DefineByRun:
 
 
 def _searcher(sweep: Sweep) -> OptunaSearch:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress line says what matters
     metrics = [m for m, _ in sweep.objectives]
     modes = [m for _, m in sweep.objectives]
     if len(metrics) == 1:
