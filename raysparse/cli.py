@@ -110,6 +110,28 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_potential(args) -> int:
+    from raysparse.report import plot_potential, sweep_potential_rows
+    from raysparse.robustness.potential import potential_table, prune_potential
+    from raysparse.tracking import SweepRun, default_home, ensure_local_server, load_sweep
+
+    uri = args.tracking_uri or ensure_local_server(default_home())
+    data = load_sweep(uri, args.experiment or args.name, args.name)
+    table = potential_table(prune_potential(sweep_potential_rows(data.trials), delta=args.delta))
+    print(f"prune potential (delta {args.delta:g}) of sweep {data.sweep_name!r}, distribution x method:")
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    out = Path(args.out) if args.out else default_home() / "reports" / data.sweep_name
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{data.sweep_name}_potential.csv", out / f"{data.sweep_name}_potential.png"]
+    table.to_csv(paths[0])
+    plot_potential(table, paths[1], title=f"{data.sweep_name}: prune potential (delta {args.delta:g})")
+    parent = SweepRun.attach(uri, data.experiment_name, data.parent_run_id)
+    for path in paths:
+        parent.log_artifact(path, "report")
+    print("written: " + ", ".join(str(p) for p in paths) + " (and logged to the sweep's parent run)")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from raysparse.tracking import default_home, ensure_local_server, stop_local_server
 
@@ -161,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--tracking-uri", help="MLflow server (default: the embedded one)")
     report.add_argument("--out", help="directory for the report files")
     report.set_defaults(handler=cmd_report)
+    potential = sub.add_parser("potential", help="prune potential per distribution and method of a finished sweep")
+    potential.add_argument("name", help="sweep name (it needs a trial with sparsity.method: dense)")
+    potential.add_argument("--delta", type=float, default=0.005, help="accuracy allowed below the dense reference")
+    potential.add_argument("--experiment", help="MLflow experiment (default: the sweep name)")
+    potential.add_argument("--tracking-uri", help="MLflow server (default: the embedded one)")
+    potential.add_argument("--out", help="directory for the table and plot")
+    potential.set_defaults(handler=cmd_potential)
     ui = sub.add_parser("ui", help="start the MLflow UI on the embedded store and print its URL")
     ui.add_argument("--port", type=int, help="port (default: a free one)")
     ui.add_argument("--stop", action="store_true", help="stop the embedded server")

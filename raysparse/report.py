@@ -91,3 +91,41 @@ def _plot(trials: pd.DataFrame, objectives: Objectives, front, path: Path, name:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def sweep_potential_rows(trials: pd.DataFrame) -> list[dict]:
+    """Prune-potential rows from a sweep's trials: the test set ("clean") and every corrupted
+    distribution a trial reported; a ``dense`` trial is the reference at sparsity 0."""
+    from raysparse.errors import ConfigError
+
+    rows = []
+    for _, trial in trials[trials["status"] == "FINISHED"].iterrows():
+        method = trial.get("params.sparsity.method")
+        sparsity = 0.0 if method == "dense" else round(1.0 - float(trial["metrics.density"]), 4)
+        rows.append({"method": method, "sparsity": sparsity, "distribution": "clean",
+                     "accuracy": trial["metrics.test_accuracy"]})
+        for column, value in trial.items():
+            if column.startswith("metrics.corrupted_accuracy.") and pd.notna(value):
+                rows.append({"method": method, "sparsity": sparsity, "accuracy": value,
+                             "distribution": column.removeprefix("metrics.corrupted_accuracy.")})
+    if not any(r["sparsity"] == 0 for r in rows):
+        raise ConfigError("name", "the sweep has no finished dense reference trial (sparsity.method: dense)")
+    return rows
+
+
+def plot_potential(table: pd.DataFrame, path: Path, *, title: str) -> None:
+    """Grouped bars: one group per distribution, one bar per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.5 * len(table)), 4.4))
+    table.plot.bar(ax=ax)
+    ax.set_ylabel("prune potential")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
