@@ -12,6 +12,7 @@ from torch import nn
 
 from raysparse.config import Config, load_config
 from raysparse.errors import ConfigError
+from raysparse.robustness.potential import prune_potential
 from raysparse.sparsity.distributions import get_distribution
 from raysparse.sparsity.masks import (
     MaskSet,
@@ -28,7 +29,7 @@ from raysparse.train.loop import EpochContext, TrainingDiverged, fit
 __all__ = [
     "channel_hessian_traces",
     "Config", "ConfigError", "EpochContext", "MaskSet", "TrainingDiverged", "fit", "gmp_sparsity",
-    "layer_densities", "load_config", "masks_hash", "pack_masks", "sweep", "train", "unpack_masks",
+    "layer_densities", "load_config", "masks_hash", "pack_masks", "prune_potential", "sweep", "train", "unpack_masks",
 ]
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from raysparse.errors import ConfigError, did_you_mean, unknown_choice
 from raysparse.methods import METHODS, SparsityConfig
+from raysparse.robustness.evaluate import RobustnessConfig
 from raysparse.sparsity.distributions import DISTRIBUTIONS
 from raysparse.sparsity.schedules import REGROWTH_DECAYS
 from raysparse.sparsity.scores import GROWTH_SCORES
@@ -58,6 +59,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    robustness: RobustnessConfig | None = None  # evaluated at the final epoch when set
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,6 +186,22 @@ def _check_values(c: Config) -> None:
 
     _check_sparsity(c.sparsity, c.epochs)
     _check_blocks(c)
+    if c.robustness is not None:
+        _check_robustness(c.robustness, c.data["name"])
+
+
+def _check_robustness(r: RobustnessConfig, dataset: str) -> None:
+    from raysparse.robustness.corruptions import CORRUPTIONS
+
+    for name in r.corruptions:
+        _choice("robustness.corruptions", "corruption", name, CORRUPTIONS)
+    _require(all(1 <= s <= 5 for s in r.severities) and r.severities, "robustness.severities", list(r.severities),
+             "a non-empty list of integers in 1..5")
+    _require(all(e > 0 for e in r.noise_eps), "robustness.noise_eps", list(r.noise_eps), "numbers > 0")
+    _require(r.max_examples >= 1, "robustness.max_examples", r.max_examples, "an integer >= 1")
+    if r.reference is not None and not Path(r.reference).expanduser().is_file():
+        raise ConfigError("robustness.reference", f"got {r.reference!r}; allowed: an existing state_dict file")
+    _require(dataset != "imagefolder", "robustness", dataset, "in-memory datasets (not imagefolder)")
 
 
 def _check_sparsity(p: SparsityConfig, epochs: int) -> None:

@@ -147,7 +147,28 @@ def load_sweep(source: str | Path | dict, **overrides: Any) -> Sweep:
         source_text=text,
     )
     _check_space_values(sweep)
+    _check_final_objectives(sweep)
     return sweep
+
+
+def _check_final_objectives(sweep: Sweep) -> None:
+    """Robustness metrics come once, in the last report: they need the robustness block, and
+    ASHA, which compares trials every epoch, cannot rank by them."""
+    from raysparse.robustness.evaluate import FINAL_METRICS
+
+    final = [m for m, _ in sweep.objectives if m in FINAL_METRICS]
+    if final and sweep.base.get("robustness") is None:
+        raise ConfigError(
+            f"objectives.{final[0]}", "is measured by the robustness suite: add a robustness block to base"
+        )
+    if sweep.metric in FINAL_METRICS and sweep.early_stopping.enabled and sweep.grace_period() < sweep.base.get(
+        "epochs", 30
+    ):
+        raise ConfigError(
+            "early_stopping",
+            f"the first objective {sweep.metric!r} is only reported at the last epoch; put a per-epoch metric "
+            "first or set early_stopping: false",
+        )
 
 
 def _base_config(base: Any, base_dir: Path) -> dict:

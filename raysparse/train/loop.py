@@ -18,6 +18,7 @@ from torch import nn
 
 from raysparse.config import Config, load_config
 from raysparse.methods import SparseMethod, get_method
+from raysparse.robustness.evaluate import FINAL_METRICS, robustness_metrics
 from raysparse.sparsity.masks import MaskEvent, MaskSet
 from raysparse.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from raysparse.train.latency import count_params, inference_model, measure_latency
@@ -44,8 +45,8 @@ class EpochContext:
 
 Report = Callable[[dict, EpochContext], None]
 
-# what every report carries: the metrics a sweep may name as objectives
-REPORTED_METRICS = (
+# what reports carry: the metrics a sweep may name as objectives (FINAL_METRICS: last report only)
+REPORTED_METRICS = FINAL_METRICS + (
     "val_accuracy", "val_loss", "test_accuracy", "test_loss", "train_loss", "density", "flops_dense",
     "flops_sparse", "mask_churn", "epoch_seconds", "best_val_accuracy", "epoch", "lr", "params", "params_dense",
     "latency_ms_b1", "latency_ms_b64",
@@ -208,7 +209,9 @@ class _Run:
         layer_density = method.layer_density()
         if val_accuracy > self.best["best_val_accuracy"]:  # model selection on validation, never test
             self.best = {"best_val_accuracy": val_accuracy, "best_epoch": epoch + 1}
+        robust = self._robustness() if epoch + 1 == cfg.epochs and cfg.robustness is not None else {}
         metrics = {
+            **robust,
             "epoch": epoch + 1,
             "step": (epoch + 1) * self.steps_per_epoch,
             "train_loss": train_loss,
@@ -228,6 +231,14 @@ class _Run:
         }
         self.last_masks = method.masks.snapshot()
         return metrics
+
+    def _robustness(self) -> dict:
+        """Corruptions, calibration and (with a reference) noise-ball agreement, once, at the end."""
+        cfg, reference = self.cfg.robustness, None
+        if cfg.reference is not None:
+            reference = build_model(self.cfg.model, self.data.input_shape, self.data.num_classes).to(self.device)
+            reference.load_state_dict(torch.load(cfg.reference, map_location=self.device, weights_only=True))
+        return robustness_metrics(self.net, self.data.test, cfg, self.device, reference)
 
     def context(self, epoch: int) -> EpochContext:
         return EpochContext(

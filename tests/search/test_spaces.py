@@ -143,3 +143,13 @@ def test_layer_densities_are_rescaled_to_the_exact_target():
     assert METHODS[cfg.sparsity.method] and cfg.sparsity.layer_densities == densities
     weights = prunable_weights(build_model(cfg.model, (1, 8, 8), 10))
     assert explicit(weights, 0.15, densities=densities) == densities
+
+
+def test_robustness_objectives_need_the_suite_and_cannot_drive_asha():
+    with pytest.raises(ConfigError, match=r"objectives\.mean_corrupted_accuracy: is measured by the robustness"):
+        load_sweep(sweep(objectives={"val_accuracy": "max", "mean_corrupted_accuracy": "max"}))
+    with_suite = sweep(objectives={"mean_corrupted_accuracy": "max"})
+    with_suite["base"]["robustness"] = {"corruptions": ["contrast"]}
+    with pytest.raises(ConfigError, match=r"early_stopping: the first objective 'mean_corrupted_accuracy'"):
+        load_sweep(with_suite)
+    assert load_sweep({**with_suite, "early_stopping": False}).metric == "mean_corrupted_accuracy"

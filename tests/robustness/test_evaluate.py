@@ -1,0 +1,55 @@
+"""The robustness suite at the end of a run: corrupted accuracy, ECE, noise-ball agreement."""
+
+import pytest
+import torch
+
+from raysparse.errors import ConfigError
+from raysparse.train import fit
+from raysparse.zoo import build_model
+from tests.conftest import small_config
+
+
+def test_final_report_carries_robustness_metrics(tmp_path):
+    torch.manual_seed(0)
+    torch.save(build_model({"name": "mlp", "hidden": [64, 32]}, (1, 8, 8), 10).state_dict(), tmp_path / "ref.pt")
+    cfg = small_config("granet")
+    cfg["robustness"] = {"corruptions": ["gaussian_noise", "contrast"], "severities": [1, 5],
+                         "noise_eps": [0.1], "reference": str(tmp_path / "ref.pt")}
+    reports = []
+    fit(cfg, lambda m, ctx: reports.append(m))
+    assert "mean_corrupted_accuracy" not in reports[0]  # once, at the end: it is costly
+    final = reports[-1]
+    assert set(final["corrupted_accuracy"]) == {"gaussian_noise_1", "gaussian_noise_5", "contrast_1", "contrast_5"}
+    assert final["corrupted_accuracy"]["gaussian_noise_5"] < final["corrupted_accuracy"]["gaussian_noise_1"]
+    assert 0 <= final["ece"] <= 1 and 0 <= final["noise_agreement"] <= 1
+    assert final["noise_agreement"] < 0.5  # an untrained reference rarely agrees with a trained network
+
+
+def test_bad_robustness_block_names_the_field():
+    cfg = small_config()
+    cfg["robustness"] = {"corruptions": ["fog_of_war"]}
+    with pytest.raises(ConfigError, match=r"robustness\.corruptions: unknown corruption 'fog_of_war'"):
+        fit(cfg)
+    cfg["robustness"] = {"severities": [0]}
+    with pytest.raises(ConfigError, match=r"robustness\.severities"):
+        fit(cfg)
+
+
+def test_sweep_potential_rows_use_dense_as_reference():
+    import pandas as pd
+
+    from raysparse.report import sweep_potential_rows
+
+    trials = pd.DataFrame([
+        {"status": "FINISHED", "params.sparsity.method": "dense", "metrics.density": 1.0,
+         "metrics.test_accuracy": 0.9, "metrics.corrupted_accuracy.contrast_5": 0.5},
+        {"status": "FINISHED", "params.sparsity.method": "gmp", "metrics.density": 0.1,
+         "metrics.test_accuracy": 0.899, "metrics.corrupted_accuracy.contrast_5": 0.3},
+        {"status": "KILLED", "params.sparsity.method": "gmp", "metrics.density": 0.05,
+         "metrics.test_accuracy": 0.2, "metrics.corrupted_accuracy.contrast_5": 0.1},
+    ])
+    rows = sweep_potential_rows(trials)
+    assert {(r["method"], r["sparsity"], r["distribution"]) for r in rows} == {
+        ("dense", 0.0, "clean"), ("dense", 0.0, "contrast_5"), ("gmp", 0.9, "clean"), ("gmp", 0.9, "contrast_5")}
+    with pytest.raises(ConfigError, match="no finished dense reference"):
+        sweep_potential_rows(trials[trials["params.sparsity.method"] != "dense"])
