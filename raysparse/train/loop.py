@@ -129,10 +129,10 @@ class _Run:
         self.method.attach(self.net, self.optimizer, steps_per_epoch=self.steps_per_epoch, total_steps=total_steps)
         # after attach: a method may add parameter groups (DST's thresholds) that the schedule must see
         self.schedule = build_lr_schedule(self.optimizer, cfg.lr_schedule, cfg.epochs)
-        self.flops_dense = layer_flops(self.net, data.input_shape, self.device)[0]
         self.params_dense = count_params(self.net)
         self.structure_version = 0
         self._measure_structure()
+        self.flops_dense = self.flops_now  # of the network as built, before any structural change
         self.start_epoch, self.best = 0, {"best_val_accuracy": -1.0, "best_epoch": 0}
         self.last_masks = self.method.masks.snapshot()
 
