@@ -17,17 +17,13 @@ def _apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """``--set optimizer.lr=0.05``: values parsed as YAML scalars/lists."""
     import yaml
 
+    from raysparse.config import set_dotted
+
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError("--set", f"expected KEY=VALUE, got {item!r}")
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(key, f"{part!r} is not a mapping")
-        node[leaf] = yaml.safe_load(text)
+        set_dotted(raw, key, yaml.safe_load(text))
     return raw
 
 

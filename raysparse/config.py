@@ -65,6 +65,26 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    """``set_dotted(cfg, "optimizer.lr", 0.05)``: the dotted keys of --set and sweep spaces."""
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(key, f"{part!r} is not a mapping")
+    node[leaf] = value
+
+
+def get_dotted(tree: dict, key: str, default: Any = None) -> Any:
+    node = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
 def read_yaml(path: str | Path, field_name: str = "config") -> dict:
     """A YAML mapping from a file (safe_load), with clear errors for a missing or bad file."""
     import yaml

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from raysparse.config import get_dotted
 from raysparse.errors import ConfigError
-from raysparse.search.spaces import LayerSparsity, get_dotted
+from raysparse.search.spaces import LayerSparsity
 from raysparse.sparsity.distributions import rescale_to_budget
 
 PARAM_PREFIX = "layer."

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raysparse.config import load_config, read_yaml
+from raysparse.config import get_dotted, load_config, read_yaml, set_dotted
 from raysparse.errors import ConfigError, did_you_mean
 from raysparse.search.domains import Domain, parse_domain
 from raysparse.search.settings import EarlyStopping, Resources, parse_early_stopping, parse_int, parse_resources
@@ -86,23 +86,6 @@ class Sweep:
         known = [e for e in ends if e is not None]
         end = max(known) if known else epochs / 2
         return min(epochs, math.ceil(end) + 1)
-
-
-def set_dotted(tree: dict, key: str, value: Any) -> None:
-    *parents, leaf = key.split(".")
-    node = tree
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-
-
-def get_dotted(tree: dict, key: str, default: Any = None) -> Any:
-    node = tree
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
 
 
 def load_sweep(source: str | Path | dict, **overrides: Any) -> Sweep:

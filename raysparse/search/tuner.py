@@ -17,11 +17,12 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from raysparse.config import get_dotted
 from raysparse.search.layerwise import suggest_layer_densities
 from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
 from raysparse.search.settings import check_local_resources
-from raysparse.search.spaces import Sweep, get_dotted, load_sweep
+from raysparse.search.spaces import Sweep, load_sweep
 from raysparse.search.trial import TrackingTarget, trial_function
 from raysparse.tracking import SweepRun, check_tracking_uri, default_home, ensure_local_server
 
