@@ -74,20 +74,19 @@ def cmd_sweep(args) -> int:
     for error in result.errors:
         print(f"failed trial: {error.splitlines()[-1] if error else error}", file=sys.stderr)
     print(f"results: MLflow {result.tracking_uri}, experiment {result.experiment_name!r}")
-    print(f"browse them:  raysparse ui     |  table and plot:  raysparse report {sweep.name}")
+    if result.report:
+        print(f"report: {result.report['html']}  (also in the sweep's MLflow run, under report/)")
+    print(f"browse them:  raysparse ui     |  redraw the report:  raysparse report {sweep.name}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from raysparse.report import pareto_front, rank_trials, write_report
-    from raysparse.tracking import SweepRun, default_home, ensure_local_server, load_sweep
+    from raysparse.report import pareto_front, rank_trials, report_sweep, sweep_objectives
+    from raysparse.tracking import default_home, ensure_local_server, load_sweep
 
     uri = args.tracking_uri or ensure_local_server(default_home())
     data = load_sweep(uri, args.experiment or args.name, args.name)
-    objectives = [
-        (f"metrics.{k.removeprefix('sweep.objectives.')}", v)
-        for k, v in data.params.items() if k.startswith("sweep.objectives.")
-    ] or [("metrics.val_accuracy", "max")]
+    objectives = sweep_objectives(data.params)
     ranked = rank_trials(data.trials, objectives)
     shown = ["trial_id", "status", *[c for c, _ in objectives], "metrics.density", "params.sparsity.method"]
     shown = [c for c in dict.fromkeys(shown) if c in ranked.columns]
@@ -96,18 +95,16 @@ def cmd_report(args) -> int:
     if len(objectives) > 1:
         print("Pareto front:")
         print(pareto_front(data.trials, objectives)[shown].to_string(index=False))
-    best = {k: v for k, v in ranked.iloc[0].items() if k.startswith("params.")} if len(ranked) else None
     out = Path(args.out) if args.out else default_home() / "reports" / data.sweep_name
-    paths = write_report(data.trials, objectives, out, name=data.sweep_name, best_config=best)
-    parent = SweepRun.attach(uri, data.experiment_name, data.parent_run_id)
-    for path in paths.values():
-        parent.log_artifact(path, "report")
-    print("written: " + ", ".join(str(p) for p in paths.values()) + " (and logged to the sweep's parent run)")
+    paths = report_sweep(uri, data, out, delta=args.delta)
+    print(f"report: {paths['html']}")
+    print("written: " + ", ".join(p.name for p in paths.values()) + f" in {out} (and logged to the sweep's parent run)")
     return 0
 
 
 def cmd_potential(args) -> int:
-    from raysparse.report import plot_potential, sweep_potential_rows
+    from raysparse import plots
+    from raysparse.report import sweep_potential_rows
     from raysparse.robustness.potential import potential_table, prune_potential
     from raysparse.tracking import SweepRun, default_home, ensure_local_server, load_sweep
 
@@ -120,7 +117,7 @@ def cmd_potential(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{data.sweep_name}_potential.csv", out / f"{data.sweep_name}_potential.png"]
     table.to_csv(paths[0])
-    plot_potential(table, paths[1], title=f"{data.sweep_name}: prune potential (delta {args.delta:g})")
+    plots.potential(table, paths[1], title=f"{data.sweep_name}: prune potential (delta {args.delta:g})")
     parent = SweepRun.attach(uri, data.experiment_name, data.parent_run_id)
     for path in paths:
         parent.log_artifact(path, "report")
@@ -173,11 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--tracking-uri", help="a shared MLflow server (default: the embedded one)")
     sweep.add_argument("--name", help="sweep (and MLflow experiment) name")
     sweep.set_defaults(handler=cmd_sweep)
-    report = sub.add_parser("report", help="trials ranked, best config, Pareto front: CSV + PNG")
+    report = sub.add_parser("report", help="an HTML report: ranked trials, Pareto front, prune potential, plots")
     report.add_argument("name", help="sweep name")
     report.add_argument("--experiment", help="MLflow experiment (default: the sweep name)")
     report.add_argument("--tracking-uri", help="MLflow server (default: the embedded one)")
     report.add_argument("--out", help="directory for the report files")
+    report.add_argument("--delta", type=float, default=0.005, help="prune potential: accuracy allowed below dense")
     report.set_defaults(handler=cmd_report)
     potential = sub.add_parser("potential", help="prune potential per distribution and method of a finished sweep")
     potential.add_argument("name", help="sweep name (it needs a trial with sparsity.method: dense)")

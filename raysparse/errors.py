@@ -14,7 +14,7 @@ class ConfigError(ValueError):
     """
 
     def __init__(self, field: str, message: str):
-        self.field = field
+        self.field, self.message = field, message
         super().__init__(f"{field}: {message}" if field else message)
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from raysparse import plots
+from raysparse.report_html import ReportPage, render
+
 Objectives = Sequence[tuple[str, str]]  # (column, "max" | "min")
 
 
@@ -45,10 +48,13 @@ def pareto_front(trials: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
 
 def write_report(
     trials: pd.DataFrame, objectives: Objectives, out_dir: str | Path, *, name: str,
-    best_config: dict | None = None,
+    best_config: dict | None = None, potential: pd.DataFrame | None = None, delta: float = 0.005,
+    page: dict | None = None,
 ) -> dict[str, Path]:
     """``<name>_trials.csv`` (ranked), ``<name>_best.json``, ``<name>_pareto.csv`` (several
-    objectives) and ``<name>.png``. Returns the paths written."""
+    objectives), ``<name>.png`` (objectives, front marked), ``<name>_potential.csv/.png`` (given a
+    prune-potential table) and ``<name>.html`` with all of them. ``page`` adds ReportPage fields
+    (trial figures, MLflow links). Returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ranked = rank_trials(trials, objectives)
@@ -61,36 +67,35 @@ def write_report(
     if front is not None:
         paths["pareto"] = out / f"{name}_pareto.csv"
         front.to_csv(paths["pareto"], index=False)
-    _plot(ranked, objectives, front, paths["plot"], name)
+    y = objectives[0][0]
+    x = objectives[1][0] if len(objectives) > 1 else "metrics.density"
+    title = f"{name}: {len(trials)} trials" + (", Pareto front" if front is not None else "")
+    plots.pareto(ranked, x, y, front if len(objectives) == 2 else None, paths["plot"], title=title)
+    if potential is not None:
+        paths["potential"], paths["potential_plot"] = out / f"{name}_potential.csv", out / f"{name}_potential.png"
+        potential.to_csv(paths["potential"])
+        plots.potential(potential, paths["potential_plot"], title=f"{name}: prune potential (delta {delta:g})")
+    columns = ["trial_id", "status", *[c for c, _ in objectives], "metrics.density", "params.sparsity.method",
+               "metrics.epoch", "failure_reason"]
+    paths["html"] = out / f"{name}.html"
+    paths["html"].write_text(render(ReportPage(
+        sweep_name=name,
+        objectives=list(objectives), ranked=ranked, columns=list(dict.fromkeys(columns)),
+        objective_plot=paths["plot"], front=front, potential=potential, potential_plot=paths.get("potential_plot"),
+        delta=delta, best_config=best_config, **(page or {}),
+    )))
     return paths
 
 
-def _plot(trials: pd.DataFrame, objectives: Objectives, front, path: Path, name: str) -> None:
-    import matplotlib
+def sweep_potential(trials: pd.DataFrame, delta: float) -> tuple[pd.DataFrame | None, str]:
+    """The prune-potential table (distribution x method) of a sweep, or None and why not."""
+    from raysparse.errors import ConfigError
+    from raysparse.robustness.potential import potential_table, prune_potential
 
-    matplotlib.use("Agg")  # files only: no display on servers
-    import matplotlib.pyplot as plt
-
-    first = objectives[0][0]
-    x_col = objectives[1][0] if len(objectives) > 1 else "metrics.density"
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    method = trials.get("params.sparsity.method", pd.Series(["trial"] * len(trials), index=trials.index))
-    if x_col in trials.columns and first in trials.columns:
-        for label, group in trials.groupby(method.fillna("-")):
-            ax.scatter(group[x_col], group[first], label=str(label), alpha=0.8)
-        if front is not None and not front.empty:
-            ordered = front.sort_values(x_col)
-            ax.plot(ordered[x_col], ordered[first], "k--", lw=1, label="Pareto front")
-        ax.set_xlabel(x_col)
-        ax.set_ylabel(first)
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, f"no trial reported {first!r}", ha="center", va="center")
-    ax.set_title(f"{name}: {len(trials)} trials")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        return potential_table(prune_potential(sweep_potential_rows(trials), delta=delta)), ""
+    except ConfigError as missing:
+        return None, f"Not measured: {missing.message}. Add a trial with sparsity.method: dense to measure it."
 
 
 def sweep_potential_rows(trials: pd.DataFrame) -> list[dict]:
@@ -113,19 +118,38 @@ def sweep_potential_rows(trials: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def plot_potential(table: pd.DataFrame, path: Path, *, title: str) -> None:
-    """Grouped bars: one group per distribution, one bar per method."""
-    import matplotlib
+def sweep_objectives(sweep_params: dict[str, str]) -> list[tuple[str, str]]:
+    """The objectives a sweep's parent run recorded (``sweep.objectives.<metric>: max|min``)."""
+    prefix = "sweep.objectives."
+    found = [(f"metrics.{k.removeprefix(prefix)}", v) for k, v in sweep_params.items() if k.startswith(prefix)]
+    return found or [("metrics.val_accuracy", "max")]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.5 * len(table)), 4.4))
-    table.plot.bar(ax=ax)
-    ax.set_ylabel("prune potential")
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def report_sweep(tracking_uri: str, data, out_dir: str | Path, *, delta: float = 0.005,
+                 figures_of: int = 3) -> dict[str, Path]:
+    """Write the report of a sweep as MLflow recorded it (``data``: ``tracking.load_sweep``) and
+    log its files to the sweep's parent run under ``report/``. The HTML shows the plots of the
+    Pareto front's trials (several objectives) or of the ``figures_of`` best ones."""
+    from raysparse.tracking import SweepRun, download_plots
+
+    out = Path(out_dir)
+    objectives = sweep_objectives(data.params)
+    ranked = rank_trials(data.trials, objectives)
+    finished = ranked[ranked["status"] == "FINISHED"]
+    shown = pareto_front(finished, objectives) if len(objectives) > 1 else finished.head(figures_of)
+    figures = {
+        row.trial_id: download_plots(tracking_uri, row.run_id, out / "trials" / str(row.trial_id))
+        for row in shown.head(2 * figures_of).itertuples()
+    }
+    potential, note = sweep_potential(data.trials, delta)
+    best = {k: v for k, v in finished.iloc[0].items() if k.startswith("params.")} if len(finished) else None
+    experiment_url = f"{tracking_uri}/#/experiments/{data.experiment_id}"
+    paths = write_report(
+        data.trials, objectives, out, name=data.sweep_name, best_config=best, potential=potential, delta=delta,
+        page={"status": data.parent_status, "potential_note": note, "trial_figures": figures,
+              "experiment_url": experiment_url, "run_url": experiment_url + "/runs/{run_id}"},
+    )
+    parent = SweepRun.attach(tracking_uri, data.experiment_name, data.parent_run_id)
+    for path in paths.values():
+        parent.log_artifact(path, "report")
+    return paths

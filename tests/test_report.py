@@ -25,7 +25,24 @@ def test_rank_puts_best_first_and_missing_last():
 
 def test_write_report_files(tmp_path):
     paths = write_report(TRIALS, BOTH, tmp_path, name="s", best_config={"params.sparsity.method": "granet"})
-    assert set(paths) == {"trials", "plot", "best", "pareto"}
+    assert set(paths) == {"trials", "plot", "best", "pareto", "html"}
     assert pd.read_csv(paths["trials"])["trial_id"].tolist() == ["d", "b", "a", "c", "e"]
     assert len(pd.read_csv(paths["pareto"])) == 3
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_html_report_embeds_figures_marks_the_front_and_links_trials(tmp_path):
+    potential = pd.DataFrame({"gmp": [0.9, 0.5], "granet": [0.95, 0.7]}, index=["clean", "contrast_5"])
+    figure = tmp_path / "training.png"
+    figure.write_bytes(b"\x89PNG fake")
+    paths = write_report(TRIALS, BOTH, tmp_path, name="s<1>", potential=potential, page={
+        "trial_figures": {"d": [figure]}, "run_url": "http://127.0.0.1:5000/#/experiments/1/runs/{run_id}",
+    })
+    page = paths["html"].read_text()
+    assert "<title>s&lt;1&gt;: raysparse report</title>" in page  # names are escaped
+    assert page.count("<tr class='front'>") == 2 * 3  # front rows, in the front table and the trial table
+    assert page.count("data:image/png;base64,") == 3  # objectives, potential, the trial's figure
+    assert "<h2>Trial d</h2>" in page and "0.950" in page and "contrast_5" in page
+    assert pd.read_csv(paths["potential"], index_col=0).loc["contrast_5", "granet"] == 0.7
+    no_dense = write_report(TRIALS, BOTH[:1], tmp_path / "one", name="s", page={"potential_note": "no dense trial"})
+    assert "no dense trial" in no_dense["html"].read_text() and "pareto" not in no_dense

@@ -35,13 +35,17 @@ class Domain:
                 return False
         return True
 
+    def categories(self) -> list:
+        """A choice's values as Optuna sees them: primitives, or indices for list/dict choices."""
+        if all(isinstance(v, _PRIMITIVE) for v in self.values):
+            return list(self.values)
+        # Optuna's categoricals hold primitives only: sample an index for list/dict choices
+        return [str(i) for i in range(len(self.values))]
+
     def suggest(self, trial, name: str) -> Any:
         """Sample on an Optuna trial; the value returned is what the trial config receives."""
         if self.kind == "choice":
-            if all(isinstance(v, _PRIMITIVE) for v in self.values):
-                return trial.suggest_categorical(name, list(self.values))
-            # Optuna's categoricals hold primitives only: sample an index for list/dict choices
-            return trial.suggest_categorical(name, [str(i) for i in range(len(self.values))])
+            return trial.suggest_categorical(name, self.categories())
         low, high = self.values
         if self.kind == "int":
             return trial.suggest_int(name, low, high)

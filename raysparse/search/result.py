@@ -3,11 +3,13 @@ table ``raysparse report`` reads later), the best trial and the Pareto front."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from raysparse.report import pareto_front, rank_trials
 from raysparse.search.spaces import Sweep
-from raysparse.tracking import load_sweep
+from raysparse.tracking import SweepData, load_sweep
 
 
 def objective_columns(objectives) -> list[tuple[str, str]]:
@@ -19,16 +21,21 @@ class SweepResult:
                  seconds: float):
         self.sweep, self.grid, self.seconds = sweep, grid, seconds
         self.tracking_uri, self.experiment_name, self.parent_run_id = tracking_uri, experiment_name, parent_run_id
-        self._trials: pd.DataFrame | None = None
+        self._data: SweepData | None = None
+        self.report: dict[str, Path] | None = None  # the files ``report_sweep`` wrote at the end
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per trial: run and trial ids, status, ``params.*`` and final ``metrics.*``."""
-        if self._trials is None:
+        return self.data().trials
+
+    def data(self) -> SweepData:
+        """The sweep as MLflow recorded it (read once)."""
+        if self._data is None:
             data = load_sweep(self.tracking_uri, self.experiment_name, self.sweep.name)
             if data.parent_run_id != self.parent_run_id:  # a newer run of the same sweep name
                 raise RuntimeError(f"sweep run {self.parent_run_id} is no longer the latest of {self.sweep.name!r}")
-            self._trials = data.trials
-        return self._trials
+            self._data = data
+        return self._data
 
     def best(self) -> dict:
         """The best trial on the first objective: its metrics and the config it trained."""

@@ -23,7 +23,9 @@ from raysparse.train.loop import REPORTED_METRICS
 SWEEP_KEYS = (
     "name", "base", "space", "layer_sparsity", "objectives", "num_samples", "max_concurrent", "seed",
     "early_stopping", "resources", "storage_path", "tracking_uri", "experiment_name", "checkpoint_interval",
+    "sampler",
 )
+SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")  # auto: TPE for one objective, NSGA-II for several
 MODES = ("max", "min")
 
 
@@ -51,6 +53,7 @@ class Sweep:
     tracking_uri: str | None = None
     experiment_name: str | None = None
     checkpoint_interval: float = 60.0  # seconds between a trial's checkpoints (0: every epoch)
+    sampler: str = "auto"
     source_text: str | None = None  # the sweep file as written, logged to the parent run
 
     @property
@@ -115,9 +118,17 @@ def load_sweep(source: str | Path | dict, **overrides: Any) -> Sweep:
 
     layer_sparsity = parse_layer_sparsity(raw["layer_sparsity"], base, space) if "layer_sparsity" in raw else None
     objectives = _objectives(raw.get("objectives", {"val_accuracy": "max"}))
+    sampler = raw.get("sampler", "auto")
+    if sampler not in SAMPLERS:
+        allowed = ", ".join(SAMPLERS)
+        raise ConfigError("sampler", f"got {sampler!r}; allowed: {allowed}{did_you_mean(sampler, SAMPLERS)}")
+    grid = _grid(space, base, layer_sparsity) if sampler == "grid" else None
+    num_samples = parse_int(raw, "num_samples", len(grid) if grid else 8, minimum=1)
+    if grid is not None and num_samples > len(grid):
+        raise ConfigError("num_samples", f"got {num_samples}; the grid has {len(grid)} points, so at most {len(grid)}")
     sweep = Sweep(
-        name=name, base=base, space=space, objectives=objectives,
-        num_samples=parse_int(raw, "num_samples", 8, minimum=1),
+        name=name, base=base, space=space, objectives=objectives, sampler=sampler,
+        num_samples=num_samples,
         max_concurrent=parse_int(raw, "max_concurrent", 2, minimum=1),
         seed=parse_int(raw, "seed", 0, minimum=0),
         early_stopping=parse_early_stopping(raw.get("early_stopping", {})),
@@ -132,6 +143,33 @@ def load_sweep(source: str | Path | dict, **overrides: Any) -> Sweep:
     _check_space_values(sweep)
     _check_final_objectives(sweep)
     return sweep
+
+
+def grid_points(space: dict[str, Domain], base: dict) -> list[dict[str, Any]]:
+    """Every combination of a ``sampler: grid`` sweep's choices, in file order; a key whose
+    ``when`` does not hold is left out, so ``dense`` is not repeated per ``final_sparsity``."""
+    points: list[dict[str, Any]] = [{}]
+    for key, domain in space.items():
+        grown = []
+        for point in points:
+            sampled = {k: space[k].decode(v) for k, v in point.items()}
+            if domain.active(sampled, lambda k: get_dotted(base, k)):
+                grown += [{**point, key: value} for value in domain.categories()]
+            else:
+                grown.append(point)
+        points = grown
+    return points
+
+
+def _grid(space: dict[str, Domain], base: dict, layer_sparsity) -> list[dict[str, Any]]:
+    if layer_sparsity is not None:
+        raise ConfigError("layer_sparsity", "is a continuous search; it cannot be combined with sampler: grid")
+    if not space:
+        raise ConfigError("space", "sampler: grid needs at least one {choice: [...]} domain")
+    for key, domain in space.items():
+        if domain.kind != "choice":
+            raise ConfigError(f"space.{key}", f"got a {domain.kind} domain; sampler: grid takes {{choice: [...]}} only")
+    return grid_points(space, base)
 
 
 def _check_final_objectives(sweep: Sweep) -> None:

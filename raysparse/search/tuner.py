@@ -7,6 +7,7 @@ starts or any run is created.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,11 +19,13 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from raysparse.config import get_dotted
+from raysparse.report import report_sweep
+from raysparse.search.grid import GridSearcher
 from raysparse.search.layerwise import suggest_layer_densities
 from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
 from raysparse.search.settings import check_local_resources
-from raysparse.search.spaces import Sweep, load_sweep
+from raysparse.search.spaces import Sweep, grid_points, load_sweep
 from raysparse.search.trial import TrackingTarget, trial_function
 from raysparse.tracking import SweepRun, check_tracking_uri, default_home, ensure_local_server
 
@@ -46,16 +49,22 @@ class _DefineByRun:
         return get_dotted(self.sweep.base, key)
 
 
-def _searcher(sweep: Sweep) -> OptunaSearch:
+def _searcher(sweep: Sweep) -> OptunaSearch | GridSearcher:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress line says what matters
     metrics = [m for m, _ in sweep.objectives]
     modes = [m for _, m in sweep.objectives]
+    kind = sweep.sampler if sweep.sampler != "auto" else ("tpe" if len(metrics) == 1 else "nsga2")
+    budget = sweep.num_samples
+    if kind == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=min(10, max(2, budget // 3)))
+    elif kind == "nsga2":  # population sized to the budget
+        sampler = optuna.samplers.NSGAIISampler(seed=sweep.seed, population_size=max(2, min(50, budget // 2)))
+    elif kind == "random":
+        sampler = optuna.samplers.RandomSampler(seed=sweep.seed)
+    else:  # every combination once (a dense reference and a sparsity ladder, for prune potential)
+        return GridSearcher(grid_points(sweep.space, sweep.base)[: sweep.num_samples], metrics, modes)
     if len(metrics) == 1:
-        sampler = optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=min(10, max(2, sweep.num_samples // 3)))
         return OptunaSearch(_DefineByRun(sweep), metric=metrics[0], mode=modes[0], sampler=sampler)
-    # several objectives: Optuna's NSGA-II, its population sized to the budget
-    population = max(2, min(50, sweep.num_samples // 2))
-    sampler = optuna.samplers.NSGAIISampler(seed=sweep.seed, population_size=population)
     return OptunaSearch(_DefineByRun(sweep), metric=metrics, mode=modes, sampler=sampler)
 
 
@@ -144,13 +153,25 @@ def run_sweep(
         status = "FINISHED"
     finally:
         parent.finish(status)
+    result.report = _write_report(result, home / "reports" / sweep.name)
     progress.summary(result)
     return result
+
+
+def _write_report(result: SweepResult, out: Path) -> dict[str, Path] | None:
+    """The sweep's HTML report and plots, logged to its parent run. The results are already in
+    MLflow: a report that cannot be drawn is a warning (``raysparse report`` redraws it)."""
+    try:
+        return report_sweep(result.tracking_uri, result.data(), out)
+    except Exception as err:  # plotting and artifact uploads raise many types; the sweep itself is done
+        print(f"raysparse: the sweep's report was not written ({type(err).__name__}: {err}); "
+              f"run: raysparse report {result.sweep.name}", file=sys.stderr)
+        return None
 
 
 def _sweep_params(sweep: Sweep) -> dict:
     return {
         "name": sweep.name, "objectives": dict(sweep.objectives), "num_samples": sweep.num_samples,
-        "max_concurrent": sweep.max_concurrent, "seed": sweep.seed, "space": sorted(sweep.space),
-        "workers": sweep.resources.workers, "grace_period": sweep.grace_period(),
+        "max_concurrent": sweep.max_concurrent, "seed": sweep.seed, "sampler": sweep.sampler,
+        "space": sorted(sweep.space), "workers": sweep.resources.workers, "grace_period": sweep.grace_period(),
     }

@@ -75,6 +75,13 @@ def download_lineage(tracking_uri: str, run_id: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line]
 
 
+def download_plots(tracking_uri: str, run_id: str, dst: str | Path) -> list[Path]:
+    """A trial's ``plots/*.png`` copied into ``dst`` (none for a trial that did not finish)."""
+    client = MlflowClient(tracking_uri)
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    return [Path(client.download_artifacts(run_id, f.path, str(dst))) for f in client.list_artifacts(run_id, "plots")]
+
+
 def _trial_row(run: Run) -> dict:
     def time_of(ms):
         return pd.to_datetime(ms, unit="ms") if ms else pd.NaT

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from mlflow import MlflowClient
 
+from raysparse import plots
 from raysparse.sparsity.masks import MaskEvent, unpack_masks
 from raysparse.tracking._client import _children, _log_metrics, _log_params, _set_failure_reason
 from raysparse.tracking.naming import (
@@ -22,6 +23,8 @@ from raysparse.tracking.naming import (
     flatten_metrics,
     flatten_params,
 )
+
+PLOTTED = ("density", "val_accuracy", "test_accuracy")  # the curves of plots/training.png
 
 
 class TrialRun:
@@ -80,11 +83,12 @@ class TrialRun:
 
     def log_final(self, *, packed_masks: bytes, layer_density: dict[str, float], model_state: dict,
                   config: dict, write_program=None) -> None:
-        """Final masks, per-layer density table, state_dict (weights_only-loadable) and config;
-        ``write_program(path)`` may add ``model/model.pt2`` (a torch.export program)."""
+        """Final masks, per-layer density table, state_dict (weights_only-loadable), config and
+        ``plots/`` (density per layer, sparsity and accuracy over training); ``write_program(path)``
+        may add ``model/model.pt2`` (a torch.export program)."""
         out = Path(self._workdir.name) / "final"
-        (out / "masks").mkdir(parents=True, exist_ok=True)
-        (out / "model").mkdir(exist_ok=True)
+        for folder in ("masks", "model", "plots"):
+            (out / folder).mkdir(parents=True, exist_ok=True)
         (out / "masks" / "final.bin").write_bytes(packed_masks)
         masks = unpack_masks(packed_masks)
         with open(out / "layer_density.csv", "w", newline="") as table:
@@ -98,8 +102,16 @@ class TrialRun:
         (out / "model" / "config.json").write_text(json.dumps(config, indent=2, default=str))
         if write_program is not None:
             write_program(out / "model" / "model.pt2")
+        plots.layer_density(layer_density, out / "plots" / "layer_density.png")
+        plots.training_curves(self.metric_history(PLOTTED), out / "plots" / "training.png")
         self._client.log_artifacts(self.run_id, str(out))
         shutil.rmtree(out)
+
+    def metric_history(self, keys) -> dict[str, list[tuple[int, float]]]:
+        """``{metric: [(step, value), ...]}`` as the server holds it: a retried trial's plots
+        include the epochs logged before the retry."""
+        history = self._client.get_metric_history
+        return {key: sorted((m.step, m.value) for m in history(self.run_id, key)) for key in keys}
 
     def finish(self, status: str = "FINISHED") -> None:
         self._client.set_terminated(self.run_id, status)

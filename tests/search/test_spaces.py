@@ -82,6 +82,8 @@ def test_conditional_key_refers_to_an_earlier_key():
         ({"early_stopping": {"grace": 3}}, r"early_stopping\.grace: unknown key"),
         ({"name": "a b"}, r"name: got 'a b'"),
         ({"sapce": {}}, r"sapce: unknown sweep key.*did you mean 'space'"),
+        ({"sampler": "gird"}, r"sampler: got 'gird'; allowed: auto, tpe, nsga2, random, grid.*did you mean 'grid'"),
+        ({"sampler": "grid"}, r"space\.sparsity\.regrowth_ratio: got a uniform domain; sampler: grid takes"),
     ],
 )
 def test_bad_sweeps_name_the_field(changes, expected):
@@ -153,3 +155,26 @@ def test_robustness_objectives_need_the_suite_and_cannot_drive_asha():
     with pytest.raises(ConfigError, match=r"early_stopping: the first objective 'mean_corrupted_accuracy'"):
         load_sweep(with_suite)
     assert load_sweep({**with_suite, "early_stopping": False}).metric == "mean_corrupted_accuracy"
+
+
+def test_grid_enumerates_each_combination_once_and_skips_inactive_keys():
+    from raysparse.search.spaces import grid_points
+
+    grid = sweep(sampler="grid", space={
+        "sparsity.method": {"choice": ["dense", "gmp", "granet"]},
+        "sparsity.final_sparsity": {"choice": [0.5, 0.9], "when": {"sparsity.method": ["gmp", "granet"]}},
+        "model.hidden": {"choice": [[16], [32, 16]]},
+    })
+    del grid["num_samples"]
+    loaded = load_sweep(grid)
+    points = grid_points(loaded.space, loaded.base)
+    assert loaded.num_samples == len(points) == (1 + 2 * 2) * 2  # dense is not repeated per sparsity
+    configs = [loaded.trial_config(p) for p in points]
+    assert len({repr(sorted(p.items())) for p in points}) == len(points)
+    assert [c["model"]["hidden"] for c in configs[:2]] == [[16], [32, 16]]
+    assert {(c["sparsity"]["method"], c["sparsity"]["final_sparsity"]) for c in configs} == {
+        ("dense", grid["base"]["sparsity"]["final_sparsity"]), ("gmp", 0.5), ("gmp", 0.9), ("granet", 0.5),
+        ("granet", 0.9),
+    }
+    with pytest.raises(ConfigError, match=r"num_samples: got 11; the grid has 10 points, so at most 10"):
+        load_sweep({**grid, "num_samples": 11})

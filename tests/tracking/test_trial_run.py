@@ -109,3 +109,26 @@ def test_logged_masks_round_trip_with_the_lineage_hash_and_density(sweep, tmp_pa
     with open(client.download_artifacts(run.run_id, "model/config.json", str(tmp_path))) as config:
         assert json.load(config) == CONFIG
     assert unpack_masks(masks.pack()).keys() == final.keys()
+
+
+def test_final_plots_cover_the_epochs_logged_before_a_retry(sweep, tmp_path):
+    model, masks = masked_model()
+    first = open_trial(sweep, "t0")
+    for epoch in (1, 2):
+        first.log_epoch({"val_accuracy": 0.3 * epoch, "density": 1.0 - 0.2 * epoch}, step=epoch)
+    first.fail("node lost")
+    again = open_trial(sweep, "t0")
+    again.log_epoch({"val_accuracy": 0.9, "density": 0.5}, step=3)
+    assert again.metric_history(["val_accuracy", "density"]) == {
+        "val_accuracy": [(1, 0.3), (2, 0.6), (3, 0.9)], "density": [(1, 0.8), (2, 0.6), (3, 0.5)],
+    }
+    again.log_final(packed_masks=masks.pack(), layer_density=masks.layer_density(), model_state=model.state_dict(),
+                    config=CONFIG)
+    again.finish()
+    client = MlflowClient(sweep.tracking_uri)
+    assert sorted(f.path for f in client.list_artifacts(again.run_id, "plots")) == [
+        "plots/layer_density.png", "plots/training.png"
+    ]
+    for name in ("layer_density", "training"):
+        png = client.download_artifacts(again.run_id, f"plots/{name}.png", str(tmp_path))
+        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

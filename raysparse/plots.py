@@ -1,0 +1,109 @@
+"""Figures for trials and sweeps (matplotlib, written to PNG files; no display needed).
+
+Each function takes plain data (dicts, DataFrames) and a path, so trials, reports and tests all
+draw the same figure from what MLflow recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+History = Mapping[str, Sequence[tuple[int, float]]]  # metric -> [(epoch, value), ...]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: trials and servers have no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def training_curves(history: History, path: str | Path, *, title: str = "") -> Path:
+    """Sparsity (1 - density) and accuracies over the epochs, sparsity on the right axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for metric, style in (("val_accuracy", "C0-"), ("test_accuracy", "C2:")):
+        points = sorted(history.get(metric, ()))
+        if points:
+            ax.plot(*zip(*points, strict=True), style, marker=".", label=metric)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    right = ax.twinx()
+    density = sorted(history.get("density", ()))
+    if density:
+        epochs, values = zip(*density, strict=True)
+        right.plot(epochs, [1 - v for v in values], "C3-", marker=".", label="sparsity")
+    right.set_ylabel("sparsity", color="C3")
+    right.set_ylim(0, 1)
+    lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    if lines:
+        ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="lower right")
+    ax.set_title(title or "sparsity and accuracy over training")
+    return _save(fig, path)
+
+
+def layer_density(densities: Mapping[str, float], path: str | Path, *, title: str = "") -> Path:
+    """One horizontal bar per masked layer, in model order, with the global density marked."""
+    plt = _pyplot()
+    names = list(densities)
+    fig, ax = plt.subplots(figsize=(6.4, max(2.4, 0.32 * len(names) + 1.2)))
+    values = [densities[n] for n in names]
+    ax.barh(range(len(names)), values, color="C0")
+    for row, value in enumerate(values):
+        ax.text(min(value, 0.85) + 0.01, row, f"{value:.3f}", va="center", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()  # first layer on top
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("density (fraction of weights kept)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_title(title or "density per layer")
+    return _save(fig, path)
+
+
+def pareto(trials: pd.DataFrame, x: str, y: str, front: pd.DataFrame | None, path: str | Path, *,
+           title: str) -> Path:
+    """Trials as points coloured by method, the front as a dashed line through its points."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if x in trials.columns and y in trials.columns:
+        method = trials.get("params.sparsity.method", pd.Series("trial", index=trials.index)).fillna("-")
+        for label, group in trials.groupby(method):
+            ax.scatter(group[x], group[y], label=str(label), alpha=0.8)
+        if front is not None and not front.empty:
+            ordered = front.sort_values(x)
+            ax.plot(ordered[x], ordered[y], "k--", lw=1, marker="o", mfc="none", ms=10, label="Pareto front")
+        ax.set_xlabel(x.removeprefix("metrics."))
+        ax.set_ylabel(y.removeprefix("metrics."))
+        ax.legend(fontsize=8)
+    else:
+        missing = y if y not in trials.columns else x
+        ax.text(0.5, 0.5, f"no trial reported {missing.removeprefix('metrics.')!r}", ha="center", va="center")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def potential(table: pd.DataFrame, path: str | Path, *, title: str) -> Path:
+    """Grouped bars: one group per evaluation distribution, one bar per method."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.5 * len(table)), 4.4))
+    table.plot.bar(ax=ax)
+    ax.set_ylabel("prune potential")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
