@@ -20,8 +20,10 @@ import ray.train
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from raysparse.config import load_config
 from raysparse.search.spaces import Sweep
 from raysparse.tracking import TrialRun
+from raysparse.tracking.naming import trial_run_name
 from raysparse.train.checkpoint import CHECKPOINT_FILE
 from raysparse.train.export import export_program
 from raysparse.train.loop import EpochContext, TrainingDiverged, fit
@@ -146,7 +148,9 @@ def trial_function(params: dict, *, sweep: Sweep, target: TrackingTarget, storag
     """The Tune trainable (function API)."""
     context = tune.get_context()
     config = sweep.trial_config(params)
-    trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
+    trial_id = context.get_trial_id()
+    sparsity = load_config(config).sparsity
+    trial_name = trial_run_name(trial_id, sparsity.method, sparsity.final_sparsity)
     if sweep.resources.workers == 1:
         logger = _TrialLogger(target, trial_id, trial_name, config)
         _train(config, logger, tune.report, tune.get_checkpoint(), sweep.checkpoint_interval)

@@ -18,11 +18,16 @@ _PARAMS_PER_BATCH, _METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
 _MAX_REASON_LENGTH = 8000  # MLflow's tag value limit
 
 
+# MLflow 3's UI opens an experiment of unknown kind on its GenAI (traces) pages; ours are
+# training experiments, whose page is the runs table
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags=EXPERIMENT_KIND)
         except MlflowException as error:  # another driver created it in between
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise

@@ -23,6 +23,11 @@ LINEAGE = "masks/lineage.jsonl"
 _MAX_PARAM_LENGTH, _TRUNCATED = 6000, "...[truncated]"
 
 
+def trial_run_name(trial_id: str, method: str, final_sparsity: float) -> str:
+    """``granet-s0.9-1a2b3c4d``: what the trial is, readable in the MLflow runs table."""
+    return f"dense-{trial_id}" if method == "dense" else f"{method}-s{final_sparsity:.3g}-{trial_id}"
+
+
 def flatten_params(config: dict, prefix: str = "") -> dict[str, str]:
     """``{"sparsity": {"final_sparsity": 0.9}}`` -> ``{"sparsity.final_sparsity": "0.9"}``."""
     flat = {}

@@ -1,5 +1,8 @@
 import pytest
 
+import raysparse
+from tests.conftest import small_config
+
 
 @pytest.fixture(scope="package")
 def home(tmp_path_factory):
@@ -19,3 +22,31 @@ def ray_runtime():
     ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def tiny_sweep(name, **changes):
+    base = small_config("granet", prune_end=2)
+    base["epochs"] = 3
+    base["model"] = {"name": "mlp", "hidden": [32]}
+    raw = {
+        "name": name,
+        "base": base,
+        "space": {
+            "sparsity.method": {"choice": ["gmp", "granet"]},
+            "sparsity.final_sparsity": {"uniform": [0.6, 0.9]},
+        },
+        "objectives": {"val_accuracy": "max"},
+        "num_samples": 4,
+        "max_concurrent": 2,
+        "early_stopping": False,
+    }
+    raw.update(changes)
+    return raw
+
+
+@pytest.fixture(scope="package")
+def four_trials(ray_runtime, home):
+    """A finished sweep of 4 small trials, each judged on two corruptions at the end."""
+    sweep = tiny_sweep("four")
+    sweep["base"]["robustness"] = {"corruptions": ["gaussian_noise", "contrast"], "severities": [1, 5]}
+    return raysparse.sweep(sweep, home=home, verbose=False)

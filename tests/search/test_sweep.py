@@ -6,32 +6,7 @@ import pytest
 import raysparse
 from raysparse.errors import ConfigError
 from raysparse.tracking import download_lineage, download_masks
-from tests.conftest import small_config
-
-
-def tiny_sweep(name, **changes):
-    base = small_config("granet", prune_end=2)
-    base["epochs"] = 3
-    base["model"] = {"name": "mlp", "hidden": [32]}
-    raw = {
-        "name": name,
-        "base": base,
-        "space": {
-            "sparsity.method": {"choice": ["gmp", "granet"]},
-            "sparsity.final_sparsity": {"uniform": [0.6, 0.9]},
-        },
-        "objectives": {"val_accuracy": "max"},
-        "num_samples": 4,
-        "max_concurrent": 2,
-        "early_stopping": False,
-    }
-    raw.update(changes)
-    return raw
-
-
-@pytest.fixture(scope="module")
-def four_trials(ray_runtime, home):
-    return raysparse.sweep(tiny_sweep("four"), home=home, verbose=False)
+from tests.search.conftest import tiny_sweep
 
 
 def test_four_trials_four_child_runs_with_metrics_and_masks(four_trials):
@@ -53,6 +28,25 @@ def test_four_trials_four_child_runs_with_metrics_and_masks(four_trials):
     assert_model_loads_without_raysparse(result.tracking_uri, best["run_id"])
     assert best["config"]["sparsity"]["method"] in ("gmp", "granet")
     assert result.experiment_name == "four" and result.parent_run_id
+
+
+def test_robustness_metrics_plots_and_report_land_in_the_runs(four_trials, tmp_path):
+    from mlflow import MlflowClient
+
+    trials = four_trials.to_dataframe()
+    corrupted = [f"metrics.corrupted_accuracy.{c}_{s}" for c in ("gaussian_noise", "contrast") for s in (1, 5)]
+    assert trials[corrupted].notna().all().all() and trials[corrupted].le(1).all().all()
+    assert trials["metrics.mean_corrupted_accuracy"].tolist() == pytest.approx(trials[corrupted].mean(axis=1).tolist())
+    assert trials["metrics.ece"].between(0, 1).all()
+    client = MlflowClient(four_trials.tracking_uri)
+    for run_id in trials["run_id"]:
+        assert {f.path for f in client.list_artifacts(run_id, "plots")} == {
+            "plots/layer_density.png", "plots/training.png"}
+    logged = {f.path for f in client.list_artifacts(four_trials.parent_run_id, "report")}
+    assert {"report/four.html", "report/four.png", "report/four_trials.csv"} <= logged
+    page = four_trials.report["html"].read_text()
+    assert page.count("<h2>Trial ") == 3 and four_trials.best()["trial_id"] in page  # the 3 best, with figures
+    assert "Add a trial with sparsity.method: dense" in page  # no dense trial: no prune potential, and why
 
 
 def assert_model_loads_without_raysparse(tracking_uri, run_id):
@@ -116,3 +110,37 @@ def test_report_and_ui_commands_read_the_finished_sweep(four_trials, home, tmp_p
     missing = subprocess.run([sys.executable, "-m", "raysparse.cli", "report", "fuor"], capture_output=True,
                              text=True, env=env)
     assert missing.returncode == 2 and "did you mean 'four'" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_grid_sweep_with_a_dense_reference_measures_prune_potential(ray_runtime, home, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    raw = tiny_sweep("ladder", sampler="grid", space={
+        "sparsity.method": {"choice": ["dense", "gmp"]},
+        "sparsity.final_sparsity": {"choice": [0.5, 0.9], "when": {"sparsity.method": ["gmp"]}},
+    })
+    del raw["num_samples"]  # a grid runs each of its points once
+    raw["base"]["robustness"] = {"corruptions": ["contrast"], "severities": [5]}
+    result = raysparse.sweep(raw, home=home, verbose=False)
+    trials = result.to_dataframe()
+    assert sorted(zip(trials["params.sparsity.method"], trials["metrics.density"].round(2))) == [
+        ("dense", 1.0), ("gmp", 0.1), ("gmp", 0.5)]
+
+    env = {**os.environ, "RAYSPARSE_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-m", "raysparse.cli", "potential", "ladder", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(tmp_path / "ladder_potential.csv", index_col=0)
+    dense = trials[trials["params.sparsity.method"] == "dense"].iloc[0]
+    pruned = trials[trials["params.sparsity.method"] == "gmp"]
+    columns = {"clean": "metrics.test_accuracy", "contrast_5": "metrics.corrupted_accuracy.contrast_5"}
+    for distribution, column in columns.items():
+        within = pruned[pruned[column] >= dense[column] - 0.005]
+        expected = (1 - within["metrics.density"]).round(4).max() if len(within) else 0.0
+        assert table.loc[distribution, "gmp"] == pytest.approx(expected)
+    page = result.report["html"].read_text()
+    assert "The largest sparsity whose accuracy" in page and "Not measured" not in page and "contrast_5" in done.stdout

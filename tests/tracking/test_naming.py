@@ -16,3 +16,10 @@ def test_params_flatten_with_dots_and_long_values_are_truncated():
 def test_metric_names_are_dotted_and_sanitized():
     flat = flatten_metrics({"loss": np.float32(0.5), "ok": True, "layer_density": {"blocks/0:conv": 0.25}})
     assert flat == {"loss": 0.5, "ok": 1.0, "layer_density.blocks_0_conv": 0.25}
+
+
+def test_trial_run_names_say_method_and_sparsity():
+    from raysparse.tracking.naming import trial_run_name
+
+    assert trial_run_name("1a2b", "granet", 0.95) == "granet-s0.95-1a2b"
+    assert trial_run_name("1a2b", "dense", 0.9) == "dense-1a2b"
