@@ -207,10 +207,10 @@ def _check_values(c: Config) -> None:
     _check_sparsity(c.sparsity, c.epochs)
     _check_blocks(c)
     if c.robustness is not None:
-        _check_robustness(c.robustness, c.data["name"])
+        _check_robustness(c.robustness, c.data)
 
 
-def _check_robustness(r: RobustnessConfig, dataset: str) -> None:
+def _check_robustness(r: RobustnessConfig, data: dict) -> None:
     from raysparse.robustness.corruptions import CORRUPTIONS
 
     for name in r.corruptions:
@@ -219,9 +219,13 @@ def _check_robustness(r: RobustnessConfig, dataset: str) -> None:
              "a non-empty list of integers in 1..5")
     _require(all(e > 0 for e in r.noise_eps), "robustness.noise_eps", list(r.noise_eps), "numbers > 0")
     _require(r.max_examples >= 1, "robustness.max_examples", r.max_examples, "an integer >= 1")
+    _choice("robustness.split", "split", r.split, ("test", "val"))
     if r.reference is not None and not Path(r.reference).expanduser().is_file():
         raise ConfigError("robustness.reference", f"got {r.reference!r}; allowed: an existing state_dict file")
-    _require(dataset != "imagefolder", "robustness", dataset, "in-memory datasets (not imagefolder)")
+    _require(data["name"] != "imagefolder", "robustness", data["name"], "in-memory datasets (not imagefolder)")
+    if r.split == "val":
+        _require(data.get("val_fraction", 0.1) > 0, "data.val_fraction", data.get("val_fraction"),
+                 "> 0 when robustness.split is val")
 
 
 def _check_sparsity(p: SparsityConfig, epochs: int) -> None:

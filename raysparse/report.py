@@ -107,8 +107,9 @@ def sweep_potential_rows(trials: pd.DataFrame) -> list[dict]:
     for _, trial in trials[trials["status"] == "FINISHED"].iterrows():
         method = trial.get("params.sparsity.method")
         sparsity = 0.0 if method == "dense" else round(1.0 - float(trial["metrics.density"]), 4)
-        rows.append({"method": method, "sparsity": sparsity, "distribution": "clean",
-                     "accuracy": trial["metrics.test_accuracy"]})
+        # corruptions are measured on robustness.split: "clean" is the same split's accuracy
+        clean = "metrics.val_accuracy" if trial.get("params.robustness.split") == "val" else "metrics.test_accuracy"
+        rows.append({"method": method, "sparsity": sparsity, "distribution": "clean", "accuracy": trial[clean]})
         for column, value in trial.items():
             if column.startswith("metrics.corrupted_accuracy.") and pd.notna(value):
                 rows.append({"method": method, "sparsity": sparsity, "accuracy": value,

@@ -21,7 +21,8 @@ class RobustnessConfig:
     severities: tuple[int, ...] = (1, 3, 5)
     noise_eps: tuple[float, ...] = (0.05, 0.1, 0.2)
     reference: str | None = None  # state_dict of the dense reference network (noise-ball agreement)
-    max_examples: int = 1000  # test examples used (the first ones), to bound the cost
+    max_examples: int = 1000  # examples used (the first ones), to bound the cost
+    split: str = "test"  # "val" to search on these metrics: test data never selects a model
     seed: int = 0
 
 

@@ -182,6 +182,11 @@ def _check_final_objectives(sweep: Sweep) -> None:
         raise ConfigError(
             f"objectives.{final[0]}", "is measured by the robustness suite: add a robustness block to base"
         )
+    if final and sweep.base["robustness"].get("split", "test") != "val":
+        raise ConfigError(
+            f"objectives.{final[0]}", "is measured on the test split, which never selects a model; "
+            "set base.robustness.split: val to search on it"
+        )
     if sweep.metric in FINAL_METRICS and sweep.early_stopping.enabled and sweep.grace_period() < sweep.base.get(
         "epochs", 30
     ):

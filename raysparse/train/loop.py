@@ -238,7 +238,8 @@ class _Run:
         if cfg.reference is not None:
             reference = build_model(self.cfg.model, self.data.input_shape, self.data.num_classes).to(self.device)
             reference.load_state_dict(torch.load(cfg.reference, map_location=self.device, weights_only=True))
-        return robustness_metrics(self.net, self.data.test, cfg, self.device, reference)
+        split = self.data.val if cfg.split == "val" else self.data.test
+        return robustness_metrics(self.net, split, cfg, self.device, reference)
 
     def context(self, epoch: int) -> EpochContext:
         return EpochContext(

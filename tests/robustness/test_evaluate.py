@@ -33,6 +33,29 @@ def test_bad_robustness_block_names_the_field():
     cfg["robustness"] = {"severities": [0]}
     with pytest.raises(ConfigError, match=r"robustness\.severities"):
         fit(cfg)
+    cfg["robustness"] = {"split": "train"}
+    with pytest.raises(ConfigError, match=r"robustness\.split: unknown split 'train'.*test, val"):
+        fit(cfg)
+    cfg["robustness"], cfg["data"]["val_fraction"] = {"split": "val"}, 0.0
+    with pytest.raises(ConfigError, match=r"data\.val_fraction: got 0\.0.*> 0 when robustness\.split is val"):
+        fit(cfg)
+
+
+def test_val_split_robustness_is_measured_on_validation_data():
+    from raysparse.config import load_config
+    from raysparse.robustness.evaluate import robustness_metrics
+    from raysparse.zoo import build_data
+
+    cfg = small_config("gmp")
+    cfg["robustness"] = {"corruptions": ["gaussian_noise"], "severities": [5], "split": "val"}
+    model = build_model(cfg["model"], (1, 8, 8), 10)
+    final = []
+    fit(cfg, lambda m, ctx: final.append(m), model=model)
+    data, robustness = build_data(cfg["data"], cfg["seed"]), load_config(cfg).robustness
+    on = {name: robustness_metrics(model, getattr(data, name), robustness, torch.device("cpu"))["ece"]
+          for name in ("val", "test")}
+    assert on["val"] != on["test"]
+    assert final[-1]["ece"] == pytest.approx(on["val"])
 
 
 def test_sweep_potential_rows_use_dense_as_reference():

@@ -152,6 +152,10 @@ def test_robustness_objectives_need_the_suite_and_cannot_drive_asha():
         load_sweep(sweep(objectives={"val_accuracy": "max", "mean_corrupted_accuracy": "max"}))
     with_suite = sweep(objectives={"mean_corrupted_accuracy": "max"})
     with_suite["base"]["robustness"] = {"corruptions": ["contrast"]}
+    with pytest.raises(ConfigError, match=r"objectives\.mean_corrupted_accuracy: is measured on the test split.*"
+                                          r"set base\.robustness\.split: val"):
+        load_sweep({**with_suite, "early_stopping": False})
+    with_suite["base"]["robustness"]["split"] = "val"
     with pytest.raises(ConfigError, match=r"early_stopping: the first objective 'mean_corrupted_accuracy'"):
         load_sweep(with_suite)
     assert load_sweep({**with_suite, "early_stopping": False}).metric == "mean_corrupted_accuracy"
