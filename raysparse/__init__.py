@@ -29,7 +29,8 @@ from raysparse.train.loop import EpochContext, TrainingDiverged, fit
 __all__ = [
     "channel_hessian_traces",
     "Config", "ConfigError", "EpochContext", "MaskSet", "TrainingDiverged", "fit", "gmp_sparsity",
-    "layer_densities", "load_config", "masks_hash", "pack_masks", "prune_potential", "sweep", "train", "unpack_masks",
+    "layer_densities", "load_config", "masks_hash", "pack_masks", "prune_potential", "resume_sweep", "sweep", "train",
+    "unpack_masks",
 ]
 
 
@@ -45,6 +46,15 @@ def sweep(space: str | Path | dict, **overrides):
     from raysparse.search import run_sweep  # Ray and Optuna load only when a sweep runs
 
     return run_sweep(space, **overrides)
+
+
+def resume_sweep(name: str, **options):
+    """Continue sweep ``name`` after its driver stopped: finished trials are kept, the others go
+    on from their last checkpoints in the same MLflow runs. ``options``: ``address=``, ``home=``,
+    ``storage_path=`` (if the sweep set one), ``verbose=``."""
+    from raysparse.search import resume_sweep as resume
+
+    return resume(name, **options)
 
 
 def train(config: Config | dict | str | Path, *, model: nn.Module | None = None, report=None) -> dict:

@@ -57,12 +57,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from raysparse.search import load_sweep, run_sweep
+    from raysparse.search import load_sweep, resume_sweep, run_sweep
 
-    sweep = load_sweep(args.space, num_samples=args.num_samples, tracking_uri=args.tracking_uri, name=args.name)
-    print(f"sweep {sweep.name!r}: {sweep.num_samples} trials, {sweep.max_concurrent} at a time, objectives "
-          + ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives), flush=True)
-    result = run_sweep(sweep, address=args.address)
+    if (args.space is None) == (args.resume is None):
+        raise ConfigError("sweep", "give a sweep file, or --resume NAME to continue a stopped sweep (not both)")
+    if args.resume is not None:
+        print(f"resuming sweep {args.resume!r}", flush=True)
+        result = resume_sweep(args.resume, address=args.address, storage_path=args.storage_path)
+        sweep = result.sweep
+    else:
+        sweep = load_sweep(args.space, num_samples=args.num_samples, tracking_uri=args.tracking_uri, name=args.name,
+                           storage_path=args.storage_path)
+        print(f"sweep {sweep.name!r}: {sweep.num_samples} trials, {sweep.max_concurrent} at a time, objectives "
+              + ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives), flush=True)
+        result = run_sweep(sweep, address=args.address)
     trials = result.to_dataframe()
     reported = f"metrics.{sweep.metric}"
     if reported in trials.columns and trials[reported].notna().any():
@@ -71,8 +79,8 @@ def cmd_sweep(args) -> int:
         print(f"best trial {best['trial_id']}: {shown}")
         for key in sorted(sweep.space):
             print(f"  {key} = {best['params'].get(key)}")
-    for error in result.errors:
-        print(f"failed trial: {error.splitlines()[-1] if error else error}", file=sys.stderr)
+    for _, trial in trials[trials["status"] == "FAILED"].iterrows():
+        print(f"failed trial {trial['trial_id']}: {trial['failure_reason']}", file=sys.stderr)
     print(f"results: MLflow {result.tracking_uri}, experiment {result.experiment_name!r}")
     if result.report:
         print(f"report: {result.report['html']}  (also in the sweep's MLflow run, under report/)")
@@ -164,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint file or dir")
     train.set_defaults(handler=cmd_train)
     sweep = sub.add_parser("sweep", help="search sparse-training configs with Ray Tune + Optuna")
-    sweep.add_argument("space", help="sweep file (see search_spaces/)")
+    sweep.add_argument("space", nargs="?", help="sweep file (see search_spaces/)")
+    sweep.add_argument("--resume", metavar="NAME", help="continue sweep NAME whose driver stopped (killed, lost)")
+    sweep.add_argument("--storage-path", help="Ray results: checkpoints, experiment state (shared on a cluster)")
     sweep.add_argument("--address", help="an existing Ray cluster (default: a local runtime)")
     sweep.add_argument("--num-samples", type=int, help="number of trials")
     sweep.add_argument("--tracking-uri", help="a shared MLflow server (default: the embedded one)")

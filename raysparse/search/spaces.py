@@ -23,7 +23,7 @@ from raysparse.train.loop import REPORTED_METRICS
 SWEEP_KEYS = (
     "name", "base", "space", "layer_sparsity", "objectives", "num_samples", "max_concurrent", "seed",
     "early_stopping", "resources", "storage_path", "tracking_uri", "experiment_name", "checkpoint_interval",
-    "sampler",
+    "sampler", "max_failures",
 )
 SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")  # auto: TPE for one objective, NSGA-II for several
 MODES = ("max", "min")
@@ -54,6 +54,8 @@ class Sweep:
     experiment_name: str | None = None
     checkpoint_interval: float = 60.0  # seconds between a trial's checkpoints (0: every epoch)
     sampler: str = "auto"
+    max_failures: int = 2  # retries of a trial whose process dies, each from its last checkpoint
+    raw: dict = field(default_factory=dict, repr=False)  # the sweep as parsed, base inlined: what --resume reloads
     source_text: str | None = None  # the sweep file as written, logged to the parent run
 
     @property
@@ -138,7 +140,9 @@ def load_sweep(source: str | Path | dict, **overrides: Any) -> Sweep:
         tracking_uri=_optional_str(raw, "tracking_uri"),
         experiment_name=_optional_str(raw, "experiment_name"),
         checkpoint_interval=_seconds(raw, "checkpoint_interval", 60.0),
+        max_failures=parse_int(raw, "max_failures", 2, minimum=0),
         source_text=text,
+        raw={**raw, "base": base},
     )
     _check_space_values(sweep)
     _check_final_objectives(sweep)

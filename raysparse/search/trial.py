@@ -9,6 +9,7 @@ every rank reports its mask hash, and the trial fails loudly if two ranks ever d
 from __future__ import annotations
 
 import copy
+import socket
 import tempfile
 import time
 from concurrent import futures
@@ -27,6 +28,9 @@ from raysparse.tracking.naming import trial_run_name
 from raysparse.train.checkpoint import CHECKPOINT_FILE
 from raysparse.train.export import export_program
 from raysparse.train.loop import EpochContext, TrainingDiverged, fit
+
+DIVERGED = "diverged: "  # failure reasons that start so are not retried
+NODE_TAG = "raysparse.node_id"
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,8 @@ class _TrialLogger:
             target.tracking_uri, target.experiment_id, target.parent_run_id, trial_id,
             run_name=trial_name, params=config,
         )
+        context = ray.get_runtime_context()  # where it ran (a retry may land on another node)
+        self.run.set_tags({NODE_TAG: context.get_node_id(), "raysparse.host": socket.gethostname()})
         self.config = config
         self.last: EpochContext | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raysparse-mlflow")
@@ -138,7 +144,7 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
             fit(config, report, resume_from=_restore_checkpoint(checkpoint, restored))
     except TrainingDiverged as err:
         if logger is not None:
-            logger.fail(str(err))
+            logger.fail(DIVERGED + str(err))
         raise
     if logger is not None:
         logger.final()
@@ -149,6 +155,7 @@ def trial_function(params: dict, *, sweep: Sweep, target: TrackingTarget, storag
     context = tune.get_context()
     config = sweep.trial_config(params)
     trial_id = context.get_trial_id()
+    _refuse_to_retrain_a_diverged_trial(target, trial_id)
     sparsity = load_config(config).sparsity
     trial_name = trial_run_name(trial_id, sparsity.method, sparsity.final_sparsity)
     if sweep.resources.workers == 1:
@@ -156,6 +163,14 @@ def trial_function(params: dict, *, sweep: Sweep, target: TrackingTarget, storag
         _train(config, logger, tune.report, tune.get_checkpoint(), sweep.checkpoint_interval)
         return
     _run_data_parallel(config, sweep, target, trial_id, trial_name, storage_path)
+
+
+def _refuse_to_retrain_a_diverged_trial(target: TrackingTarget, trial_id: str) -> None:
+    """Tune retries a failed trial from its last checkpoint, which would diverge again the same
+    way: a trial whose run says it diverged fails again at once, its run left as it is."""
+    reason = TrialRun.failure_reason(target.tracking_uri, target.experiment_id, target.parent_run_id, trial_id)
+    if reason is not None and reason.startswith(DIVERGED):
+        raise TrainingDiverged(f"{reason.removeprefix(DIVERGED)} (not retrained: it would diverge again)")
 
 
 def _worker_loop(loop_config: dict) -> None:
@@ -202,6 +217,8 @@ def _run_data_parallel(
             name=f"{sweep.name}-{trial_id}-ddp",
             storage_path=storage_path,
             callbacks=[_SameMasksOnAllRanks()],
+            # a lost worker restarts the group from the trial's last checkpoint
+            failure_config=ray.train.FailureConfig(max_failures=sweep.max_failures),
         ),
     )
     trainer.fit()

@@ -6,6 +6,7 @@ starts or any run is created.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from raysparse.config import get_dotted
+from raysparse.errors import ConfigError, unknown_choice
 from raysparse.report import report_sweep
 from raysparse.search.grid import GridSearcher
 from raysparse.search.layerwise import suggest_layer_densities
@@ -81,6 +83,9 @@ def _scheduler(sweep: Sweep):
     )
 
 
+SWEEP_STATE = "raysparse_sweep.json"
+
+
 def _start_ray(address: str | None) -> None:
     # one checkpoint kept per trial forces an experiment snapshot per epoch: cheap on local
     # storage, but Tune warns about it on every report
@@ -106,33 +111,20 @@ def run_sweep(
     if address is None:
         check_local_resources(sweep.resources)
     home = Path(home) if home is not None else default_home()
-    if sweep.tracking_uri is not None:
-        check_tracking_uri(sweep.tracking_uri)  # before Ray starts: a clear error, nothing begun
-        tracking_uri = sweep.tracking_uri
-        _start_ray(address)
-    else:  # the embedded server and Ray each take ~10 s to start here: start them together
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            server = pool.submit(ensure_local_server, home)
-            _start_ray(address)
-            tracking_uri = server.result()
-    storage_path = str(Path(sweep.storage_path or home / "ray_results").resolve())
+    tracking_uri = _start_services(sweep, address, home)
+    storage_path = _storage_path(sweep.storage_path, home)
     experiment = sweep.experiment_name or sweep.name
     parent = SweepRun.start(
         tracking_uri, experiment, sweep.name,
         params={"sweep": _sweep_params(sweep)}, sweep_text=sweep.source_text,
     )
-    target = TrackingTarget(tracking_uri, parent.experiment_id, parent.run_id)
-    res = sweep.resources
-    # a 1-worker trial trains in its own process; a DDP trial only hosts the TorchTrainer driver
-    trial_resources = (
-        {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker} if res.workers == 1 else {"cpu": 0.01}
-    )
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_function, sweep=sweep, target=target, storage_path=storage_path), trial_resources
-    )
+    # what `raysparse sweep --resume NAME` needs, next to Tune's own experiment state
+    state = Path(storage_path) / sweep.name / SWEEP_STATE
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"sweep": sweep.raw, "tracking_uri": tracking_uri, "parent_run_id": parent.run_id}))
     progress = ProgressView(sweep, enabled=verbose)
     tuner = tune.Tuner(
-        trainable,
+        _trainable(sweep, TrackingTarget(tracking_uri, parent.experiment_id, parent.run_id), storage_path),
         tune_config=tune.TuneConfig(
             search_alg=_searcher(sweep), scheduler=_scheduler(sweep),
             num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent,
@@ -142,13 +134,74 @@ def run_sweep(
             name=sweep.name, storage_path=storage_path, verbose=0,
             callbacks=[progress, TrialRunCloser(parent)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # a trial whose process dies is retried from its last checkpoint, its MLflow run continued
+            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
         ),
     )
+    return _fit(tuner, sweep, parent, progress, home)
+
+
+def resume_sweep(
+    name: str, *, address: str | None = None, home: Path | None = None, storage_path: str | None = None,
+    verbose: bool = True,
+) -> SweepResult:
+    """Continue a sweep whose driver stopped (killed, machine lost): finished trials stay as they
+    are, unfinished and failed ones continue from their last checkpoints, in the same MLflow runs."""
+    home = Path(home) if home is not None else default_home()
+    experiment_dir = Path(_storage_path(storage_path, home)) / name
+    if not (experiment_dir / SWEEP_STATE).is_file():
+        found = [p.parent.name for p in experiment_dir.parent.glob(f"*/{SWEEP_STATE}")]
+        if not found:
+            raise ConfigError("--resume", f"no sweep {name!r} in {experiment_dir.parent}; there is none to resume")
+        raise unknown_choice("--resume", f"sweep in {experiment_dir.parent}", name, found)
+    state = json.loads((experiment_dir / SWEEP_STATE).read_text())
+    sweep = load_sweep(state["sweep"])
+    if address is None:
+        check_local_resources(sweep.resources)
+    tracking_uri = _start_services(sweep, address, home)
+    if tracking_uri != state["tracking_uri"]:
+        print(f"raysparse: the MLflow server moved from {state['tracking_uri']} to {tracking_uri}", file=sys.stderr)
+    parent = SweepRun.attach(tracking_uri, sweep.experiment_name or sweep.name, state["parent_run_id"], resume=True)
+    trainable = _trainable(sweep, TrackingTarget(tracking_uri, parent.experiment_id, parent.run_id),
+                           str(experiment_dir.parent))
+    tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True)
+    return _fit(tuner, sweep, parent, ProgressView(sweep, enabled=verbose), home)
+
+
+def _start_services(sweep: Sweep, address: str | None, home: Path) -> str:
+    """Ray, and the MLflow server the sweep names (checked first) or the embedded one."""
+    if sweep.tracking_uri is not None:
+        check_tracking_uri(sweep.tracking_uri)  # before Ray starts: a clear error, nothing begun
+        _start_ray(address)
+        return sweep.tracking_uri
+    with ThreadPoolExecutor(max_workers=1) as pool:  # each takes ~10 s to start here: together
+        server = pool.submit(ensure_local_server, home)
+        _start_ray(address)
+        return server.result()
+
+
+def _storage_path(configured: str | None, home: Path) -> str:
+    return str(Path(configured or home / "ray_results").resolve())
+
+
+def _trainable(sweep: Sweep, target: TrackingTarget, storage_path: str):
+    res = sweep.resources
+    # a 1-worker trial trains in its own process; a DDP trial only hosts the TorchTrainer driver
+    trial_resources = (
+        {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker} if res.workers == 1 else {"cpu": 0.01}
+    )
+    return tune.with_resources(
+        tune.with_parameters(trial_function, sweep=sweep, target=target, storage_path=storage_path), trial_resources
+    )
+
+
+def _fit(tuner: tune.Tuner, sweep: Sweep, parent: SweepRun, progress: ProgressView, home: Path) -> SweepResult:
     started = time.monotonic()
     status = "FAILED"
     try:
         grid = tuner.fit()
-        result = SweepResult(sweep, grid, tracking_uri, experiment, parent.run_id, time.monotonic() - started)
+        result = SweepResult(sweep, grid, parent.tracking_uri, parent.experiment_name, parent.run_id,
+                             time.monotonic() - started)
         parent.log_metrics({"num_trials": len(result.to_dataframe()), "sweep_seconds": result.seconds})
         status = "FINISHED"
     finally:

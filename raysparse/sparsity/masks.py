@@ -162,6 +162,12 @@ class MaskSet:
                 )
             )
 
+    def mark(self, *, step: int, reason: str) -> None:
+        """An event without a change (churn 0, hash == parent hash): a resumed run records the
+        masks it continues from, so the lineage shows they are the checkpoint's."""
+        self.events.append(MaskEvent(step=step, reason=reason, density=self.density(), churn=0.0,
+                                     hash=self._hash, parent_hash=self._hash, packed=self.pack()))
+
     def drain_events(self) -> list[MaskEvent]:
         events, self.events = self.events, []
         return events

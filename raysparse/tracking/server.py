@@ -55,7 +55,9 @@ def ensure_local_server(
             if _healthy(_uri(record)):
                 return _uri(record)
             _stop_group(record["pid"])  # alive but not answering (the starter holds the lock): hung
-        port = port or _free_port(host)
+        # the same port as last time when it is free: a resumed sweep's callbacks hold that URI
+        previous = record["port"] if record and record.get("host") == host else None
+        port = port or (previous if previous and _port_free(host, previous) else _free_port(host))
         log_path = state_dir / "server.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -111,6 +113,15 @@ def check_tracking_uri(uri: str, field: str = "tracking_uri") -> None:
         reason = str(getattr(error, "reason", error))
     raise ConfigError(field, f"MLflow tracking server {uri!r} cannot be reached ({reason}); start it or omit "
                              f"{field} to use the embedded server")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _server_command(state_dir: Path, host: str, port: int) -> list[str]:

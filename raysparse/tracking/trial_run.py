@@ -60,6 +60,16 @@ class TrialRun:
             Path(client.download_artifacts(trial.run_id, LINEAGE, trial._workdir.name)).replace(trial._lineage)
         return trial
 
+    @staticmethod
+    def failure_reason(tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
+        """The failure reason recorded on this trial's run, if it has one (read before a retry)."""
+        runs = _children(MlflowClient(tracking_uri), experiment_id, parent_run_id, trial_id)
+        return runs[0].data.tags.get(FAILURE_TAG) if runs else None
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self._client.set_tag(self.run_id, key, value)
+
     def log_epoch(self, metrics: dict, step: int) -> None:
         """All numbers of one epoch at ``step`` in one request; a non-number raises TypeError first."""
         _log_metrics(self._client, self.run_id, flatten_metrics(metrics), step)
@@ -71,6 +81,8 @@ class TrialRun:
         upload = Path(self._workdir.name) / "upload"
         upload.mkdir(exist_ok=True)
         for event in events:
+            if event.reason.startswith("resume"):
+                self._forget_lineage_after(event.step)
             name = f"step_{event.step:08d}_{event.hash[:12]}.bin"
             (upload / name).write_bytes(event.packed)
             self._client.log_artifact(self.run_id, str(upload / name), "masks")
@@ -80,6 +92,14 @@ class TrialRun:
             with open(self._lineage, "a") as lineage:
                 lineage.write(json.dumps(row) + "\n")
         self._client.log_artifact(self.run_id, str(self._lineage), "masks")
+
+    def _forget_lineage_after(self, step: int) -> None:
+        """A retried trial restarts from its checkpoint at ``step``: rows the lost attempt logged
+        after it are redone by the retry, so they leave the lineage (their mask files are
+        rewritten under the same names: same step, same hash)."""
+        if self._lineage.exists():
+            rows = [line for line in self._lineage.read_text().splitlines() if json.loads(line)["step"] <= step]
+            self._lineage.write_text("".join(row + "\n" for row in rows))
 
     def log_final(self, *, packed_masks: bytes, layer_density: dict[str, float], model_state: dict,
                   config: dict, write_program=None) -> None:

@@ -178,6 +178,9 @@ class _Run:
         restore_rng(state["rng"])
         self.start_epoch, self.best = state["epoch"], dict(state["best"])
         self.method.masks.drain_events()  # already logged by the run that wrote the checkpoint
+        # the lineage says where a retried or resumed run picked up, and from which masks
+        step = self.start_epoch * self.steps_per_epoch
+        self.method.masks.mark(step=step, reason=f"resume at epoch {self.start_epoch}")
         self.last_masks = self.method.masks.snapshot()
 
     def checkpoint_state(self, epoch: int) -> dict:

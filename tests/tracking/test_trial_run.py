@@ -132,3 +132,25 @@ def test_final_plots_cover_the_epochs_logged_before_a_retry(sweep, tmp_path):
     for name in ("layer_density", "training"):
         png = client.download_artifacts(again.run_id, f"plots/{name}.png", str(tmp_path))
         assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_retry_drops_the_lineage_rows_of_the_lost_attempt_after_its_checkpoint(sweep):
+    _, masks = masked_model()
+    first = open_trial(sweep, "t0")
+    for step, density in ((10, 0.5), (20, 0.3), (30, 0.2)):
+        prune(masks, density, step=step, seed=step)
+    first.log_mask_events(masks.drain_events())
+    first.fail("node lost")  # the checkpoint was written at step 20; step 30 will be redone
+
+    _, retried = masked_model()
+    for step, density in ((10, 0.5), (20, 0.3)):  # what loading the checkpoint restores
+        prune(retried, density, step=step, seed=step)
+    retried.drain_events()
+    retried.mark(step=20, reason="resume at epoch 2")
+    again = open_trial(sweep, "t0")
+    again.log_mask_events(retried.drain_events())
+    again.finish()
+    lineage = download_lineage(sweep.tracking_uri, again.run_id)
+    assert [(r["step"], r["reason"]) for r in lineage] == [(10, "prune to 0.5"), (20, "prune to 0.3"),
+                                                           (20, "resume at epoch 2")]
+    assert lineage[-1]["hash"] == lineage[-1]["parent_hash"] == lineage[1]["hash"]  # the checkpoint's masks
