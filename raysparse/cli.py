@@ -57,7 +57,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from raysparse.search import load_sweep, resume_sweep, run_sweep
+    from raysparse.search import check_before_start, load_sweep, resume_sweep, run_sweep
 
     if (args.space is None) == (args.resume is None):
         raise ConfigError("sweep", "give a sweep file, or --resume NAME to continue a stopped sweep (not both)")
@@ -68,6 +68,7 @@ def cmd_sweep(args) -> int:
     else:
         sweep = load_sweep(args.space, num_samples=args.num_samples, tracking_uri=args.tracking_uri, name=args.name,
                            storage_path=args.storage_path)
+        check_before_start(sweep, args.address)  # nothing is printed for a sweep that cannot start
         print(f"sweep {sweep.name!r}: {sweep.num_samples} trials, {sweep.max_concurrent} at a time, objectives "
               + ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives), flush=True)
         result = run_sweep(sweep, address=args.address)

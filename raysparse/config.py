@@ -95,10 +95,19 @@ def read_yaml(path: str | Path, field_name: str = "config") -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(field_name, f"invalid YAML in {str(path)!r}: {err}") from None
+        raise ConfigError(field_name, f"invalid YAML in {str(path)!r}: {_one_line(err)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(field_name, f"{str(path)!r} must hold a mapping, got {type(raw).__name__}")
     return raw
+
+
+def _one_line(err) -> str:
+    """PyYAML's problem and where it is, without its multi-line excerpt of the file."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{context + ': ' if context else ''}{problem}{where}"
 
 
 def load_config(source: Config | dict | str | Path) -> Config:
@@ -265,7 +274,10 @@ def _check_sparsity(p: SparsityConfig, epochs: int) -> None:
 
 
 def _check_blocks(c: Config) -> None:
-    from raysparse.zoo import DATASETS, MODELS
+    import torch
+
+    from raysparse.zoo import DATASETS, MODELS, build_model
+    from raysparse.zoo.datasets import check_data_spec
 
     for block, registry, kind in (("model", MODELS, "model"), ("data", DATASETS, "dataset")):
         spec = getattr(c, block)
@@ -274,6 +286,9 @@ def _check_blocks(c: Config) -> None:
         name = spec["name"]
         if not (isinstance(name, str) and (name in registry or (kind == "model" and name.startswith("torchvision:")))):
             raise unknown_choice(f"{block}.name", kind, name, registry.names())
+    check_data_spec(c.data)
+    with torch.device("meta"):  # every option of the model, checked without allocating it
+        build_model(c.model, (3, 32, 32), 10)
     from raysparse.zoo.formats import FILE_DATASETS
 
     if c.data["name"] in FILE_DATASETS:  # caught here, before a sweep starts, not in a trial

@@ -2,6 +2,6 @@
 
 from raysparse.search.result import SweepResult
 from raysparse.search.spaces import Sweep, load_sweep
-from raysparse.search.tuner import resume_sweep, run_sweep
+from raysparse.search.tuner import check_before_start, resume_sweep, run_sweep
 
-__all__ = ["Sweep", "SweepResult", "load_sweep", "resume_sweep", "run_sweep"]
+__all__ = ["check_before_start", "Sweep", "SweepResult", "load_sweep", "resume_sweep", "run_sweep"]

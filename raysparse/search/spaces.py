@@ -247,6 +247,8 @@ def _objectives(raw: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError("objectives", f"expected a mapping metric -> max|min, got {raw!r}")
     for metric, mode in raw.items():
+        if not isinstance(metric, str):
+            raise ConfigError("objectives", f"got metric {metric!r}; metric names are text, e.g. val_accuracy")
         if metric.startswith("test_"):
             raise ConfigError(
                 f"objectives.{metric}",

@@ -108,8 +108,7 @@ def run_sweep(
 ) -> SweepResult:
     """Validate, then run the sweep; returns when every trial has finished or stopped."""
     sweep = source if isinstance(source, Sweep) else load_sweep(source, **overrides)
-    if address is None:
-        check_local_resources(sweep.resources)
+    check_before_start(sweep, address)
     home = Path(home) if home is not None else default_home()
     tracking_uri = _start_services(sweep, address, home)
     storage_path = _storage_path(sweep.storage_path, home)
@@ -156,8 +155,7 @@ def resume_sweep(
         raise unknown_choice("--resume", f"sweep in {experiment_dir.parent}", name, found)
     state = json.loads((experiment_dir / SWEEP_STATE).read_text())
     sweep = load_sweep(state["sweep"])
-    if address is None:
-        check_local_resources(sweep.resources)
+    check_before_start(sweep, address)
     tracking_uri = _start_services(sweep, address, home)
     if tracking_uri != state["tracking_uri"]:
         print(f"raysparse: the MLflow server moved from {state['tracking_uri']} to {tracking_uri}", file=sys.stderr)
@@ -168,10 +166,17 @@ def resume_sweep(
     return _fit(tuner, sweep, parent, ProgressView(sweep, enabled=verbose), home)
 
 
+def check_before_start(sweep: Sweep, address: str | None) -> None:
+    """What a valid sweep file can still get wrong on this machine: resources, the MLflow server."""
+    if address is None:
+        check_local_resources(sweep.resources)
+    if sweep.tracking_uri is not None:
+        check_tracking_uri(sweep.tracking_uri)
+
+
 def _start_services(sweep: Sweep, address: str | None, home: Path) -> str:
     """Ray, and the MLflow server the sweep names (checked first) or the embedded one."""
-    if sweep.tracking_uri is not None:
-        check_tracking_uri(sweep.tracking_uri)  # before Ray starts: a clear error, nothing begun
+    if sweep.tracking_uri is not None:  # checked reachable before: a clear error, nothing begun
         _start_ray(address)
         return sweep.tracking_uri
     with ThreadPoolExecutor(max_workers=1) as pool:  # each takes ~10 s to start here: together

@@ -77,6 +77,16 @@ def build_data(spec: Mapping, seed: int, field: str = "data") -> DataSplits:
     test untouched) and the dataset's own options. ``batch_size``, ``num_workers`` and
     ``augment`` are accepted and ignored: they belong to ``make_loader``.
     """
+    builder, common, options = _parse_spec(spec, seed, field)
+    return builder(common, **options)
+
+
+def check_data_spec(spec: Mapping, field: str = "data") -> None:
+    """Every check of ``build_data`` that needs no data: names, options, fractions, limits."""
+    _parse_spec(spec, 0, field)
+
+
+def _parse_spec(spec: Mapping, seed: int, field: str):
     if not isinstance(spec, Mapping):
         raise ConfigError(field, f"expected a mapping with a 'name', got {spec!r}")
     name = spec.get("name")
@@ -92,7 +102,7 @@ def build_data(spec: Mapping, seed: int, field: str = "data") -> DataSplits:
         root=_optional_directory(spec.get("root"), f"{field}.root"),
         field=field,
     )
-    return builder(common, **{key: spec[key] for key in own_options if key in spec})
+    return builder, common, {key: spec[key] for key in own_options if key in spec}
 
 
 def _fraction(value: object, field: str) -> float:
