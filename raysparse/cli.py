@@ -1,4 +1,4 @@
-"""raysparse command line: train, sweep, report, ui, list.
+"""raysparse command line: train, sweep, submit, job, report, potential, ui, list.
 
 Bad input exits with status 2 and one line naming the field, never a traceback.
 """
@@ -134,6 +134,41 @@ def cmd_potential(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from raysparse.search import jobs, load_sweep
+
+    sweep = load_sweep(args.space, num_samples=args.num_samples, tracking_uri=None, name=args.name)  # validate here
+    options = {"--num-samples": args.num_samples, "--name": args.name, "--tracking-uri": args.tracking_uri,
+               "--storage-path": args.storage_path}
+    entrypoint = jobs.sweep_entrypoint(Path(args.space), Path(args.working_dir), options)
+    job_id = jobs.submit(args.address, entrypoint, Path(args.working_dir), name=sweep.name)
+    print(f"submitted sweep {sweep.name!r} as job {job_id}: {entrypoint}", flush=True)
+    print(f"  raysparse job logs {job_id}   |   raysparse job stop {job_id}", flush=True)
+    if args.no_follow:
+        return 0
+    try:
+        final = jobs.follow(args.address, job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job goes on (raysparse job stop {job_id})", file=sys.stderr)
+        return 130
+    print(f"job {job_id}: {final}")
+    return 0 if final == "SUCCEEDED" else 1
+
+
+def cmd_job(args) -> int:
+    from raysparse.search import jobs
+
+    if args.action == "status":
+        print(jobs.status(args.address, args.job_id))
+    elif args.action == "logs":
+        if args.follow:
+            return 0 if jobs.follow(args.address, args.job_id) == "SUCCEEDED" else 1
+        print(jobs.logs(args.address, args.job_id), end="")
+    else:
+        print(f"job {args.job_id}: {jobs.stop(args.address, args.job_id)}")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from raysparse.tracking import default_home, ensure_local_server, stop_local_server
 
@@ -181,6 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--tracking-uri", help="a shared MLflow server (default: the embedded one)")
     sweep.add_argument("--name", help="sweep (and MLflow experiment) name")
     sweep.set_defaults(handler=cmd_sweep)
+    submit = sub.add_parser("submit", help="run a sweep on a Ray cluster as a job (Ray Jobs API)")
+    submit.add_argument("space", help="sweep file, inside --working-dir")
+    submit.add_argument("--address", help="the cluster's dashboard (default http://127.0.0.1:8265)")
+    submit.add_argument("--working-dir", default=".", help="uploaded with the job (default: this directory)")
+    submit.add_argument("--tracking-uri", help="an MLflow server every node reaches")
+    submit.add_argument("--storage-path", help="shared storage for checkpoints and the experiment state")
+    submit.add_argument("--num-samples", type=int, help="number of trials")
+    submit.add_argument("--name", help="sweep (and MLflow experiment) name")
+    submit.add_argument("--no-follow", action="store_true", help="return after submitting")
+    submit.set_defaults(handler=cmd_submit)
+    job = sub.add_parser("job", help="a submitted sweep: status, logs, stop")
+    job.add_argument("action", choices=["status", "logs", "stop"])
+    job.add_argument("job_id")
+    job.add_argument("--address", help="the cluster's dashboard (default http://127.0.0.1:8265)")
+    job.add_argument("--follow", action="store_true", help="logs: keep printing until the job ends")
+    job.set_defaults(handler=cmd_job)
     report = sub.add_parser("report", help="an HTML report: ranked trials, Pareto front, prune potential, plots")
     report.add_argument("name", help="sweep name")
     report.add_argument("--experiment", help="MLflow experiment (default: the sweep name)")
