@@ -86,6 +86,10 @@ class _TrialLogger:
         for future in done:
             future.result()
 
+    def flush(self) -> None:
+        """Wait until everything queued is in MLflow."""
+        self._collect(wait=True)
+
     def final(self) -> None:
         self._collect(wait=True)
         masks, plain = self.last.masks, self.last.export_model()
@@ -125,15 +129,18 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
     ``checkpoint_interval`` seconds have passed since the last checkpoint (0: every epoch).
     Every checkpoint makes Tune persist it and snapshot the experiment: per epoch, that cost
     more than training a digits trial."""
-    last_saved = time.monotonic()
+    last_saved, epochs = time.monotonic(), load_config(config).epochs
 
     def report(metrics: dict, context: EpochContext) -> None:
         nonlocal last_saved
         if logger is not None:
             logger.epoch(metrics, context)
-        if time.monotonic() - last_saved < checkpoint_interval:
+        # no checkpoint after the last epoch: a retry then redoes that epoch and the final logging
+        if time.monotonic() - last_saved < checkpoint_interval or metrics["epoch"] >= epochs:
             report_to(tune_metrics(metrics, context), checkpoint=None)
             return
+        if logger is not None:  # all logged up to the checkpoint: a retry's lineage then has no gap
+            logger.flush()
         with tempfile.TemporaryDirectory() as directory:
             context.save_checkpoint(directory)
             report_to(tune_metrics(metrics, context), checkpoint=ray.train.Checkpoint.from_directory(directory))
@@ -155,7 +162,8 @@ def trial_function(params: dict, *, sweep: Sweep, target: TrackingTarget, storag
     context = tune.get_context()
     config = sweep.trial_config(params)
     trial_id = context.get_trial_id()
-    _refuse_to_retrain_a_diverged_trial(target, trial_id)
+    if _already_done(target, trial_id):
+        return
     sparsity = load_config(config).sparsity
     trial_name = trial_run_name(trial_id, sparsity.method, sparsity.final_sparsity)
     if sweep.resources.workers == 1:
@@ -165,12 +173,20 @@ def trial_function(params: dict, *, sweep: Sweep, target: TrackingTarget, storag
     _run_data_parallel(config, sweep, target, trial_id, trial_name, storage_path)
 
 
-def _refuse_to_retrain_a_diverged_trial(target: TrackingTarget, trial_id: str) -> None:
-    """Tune retries a failed trial from its last checkpoint, which would diverge again the same
-    way: a trial whose run says it diverged fails again at once, its run left as it is."""
-    reason = TrialRun.failure_reason(target.tracking_uri, target.experiment_id, target.parent_run_id, trial_id)
-    if reason is not None and reason.startswith(DIVERGED):
-        raise TrainingDiverged(f"{reason.removeprefix(DIVERGED)} (not retrained: it would diverge again)")
+def _already_done(target: TrackingTarget, trial_id: str) -> bool:
+    """Settle a trial that an earlier attempt already ended: a finished one (its driver died
+    before Tune recorded the end) reports its recorded metrics again; a diverged one fails again
+    at once, since retraining from its checkpoint would diverge the same way."""
+    recorded = TrialRun.recorded(target.tracking_uri, target.experiment_id, target.parent_run_id, trial_id)
+    if recorded is None:
+        return False
+    if (recorded.failure_reason or "").startswith(DIVERGED):
+        reason = recorded.failure_reason.removeprefix(DIVERGED)
+        raise TrainingDiverged(f"{reason} (not retrained: it would diverge again)")
+    if recorded.status == "FINISHED":
+        tune.report(recorded.metrics)
+        return True
+    return False
 
 
 def _worker_loop(loop_config: dict) -> None:

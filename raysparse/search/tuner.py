@@ -90,6 +90,9 @@ def _start_ray(address: str | None) -> None:
     # one checkpoint kept per trial forces an experiment snapshot per epoch: cheap on local
     # storage, but Tune warns about it on every report
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # the experiment state (which trials exist, the searcher's state) at most 1 s old: a killed
+    # driver's sweep resumes without forgetting trials it had started (Tune's default is 10 s)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if ray.is_initialized():
         return
     if address is None:  # a local runtime bound to loopback; Ray's token auth stays on
@@ -205,6 +208,9 @@ def _fit(tuner: tune.Tuner, sweep: Sweep, parent: SweepRun, progress: ProgressVi
     status = "FAILED"
     try:
         grid = tuner.fit()
+        # a run still open now belongs to a trial Tune lost with a killed driver (started after
+        # its last experiment snapshot): its config was run again as a new trial
+        parent.close_running("KILLED", reason="lost with the stopped driver; its config ran again as a new trial")
         result = SweepResult(sweep, grid, parent.tracking_uri, parent.experiment_name, parent.run_id,
                              time.monotonic() - started)
         parent.log_metrics({"num_trials": len(result.to_dataframe()), "sweep_seconds": result.seconds})

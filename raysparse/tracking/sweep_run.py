@@ -90,5 +90,12 @@ class SweepRun:
                 closed = True
         return closed
 
+    def close_running(self, status: str, *, reason: str) -> list[str]:
+        """End every trial run still RUNNING (none should be once the sweep is over)."""
+        left = [c.trial_id for c in self.child_runs() if c.status == "RUNNING"]
+        for trial_id in left:
+            self.close_trial(trial_id, status, reason=reason)
+        return left
+
     def finish(self, status: str = "FINISHED") -> None:
         self._client.set_terminated(self.run_id, status)

@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +24,14 @@ from raysparse.tracking.naming import (
     flatten_metrics,
     flatten_params,
 )
+
+
+@dataclass(frozen=True)
+class RecordedTrial:
+    status: str
+    failure_reason: str | None
+    metrics: dict[str, float]  # each metric's last value
+
 
 PLOTTED = ("density", "val_accuracy", "test_accuracy")  # the curves of plots/training.png
 
@@ -61,10 +70,13 @@ class TrialRun:
         return trial
 
     @staticmethod
-    def failure_reason(tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
-        """The failure reason recorded on this trial's run, if it has one (read before a retry)."""
+    def recorded(tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> RecordedTrial | None:
+        """What MLflow holds of this trial from an earlier attempt, if anything (read before a retry)."""
         runs = _children(MlflowClient(tracking_uri), experiment_id, parent_run_id, trial_id)
-        return runs[0].data.tags.get(FAILURE_TAG) if runs else None
+        if not runs:
+            return None
+        run = runs[0]
+        return RecordedTrial(run.info.status, run.data.tags.get(FAILURE_TAG), dict(run.data.metrics))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():

@@ -1,0 +1,148 @@
+"""Faults on real components: a trial process killed mid-training is retried from its checkpoint
+and ends as if never interrupted; a diverging trial fails with its reason and is not retrained;
+a sweep whose driver is killed is resumed with `raysparse sweep --resume NAME`."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pandas as pd
+import psutil
+import torch
+import yaml
+from mlflow import MlflowClient
+
+import raysparse
+from raysparse.sparsity.masks import masks_hash
+from raysparse.tracking import download_lineage, download_masks, ensure_local_server, load_sweep
+from tests.search.conftest import tiny_sweep
+
+
+def wait_for(condition, timeout=180, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def child_runs(uri, experiment):
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], "tags.`raysparse.role` = 'trial'")
+
+
+def trial_processes():
+    """Ray's trial actors: their process title is `ray::ImplicitFunc...`."""
+    titles = ((p, (p.info["cmdline"] or [""])[0]) for p in psutil.process_iter(["cmdline"]))
+    return [p for p, title in titles if title.startswith("ray::ImplicitFunc")]
+
+
+def one_trial(name, epochs):
+    raw = tiny_sweep(name, sampler="grid", max_concurrent=1, checkpoint_interval=0, max_failures=1)
+    raw["space"] = {"sparsity.final_sparsity": {"choice": [0.8]}}
+    raw["base"]["epochs"] = epochs
+    raw["base"]["model"] = {"name": "mlp", "hidden": [256, 256]}
+    raw["base"]["sparsity"].update(prune_end=epochs // 2, update_frequency=10)
+    del raw["num_samples"]
+    return raw
+
+
+def test_killed_trial_is_retried_from_its_checkpoint_and_ends_as_if_uninterrupted(ray_runtime, home):
+    raw = one_trial("killed", epochs=24)
+    results = []
+    sweep = threading.Thread(target=lambda: results.append(raysparse.sweep(raw, home=home, verbose=False)))
+    uri = ensure_local_server(home)  # the one the sweep will use
+    sweep.start()
+
+    def trained_some_epochs():
+        runs = child_runs(uri, "killed")
+        return runs and 4 <= runs[0].data.metrics.get("epoch", 0) <= 12
+
+    wait_for(trained_some_epochs, what="a few epochs")
+    (victim,) = trial_processes()
+    victim.send_signal(signal.SIGKILL)  # the trial process dies mid-training, as on a lost node
+    sweep.join(timeout=300)
+    (result,) = results
+    assert result.errors == []
+
+    trials = result.to_dataframe()
+    assert len(trials) == 1 and trials["status"].iloc[0] == "FINISHED"  # continued, not duplicated
+    run_id = trials["run_id"].iloc[0]
+    lineage = download_lineage(uri, run_id)
+    resumes = [i for i, row in enumerate(lineage) if row["reason"].startswith("resume at epoch")]
+    assert len(resumes) == 1
+    resume = lineage[resumes[0]]
+    # the retry starts from the checkpoint's masks: the same hash as the lineage before it
+    assert resume["hash"] == resume["parent_hash"] == lineage[resumes[0] - 1]["hash"]
+    assert all(a["step"] <= b["step"] for a, b in zip(lineage, lineage[1:]))  # the lost attempt's rows are gone
+
+    # and the retried trial ends bit-identical to the same config trained without interruption
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the trial process (Ray gives it one CPU)
+    try:
+        final = raysparse.train(result.sweep.trial_config({"sparsity.final_sparsity": 0.8}))
+    finally:
+        torch.set_num_threads(threads)
+    assert trials["metrics.val_accuracy"].iloc[0] == final["val_accuracy"]
+    assert trials["metrics.train_loss"].iloc[0] == final["train_loss"]
+    assert masks_hash(download_masks(uri, run_id)) == lineage[-1]["hash"]
+
+
+def test_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(ray_runtime, home):
+    raw = tiny_sweep("diverge", sampler="grid", max_concurrent=1, max_failures=2)
+    raw["space"] = {"optimizer.lr": {"choice": [1.0e12, 0.05]}}
+    del raw["num_samples"]
+    result = raysparse.sweep(raw, home=home, verbose=False)
+    trials = result.to_dataframe().set_index("params.optimizer.lr")
+    assert len(trials) == 2  # the refused retries did not open new runs
+    assert trials.loc[0.05, "status"] == "FINISHED"
+    assert trials.loc[1.0e12, "status"] == "FAILED"
+    assert re.match(r"diverged: train_loss is (nan|inf) at epoch 1", trials.loc[1.0e12, "failure_reason"])
+    assert len(result.errors) == 1 and "not retrained" in result.errors[0]
+
+
+def test_killed_driver_is_resumed_and_finished_trials_are_not_rerun(home, tmp_path):
+    raw = tiny_sweep("resumed", sampler="grid", max_concurrent=1, checkpoint_interval=0)
+    raw["space"] = {"sparsity.final_sparsity": {"choice": [0.5, 0.6, 0.7, 0.8]}}
+    raw["base"]["epochs"] = 20
+    raw["base"]["model"] = {"name": "mlp", "hidden": [256, 256]}
+    del raw["num_samples"]
+    path = tmp_path / "resumed.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "RAYSPARSE_HOME": str(home)}
+    uri = ensure_local_server(home)  # the one the sweep will use
+    driver = subprocess.Popen([sys.executable, "-m", "raysparse.cli", "sweep", str(path)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def one_finished_one_running():
+        runs = child_runs(uri, "resumed")
+        running = [r for r in runs if r.info.status == "RUNNING" and r.data.metrics.get("epoch", 0) >= 8]
+        return running and any(r.info.status == "FINISHED" for r in runs)
+
+    wait_for(one_finished_one_running, timeout=240, what="a finished and a running trial")
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, at once
+    driver.wait(timeout=60)
+    before = {r.data.tags["raysparse.trial_id"]: r for r in child_runs(uri, "resumed")}
+    finished_before = {t: r.info.end_time for t, r in before.items() if r.info.status == "FINISHED"}
+
+    resumed = subprocess.run([sys.executable, "-m", "raysparse.cli", "sweep", "--resume", "resumed"], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    data = load_sweep(uri, "resumed")
+    assert data.parent_status == "FINISHED"
+    assert len(data.trials) == 4 and data.trials["trial_id"].nunique() == 4  # one child run per trial
+    assert set(data.trials["status"]) == {"FINISHED"}
+    after = data.trials.set_index("trial_id")
+    for trial_id, end_time in finished_before.items():  # not rerun: the run was not touched again
+        assert after.loc[trial_id, "end_time"] == pd.to_datetime(end_time, unit="ms")
+    assert sorted(after["params.sparsity.final_sparsity"]) == [0.5, 0.6, 0.7, 0.8]
+    interrupted = [t for t, r in before.items() if r.info.status == "RUNNING"]
+    for trial_id in interrupted:  # continued from its checkpoint in the same run
+        reasons = [row["reason"] for row in download_lineage(uri, after.loc[trial_id, "run_id"])]
+        assert any(reason.startswith("resume at epoch") for reason in reasons)
