@@ -4,6 +4,7 @@ clients without the token refused."""
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -98,6 +99,7 @@ def cluster():
         yield running
     finally:
         running.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
