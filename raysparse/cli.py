@@ -58,6 +58,7 @@ def cmd_train(args) -> int:
 
 def cmd_sweep(args) -> int:
     from raysparse.search import check_before_start, load_sweep, resume_sweep, run_sweep
+    from raysparse.tracking.naming import redact
 
     if (args.space is None) == (args.resume is None):
         raise ConfigError("sweep", "give a sweep file, or --resume NAME to continue a stopped sweep (not both)")
@@ -82,7 +83,7 @@ def cmd_sweep(args) -> int:
             print(f"  {key} = {best['params'].get(key)}")
     for _, trial in trials[trials["status"] == "FAILED"].iterrows():
         print(f"failed trial {trial['trial_id']}: {trial['failure_reason']}", file=sys.stderr)
-    print(f"results: MLflow {result.tracking_uri}, experiment {result.experiment_name!r}")
+    print(f"results: MLflow {redact(result.tracking_uri)}, experiment {result.experiment_name!r}")
     if result.report:
         print(f"report: {result.report['html']}  (also in the sweep's MLflow run, under report/)")
     print(f"browse them:  raysparse ui     |  redraw the report:  raysparse report {sweep.name}")

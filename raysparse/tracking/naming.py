@@ -28,6 +28,15 @@ def trial_run_name(trial_id: str, method: str, final_sparsity: float) -> str:
     return f"dense-{trial_id}" if method == "dense" else f"{method}-s{final_sparsity:.3g}-{trial_id}"
 
 
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """``https://user:secret@host`` -> ``https://***@host``: URIs with credentials never reach a
+    param, an artifact or a log line."""
+    return _CREDENTIALS.sub("***@", text)
+
+
 def flatten_params(config: dict, prefix: str = "") -> dict[str, str]:
     """``{"sparsity": {"final_sparsity": 0.9}}`` -> ``{"sparsity.final_sparsity": "0.9"}``."""
     flat = {}
@@ -35,7 +44,7 @@ def flatten_params(config: dict, prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict) and value:
             flat.update(flatten_params(value, f"{prefix}{key}."))
             continue
-        text = str(value)
+        text = redact(str(value))
         if len(text) > _MAX_PARAM_LENGTH:  # MLflow would reject the whole batch
             text = text[: _MAX_PARAM_LENGTH - len(_TRUNCATED)] + _TRUNCATED
         flat[f"{prefix}{key}"] = text

@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 
 from raysparse.errors import ConfigError
 from raysparse.tracking._client import _children, _experiment_id, _log_metrics, _log_params, _set_failure_reason
-from raysparse.tracking.naming import ROLE_TAG, SWEEP_TAG, TRIAL_TAG, flatten_metrics, flatten_params
+from raysparse.tracking.naming import ROLE_TAG, SWEEP_TAG, TRIAL_TAG, flatten_metrics, flatten_params, redact
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class SweepRun:
         run = client.create_run(experiment_id, run_name=sweep_name, tags={ROLE_TAG: "sweep", SWEEP_TAG: sweep_name})
         _log_params(client, run.info.run_id, flatten_params(params))
         if sweep_text is not None:
-            client.log_text(run.info.run_id, sweep_text, "sweep.yaml")
+            client.log_text(run.info.run_id, redact(sweep_text), "sweep.yaml")
         return cls(tracking_uri, experiment_id, experiment_name, run.info.run_id)
 
     @classmethod

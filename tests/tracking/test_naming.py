@@ -23,3 +23,11 @@ def test_trial_run_names_say_method_and_sparsity():
 
     assert trial_run_name("1a2b", "granet", 0.95) == "granet-s0.95-1a2b"
     assert trial_run_name("1a2b", "dense", 0.9) == "dense-1a2b"
+
+
+def test_credentials_in_uris_are_redacted_from_params():
+    from raysparse.tracking.naming import redact
+
+    flat = flatten_params({"tracking_uri": "https://alice:s3cret@mlflow.example:5000/x", "lr": 0.1})
+    assert flat == {"tracking_uri": "https://***@mlflow.example:5000/x", "lr": "0.1"}
+    assert redact("http://127.0.0.1:5000 and s3://bucket/path") == "http://127.0.0.1:5000 and s3://bucket/path"
