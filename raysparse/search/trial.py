@@ -91,7 +91,7 @@ class _TrialLogger:
         self._collect(wait=True)
 
     def final(self) -> None:
-        self._collect(wait=True)
+        self.flush()
         masks, plain = self.last.masks, self.last.export_model()
         state = {k: v.detach().cpu() for k, v in plain.state_dict().items()}
         self.run.log_final(
@@ -102,7 +102,7 @@ class _TrialLogger:
         self._worker.shutdown()  # actors are reused across trials: leave no idle thread behind
 
     def fail(self, reason: str) -> None:
-        self._collect(wait=True)
+        self.flush()
         self.run.fail(reason)
         self._worker.shutdown()
 
