@@ -48,11 +48,24 @@ def cmd_train(args) -> int:
         f"to sparsity {config.sparsity.final_sparsity:.0%} for {config.epochs} epochs",
         flush=True,
     )
-    final = fit(config, _print_epoch, checkpoint_dir=args.checkpoint_dir, resume_from=args.resume)
+
+    def report(metrics: dict, context) -> None:
+        _print_epoch(metrics, context)
+        if args.save_model and metrics["epoch"] == config.epochs:  # the trained network, e.g. a robustness.reference
+            import torch
+
+            Path(args.save_model).parent.mkdir(parents=True, exist_ok=True)
+            torch.save(context.export_model().state_dict(), args.save_model)
+
+    final = fit(config, report, checkpoint_dir=args.checkpoint_dir, resume_from=args.resume)
     print(
         f"done: test accuracy {final['test_accuracy']:.4f} at density {final['density']:.4f} "
         f"(best val {final['best_val_accuracy']:.4f} at epoch {final['best_epoch']})"
+        + (f"; model state_dict: {args.save_model}" if args.save_model else "")
     )
+    if config.robustness is not None:
+        names = ("mean_corrupted_accuracy", "ece", "mean_excess_error", "noise_agreement", "noise_softmax_distance")
+        print("robustness: " + ", ".join(f"{n} {final[n]:.4f}" for n in names if n in final))
     return 0
 
 
@@ -207,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     train.add_argument("--checkpoint-dir", help="write a checkpoint after every epoch")
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint file or dir")
+    train.add_argument("--save-model", metavar="PATH", help="write the trained model's state_dict (torch.save)")
     train.set_defaults(handler=cmd_train)
     sweep = sub.add_parser("sweep", help="search sparse-training configs with Ray Tune + Optuna")
     sweep.add_argument("space", nargs="?", help="sweep file (see search_spaces/)")

@@ -8,6 +8,7 @@ validate them by name.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -83,6 +84,25 @@ def get_dotted(tree: dict, key: str, default: Any = None) -> Any:
             return default
         node = node[part]
     return node
+
+
+# the config keys that name files or directories
+PATH_KEYS = ("init_from", "data.root", "robustness.reference")
+
+
+def absolute_path(value: Any) -> Any:
+    return str(Path(value).expanduser().resolve()) if isinstance(value, str) else value
+
+
+def with_absolute_paths(raw: dict) -> dict:
+    """A copy of a raw config whose paths are absolute, against this process's working directory
+    (where validation found them): a Tune trial runs in a trial directory of its own, where
+    ``data/cifar10`` would name nothing."""
+    resolved = copy.deepcopy(raw)
+    for key in PATH_KEYS:
+        if get_dotted(resolved, key) is not None:
+            set_dotted(resolved, key, absolute_path(get_dotted(resolved, key)))
+    return resolved
 
 
 def read_yaml(path: str | Path, field_name: str = "config") -> dict:

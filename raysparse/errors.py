@@ -17,6 +17,11 @@ class ConfigError(ValueError):
         self.field, self.message = field, message
         super().__init__(f"{field}: {message}" if field else message)
 
+    def __reduce__(self):
+        # rebuilt from (field, message), not from args: Ray copies and pickles a trial's exception
+        # to report it, and the default reduce would call ConfigError(full_text) and fail
+        return type(self), (self.field, self.message)
+
 
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """A ' (did you mean 'x'?)' suffix when a close choice exists, else ''."""

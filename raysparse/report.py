@@ -98,9 +98,14 @@ def sweep_potential(trials: pd.DataFrame, delta: float) -> tuple[pd.DataFrame | 
         return None, f"Not measured: {missing.message}. Add a trial with sparsity.method: dense to measure it."
 
 
+# metric prefix -> the prefix of the distributions it measures
+_DISTRIBUTIONS = {"metrics.corrupted_accuracy.": "", "metrics.noise_accuracy.": "noise_"}
+
+
 def sweep_potential_rows(trials: pd.DataFrame) -> list[dict]:
-    """Prune-potential rows from a sweep's trials: the test set ("clean") and every corrupted
-    distribution a trial reported; a ``dense`` trial is the reference at sparsity 0."""
+    """Prune-potential rows from a sweep's trials: the test set ("clean"), every corrupted
+    distribution a trial reported (``contrast_5``) and every noise ball (``noise_eps_0.1``); a
+    ``dense`` trial is the reference at sparsity 0."""
     from raysparse.errors import ConfigError
 
     rows = []
@@ -111,9 +116,10 @@ def sweep_potential_rows(trials: pd.DataFrame) -> list[dict]:
         clean = "metrics.val_accuracy" if trial.get("params.robustness.split") == "val" else "metrics.test_accuracy"
         rows.append({"method": method, "sparsity": sparsity, "distribution": "clean", "accuracy": trial[clean]})
         for column, value in trial.items():
-            if column.startswith("metrics.corrupted_accuracy.") and pd.notna(value):
-                rows.append({"method": method, "sparsity": sparsity, "accuracy": value,
-                             "distribution": column.removeprefix("metrics.corrupted_accuracy.")})
+            for prefix, named in _DISTRIBUTIONS.items():
+                if column.startswith(prefix) and pd.notna(value):
+                    rows.append({"method": method, "sparsity": sparsity, "accuracy": value,
+                                 "distribution": named + column.removeprefix(prefix)})
     if not any(r["sparsity"] == 0 for r in rows):
         raise ConfigError("name", "the sweep has no finished dense reference trial (sparsity.method: dense)")
     return rows

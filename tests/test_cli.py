@@ -23,6 +23,29 @@ def test_train_prints_a_line_per_epoch(tmp_path):
     assert (tmp_path / "ckpt" / "checkpoint.pt").is_file()
 
 
+def test_train_saves_the_model_to_judge_others_against(tmp_path):
+    import torch
+
+    from raysparse.zoo import build_model
+
+    dense = small_config("dense")
+    dense["epochs"] = 2
+    (tmp_path / "dense.yaml").write_text(yaml.safe_dump(dense))
+    done = raysparse("train", str(tmp_path / "dense.yaml"), "--save-model", str(tmp_path / "runs" / "dense.pt"))
+    assert done.returncode == 0, done.stderr
+    state = torch.load(tmp_path / "runs" / "dense.pt", weights_only=True)
+    build_model(dense["model"], (1, 8, 8), 10).load_state_dict(state)  # a plain state_dict of the zoo's model
+    pruned = small_config("gmp")
+    pruned["epochs"] = 2
+    pruned["robustness"] = {"corruptions": ["contrast"], "severities": [5], "reference": "runs/dense.pt"}
+    (tmp_path / "pruned.yaml").write_text(yaml.safe_dump(pruned))
+    judged = raysparse("train", "pruned.yaml", cwd=tmp_path)
+    assert judged.returncode == 0, judged.stderr
+    line = judged.stdout.splitlines()[-1]
+    assert line.startswith("robustness: mean_corrupted_accuracy ") and " mean_excess_error " in line
+    assert " noise_agreement " in line
+
+
 def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path):
     cfg = small_config("granet")
     cfg["sparsity"]["method"] = "grant"

@@ -1,6 +1,7 @@
 """Beyond test accuracy, evaluated at the end of a run: accuracy under corruptions (CIFAR-10-C
-style, generated on the fly), calibration (ECE), and agreement with a dense reference network
-under the noise ball x + 2*eps*(u - 0.5) (Liebenwein et al. 2021, "Lost in Pruning")."""
+style, generated on the fly), calibration (ECE), accuracy in the noise ball x + 2*eps*(u - 0.5),
+and against a dense reference network: agreement and softmax distance in the noise ball, and
+excess error under each corruption (Liebenwein et al. 2021, "Lost in Pruning")."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from raysparse.robustness.corruptions import CORRUPTIONS, corrupt, expected_calibration_error, noise_ball
+from raysparse.robustness.corruptions import (
+    CORRUPTIONS,
+    corrupt,
+    excess_error,
+    expected_calibration_error,
+    noise_ball,
+)
 
 # metrics that exist only in the final report (too costly per epoch): never an ASHA metric
-FINAL_METRICS = ("mean_corrupted_accuracy", "ece", "noise_agreement", "noise_softmax_distance")
+FINAL_METRICS = ("mean_corrupted_accuracy", "ece", "noise_agreement", "noise_softmax_distance", "mean_excess_error")
+# the ones compared with a dense reference network (robustness.reference)
+REFERENCE_METRICS = ("noise_agreement", "noise_softmax_distance", "mean_excess_error")
 
 
 @dataclass(frozen=True)
@@ -20,7 +29,7 @@ class RobustnessConfig:
     corruptions: tuple[str, ...] = tuple(CORRUPTIONS)
     severities: tuple[int, ...] = (1, 3, 5)
     noise_eps: tuple[float, ...] = (0.05, 0.1, 0.2)
-    reference: str | None = None  # state_dict of the dense reference network (noise-ball agreement)
+    reference: str | None = None  # state_dict of the dense reference network (agreement, excess error)
     max_examples: int = 1000  # examples used (the first ones), to bound the cost
     split: str = "test"  # "val" to search on these metrics: test data never selects a model
     seed: int = 0
@@ -29,34 +38,64 @@ class RobustnessConfig:
 @torch.no_grad()
 def robustness_metrics(model: nn.Module, split, cfg: RobustnessConfig, device: torch.device,
                        reference: nn.Module | None = None) -> dict:
-    """Metrics on the test split (an in-memory TensorSplit: images are un-normalized to [0, 1],
-    corrupted, and normalized again)."""
-    model.eval()
+    """Metrics on one split (an in-memory TensorSplit: images are un-normalized to [0, 1],
+    corrupted or moved in the noise ball, and normalized again):
+
+    - ``corrupted_accuracy.<corruption>_<severity>`` and their mean, ``mean_corrupted_accuracy``;
+    - ``noise_accuracy.eps_<eps>``: accuracy on x + 2*eps*(u - 0.5);
+    - ``ece``: expected calibration error on the clean images;
+    - with a dense ``reference``: ``noise_agreement`` / ``noise_softmax_distance`` (top-1 agreement
+      and L2 distance of the softmax outputs, mean over eps; per eps under ``noise_ball.``), and
+      ``excess_error.<corruption>_<severity>`` with their mean ``mean_excess_error``: how much more
+      accuracy the pruned network loses under the corruption than the reference does."""
     x, y = split.tensors()
     x, y = x[: cfg.max_examples], y[: cfg.max_examples]
     mean, std = split.mean, split.std
     clean = (x * std + mean).clamp(0, 1)
+    networks = {"model": model} if reference is None else {"model": model, "reference": reference}
+    for net in networks.values():
+        net.eval()
 
-    def predict(net, images):
-        return torch.softmax(net(((images - mean) / std).to(device)), dim=1).cpu()
+    def predict(images) -> dict[str, torch.Tensor]:
+        inputs = ((images - mean) / std).to(device)
+        return {name: torch.softmax(net(inputs), dim=1).cpu() for name, net in networks.items()}
 
-    probabilities = predict(model, clean)
-    metrics: dict = {"ece": expected_calibration_error(probabilities, y)}
-    corrupted = {}
+    def accuracy(probabilities) -> float:
+        return float((probabilities.argmax(1) == y).float().mean())
+
+    on_clean = predict(clean)
+    clean_accuracy = {name: accuracy(p) for name, p in on_clean.items()}
+    metrics: dict = {"ece": expected_calibration_error(on_clean["model"], y)}
+    corrupted, excess = {}, {}
     for name in cfg.corruptions:
         for severity in cfg.severities:
-            images = corrupt(clean, name, severity, seed=cfg.seed)
-            corrupted[f"{name}_{severity}"] = float((predict(model, images).argmax(1) == y).float().mean())
+            outputs = predict(corrupt(clean, name, severity, seed=cfg.seed))
+            corrupted[f"{name}_{severity}"] = accuracy(outputs["model"])
+            if reference is not None:
+                # excess error (l(pruned, D') - l(pruned, D)) - (l(dense, D') - l(dense, D)), l = 1 - accuracy
+                excess[f"{name}_{severity}"] = excess_error(
+                    1 - corrupted[f"{name}_{severity}"], 1 - clean_accuracy["model"],
+                    1 - accuracy(outputs["reference"]), 1 - clean_accuracy["reference"])
     metrics["corrupted_accuracy"] = corrupted
-    metrics["mean_corrupted_accuracy"] = sum(corrupted.values()) / max(len(corrupted), 1)
+    metrics["mean_corrupted_accuracy"] = _mean(corrupted.values())
+    noise_accuracy, agreement, distance = {}, {}, {}
+    for eps in cfg.noise_eps:
+        outputs = predict(noise_ball(clean, eps, generator=torch.Generator().manual_seed(cfg.seed)))
+        noise_accuracy[f"eps_{eps:g}"] = accuracy(outputs["model"])
+        if reference is not None:
+            ours, theirs = outputs["model"], outputs["reference"]
+            agreement[f"agreement_eps_{eps:g}"] = float((ours.argmax(1) == theirs.argmax(1)).float().mean())
+            distance[f"softmax_distance_eps_{eps:g}"] = float((ours - theirs).norm(dim=1).mean())
+    metrics["noise_accuracy"] = noise_accuracy
     if reference is not None:
-        reference.eval()
-        agreement, distance = [], []
-        for eps in cfg.noise_eps:
-            noisy = noise_ball(clean, eps, generator=torch.Generator().manual_seed(cfg.seed))
-            ours, theirs = predict(model, noisy), predict(reference, noisy)
-            agreement.append(float((ours.argmax(1) == theirs.argmax(1)).float().mean()))
-            distance.append(float((ours - theirs).norm(dim=1).mean()))
-        metrics["noise_agreement"] = sum(agreement) / len(agreement)
-        metrics["noise_softmax_distance"] = sum(distance) / len(distance)
+        metrics["excess_error"] = excess
+        metrics["mean_excess_error"] = _mean(excess.values())
+        metrics["noise_ball"] = {**agreement, **distance}
+        metrics["noise_agreement"] = _mean(agreement.values())
+        metrics["noise_softmax_distance"] = _mean(distance.values())
     return metrics
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / max(len(values), 1)

@@ -9,12 +9,21 @@ field (``space.optimizer.lr``, ``objectives.val_acc``, ...).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raysparse.config import get_dotted, load_config, read_yaml, set_dotted
+from raysparse.config import (
+    PATH_KEYS,
+    absolute_path,
+    get_dotted,
+    load_config,
+    read_yaml,
+    set_dotted,
+    with_absolute_paths,
+)
 from raysparse.errors import ConfigError, did_you_mean
 from raysparse.search.domains import Domain, parse_domain
 from raysparse.search.settings import EarlyStopping, Resources, parse_early_stopping, parse_int, parse_resources
@@ -179,12 +188,18 @@ def _grid(space: dict[str, Domain], base: dict, layer_sparsity) -> list[dict[str
 def _check_final_objectives(sweep: Sweep) -> None:
     """Robustness metrics come once, in the last report: they need the robustness block, and
     ASHA, which compares trials every epoch, cannot rank by them."""
-    from raysparse.robustness.evaluate import FINAL_METRICS
+    from raysparse.robustness.evaluate import FINAL_METRICS, REFERENCE_METRICS
 
     final = [m for m, _ in sweep.objectives if m in FINAL_METRICS]
     if final and sweep.base.get("robustness") is None:
         raise ConfigError(
             f"objectives.{final[0]}", "is measured by the robustness suite: add a robustness block to base"
+        )
+    compared = [m for m in final if m in REFERENCE_METRICS]
+    if compared and sweep.base["robustness"].get("reference") is None:
+        raise ConfigError(
+            f"objectives.{compared[0]}", "compares with a dense reference network: set base.robustness.reference "
+            "to its state_dict file"
         )
     if final and sweep.base["robustness"].get("split", "test") != "val":
         raise ConfigError(
@@ -213,7 +228,7 @@ def _base_config(base: Any, base_dir: Path) -> dict:
         load_config(base)
     except ConfigError as err:
         raise ConfigError(f"base.{err.field}", str(err).removeprefix(f"{err.field}: ")) from None
-    return base
+    return with_absolute_paths(base)
 
 
 def _space(raw: Any, base: dict) -> dict[str, Domain]:
@@ -222,6 +237,8 @@ def _space(raw: Any, base: dict) -> dict[str, Domain]:
     space: dict[str, Domain] = {}
     for key, spec in raw.items():
         domain = parse_domain(spec, f"space.{key}")
+        if key in PATH_KEYS and domain.kind == "choice":  # as in base: trials run in directories of their own
+            domain = dataclasses.replace(domain, values=tuple(absolute_path(v) for v in domain.values))
         for cond_key in domain.when:
             if cond_key not in space and get_dotted(base, cond_key) is None:
                 raise ConfigError(

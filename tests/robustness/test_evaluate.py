@@ -23,6 +23,57 @@ def test_final_report_carries_robustness_metrics(tmp_path):
     assert final["corrupted_accuracy"]["gaussian_noise_5"] < final["corrupted_accuracy"]["gaussian_noise_1"]
     assert 0 <= final["ece"] <= 1 and 0 <= final["noise_agreement"] <= 1
     assert final["noise_agreement"] < 0.5  # an untrained reference rarely agrees with a trained network
+    assert set(final["noise_accuracy"]) == {"eps_0.1"}
+    assert set(final["excess_error"]) == set(final["corrupted_accuracy"])
+    assert final["mean_excess_error"] == pytest.approx(sum(final["excess_error"].values()) / 4)
+
+
+def _trained_and_reference(seed=0):
+    """A GMP network trained on digits and a dense one, with the test split they are judged on."""
+    from raysparse.zoo import build_data
+
+    nets = {}
+    for method in ("gmp", "dense"):
+        torch.manual_seed(seed)
+        cfg = small_config(method)
+        nets[method] = build_model(cfg["model"], (1, 8, 8), 10)
+        fit(cfg, model=nets[method])
+    return nets["gmp"], nets["dense"], build_data(small_config()["data"], 0).test
+
+
+def test_a_network_judged_against_itself_loses_nothing_and_agrees_everywhere():
+    import copy
+
+    from raysparse.robustness.evaluate import RobustnessConfig, robustness_metrics
+
+    model, _, test = _trained_and_reference()
+    cfg = RobustnessConfig(corruptions=("gaussian_noise", "pixelate"), severities=(3, 5), noise_eps=(0.1, 0.5))
+    metrics = robustness_metrics(model, test, cfg, torch.device("cpu"), reference=copy.deepcopy(model))
+    assert set(metrics["excess_error"].values()) == {0.0}
+    assert metrics["noise_agreement"] == 1.0 and metrics["noise_softmax_distance"] == pytest.approx(0.0, abs=1e-6)
+    assert set(metrics["noise_ball"]) == {"agreement_eps_0.1", "agreement_eps_0.5", "softmax_distance_eps_0.1",
+                                          "softmax_distance_eps_0.5"}
+
+
+def test_excess_error_is_the_accuracy_lost_beyond_what_the_reference_loses():
+    from raysparse.robustness.evaluate import RobustnessConfig, robustness_metrics
+    from raysparse.train.metrics import evaluate
+
+    model, reference, test = _trained_and_reference()
+    cfg = RobustnessConfig(corruptions=("impulse_noise", "contrast"), severities=(5,), noise_eps=(0.05, 0.6))
+    cpu = torch.device("cpu")
+    compared = robustness_metrics(model, test, cfg, cpu, reference=reference)
+    alone = {name: robustness_metrics(net, test, cfg, cpu) for name, net in (("model", model), ("dense", reference))}
+    x, y = test.tensors()
+    clean = {name: evaluate(net, [(x, y)], cpu)[0] for name, net in (("model", model), ("dense", reference))}
+    for key, excess in compared["excess_error"].items():
+        lost = {name: clean[name] - alone[name]["corrupted_accuracy"][key] for name in alone}
+        assert excess == pytest.approx(lost["model"] - lost["dense"], abs=1e-6)  # float32 means
+    assert any(excess != 0 for excess in compared["excess_error"].values())
+    assert compared["corrupted_accuracy"] == alone["model"]["corrupted_accuracy"]
+    accuracy = alone["model"]["noise_accuracy"]
+    assert accuracy["eps_0.6"] < accuracy["eps_0.05"]  # a larger ball costs accuracy
+    assert "excess_error" not in alone["model"] and "noise_agreement" not in alone["model"]
 
 
 def test_bad_robustness_block_names_the_field():

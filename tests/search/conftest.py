@@ -45,8 +45,22 @@ def tiny_sweep(name, **changes):
 
 
 @pytest.fixture(scope="package")
-def four_trials(ray_runtime, home):
-    """A finished sweep of 4 small trials, each judged on two corruptions at the end."""
+def four_trials(ray_runtime, home, tmp_path_factory):
+    """A finished sweep of 4 small trials, each judged at the end on two corruptions and against a
+    reference network named by a path relative to where the sweep starts (trials run elsewhere)."""
+    import os
+
+    import torch
+
+    from raysparse.zoo import build_model
+
     sweep = tiny_sweep("four")
-    sweep["base"]["robustness"] = {"corruptions": ["gaussian_noise", "contrast"], "severities": [1, 5]}
-    return raysparse.sweep(sweep, home=home, verbose=False)
+    sweep["base"]["robustness"] = {"corruptions": ["gaussian_noise", "contrast"], "severities": [1, 5],
+                                   "noise_eps": [0.1], "reference": "reference.pt"}
+    started_in = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("sweep_cwd"))
+    try:
+        torch.save(build_model(sweep["base"]["model"], (1, 8, 8), 10).state_dict(), "reference.pt")
+        return raysparse.sweep(sweep, home=home, verbose=False)
+    finally:
+        os.chdir(started_in)

@@ -161,6 +161,31 @@ def test_robustness_objectives_need_the_suite_and_cannot_drive_asha():
     assert load_sweep({**with_suite, "early_stopping": False}).metric == "mean_corrupted_accuracy"
 
 
+def test_objectives_compared_with_a_reference_need_one():
+    raw = sweep(objectives={"val_accuracy": "max", "mean_excess_error": "min"})
+    raw["base"]["robustness"] = {"corruptions": ["contrast"], "split": "val"}
+    with pytest.raises(ConfigError, match=r"objectives\.mean_excess_error: compares with a dense reference network: "
+                                          r"set base\.robustness\.reference"):
+        load_sweep(raw)
+
+
+def test_paths_become_absolute_because_trials_run_in_their_own_directories(tmp_path, monkeypatch):
+    import torch
+
+    from raysparse.zoo import build_model
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("ref.pt", "a.pt", "b.pt"):
+        torch.save(build_model(small_config()["model"], (1, 8, 8), 10).state_dict(), name)
+    raw = sweep()
+    raw["base"]["robustness"] = {"corruptions": ["contrast"], "reference": "ref.pt"}
+    raw["space"]["init_from"] = {"choice": ["a.pt", "b.pt"]}
+    loaded = load_sweep(raw)
+    assert loaded.base["robustness"]["reference"] == str(tmp_path / "ref.pt")
+    assert loaded.space["init_from"].values == (str(tmp_path / "a.pt"), str(tmp_path / "b.pt"))
+    assert raw["base"]["robustness"]["reference"] == "ref.pt"  # the caller's dict is left as it was
+
+
 def test_grid_enumerates_each_combination_once_and_skips_inactive_keys():
     from raysparse.search.spaces import grid_points
 

@@ -38,6 +38,9 @@ def test_robustness_metrics_plots_and_report_land_in_the_runs(four_trials, tmp_p
     assert trials[corrupted].notna().all().all() and trials[corrupted].le(1).all().all()
     assert trials["metrics.mean_corrupted_accuracy"].tolist() == pytest.approx(trials[corrupted].mean(axis=1).tolist())
     assert trials["metrics.ece"].between(0, 1).all()
+    excess = [f"metrics.excess_error.{c}_{s}" for c in ("gaussian_noise", "contrast") for s in (1, 5)]
+    assert trials["metrics.mean_excess_error"].tolist() == pytest.approx(trials[excess].mean(axis=1).tolist())
+    assert trials["metrics.noise_agreement"].between(0, 1).all() and trials["metrics.noise_accuracy.eps_0.1"].gt(0).all()
     client = MlflowClient(four_trials.tracking_uri)
     for run_id in trials["run_id"]:
         assert {f.path for f in client.list_artifacts(run_id, "plots")} == {
