@@ -69,6 +69,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _sampled_lines(sweep, best: dict) -> list[str]:
+    """``  key = value`` for each space key the best trial sampled (a ``when`` may leave one out)."""
+    from raysparse.config import get_dotted
+
+    config = best["config"]
+    return [f"  {key} = {best['params'].get(key)}" for key, domain in sorted(sweep.space.items())
+            if config is None or domain.active({}, lambda dotted: get_dotted(config, dotted))]
+
+
 def cmd_sweep(args) -> int:
     from raysparse.search import check_before_start, load_sweep, resume_sweep, run_sweep
     from raysparse.tracking.naming import redact
@@ -92,8 +101,8 @@ def cmd_sweep(args) -> int:
         best = result.best()
         shown = ", ".join(f"{m} {best['metrics'].get(m, float('nan')):.4f}" for m, _ in sweep.objectives)
         print(f"best trial {best['trial_id']}: {shown}")
-        for key in sorted(sweep.space):
-            print(f"  {key} = {best['params'].get(key)}")
+        for line in _sampled_lines(sweep, best):
+            print(line)
     for _, trial in trials[trials["status"] == "FAILED"].iterrows():
         print(f"failed trial {trial['trial_id']}: {trial['failure_reason']}", file=sys.stderr)
     print(f"results: MLflow {redact(result.tracking_uri)}, experiment {result.experiment_name!r}")

@@ -46,6 +46,18 @@ def test_train_saves_the_model_to_judge_others_against(tmp_path):
     assert " noise_agreement " in line
 
 
+def test_sweep_shows_only_the_keys_the_best_trial_sampled():
+    from raysparse.cli import _sampled_lines
+    from raysparse.search import load_sweep
+
+    sweep = load_sweep("search_spaces/potential_digits.yaml")
+    for method, shown in (("dense", ["  sparsity.method = dense"]),
+                          ("gmp", ["  sparsity.final_sparsity = 0.95", "  sparsity.method = gmp"])):
+        config = sweep.trial_config({"sparsity.method": method, "sparsity.final_sparsity": 0.95})
+        params = {"sparsity.method": method, "sparsity.final_sparsity": 0.95 if method == "gmp" else 0.9}
+        assert _sampled_lines(sweep, {"config": config, "params": params}) == shown
+
+
 def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path):
     cfg = small_config("granet")
     cfg["sparsity"]["method"] = "grant"

@@ -213,7 +213,7 @@ def _fit(tuner: tune.Tuner, sweep: Sweep, parent: SweepRun, progress: ProgressVi
         parent.close_running("KILLED", reason="lost with the stopped driver; its config ran again as a new trial")
         result = SweepResult(sweep, grid, parent.tracking_uri, parent.experiment_name, parent.run_id,
                              time.monotonic() - started)
-        parent.log_metrics({"num_trials": len(result.to_dataframe()), "sweep_seconds": result.seconds})
+        parent.log_metrics({"num_trials": len(grid), "sweep_seconds": result.seconds})  # MLflow is read after finish
         status = "FINISHED"
     finally:
         parent.finish(status)

@@ -40,7 +40,8 @@ def test_robustness_metrics_plots_and_report_land_in_the_runs(four_trials, tmp_p
     assert trials["metrics.ece"].between(0, 1).all()
     excess = [f"metrics.excess_error.{c}_{s}" for c in ("gaussian_noise", "contrast") for s in (1, 5)]
     assert trials["metrics.mean_excess_error"].tolist() == pytest.approx(trials[excess].mean(axis=1).tolist())
-    assert trials["metrics.noise_agreement"].between(0, 1).all() and trials["metrics.noise_accuracy.eps_0.1"].gt(0).all()
+    assert trials["metrics.noise_agreement"].between(0, 1).all()
+    assert trials["metrics.noise_accuracy.eps_0.1"].gt(0).all()
     client = MlflowClient(four_trials.tracking_uri)
     for run_id in trials["run_id"]:
         assert {f.path for f in client.list_artifacts(run_id, "plots")} == {
@@ -48,6 +49,7 @@ def test_robustness_metrics_plots_and_report_land_in_the_runs(four_trials, tmp_p
     logged = {f.path for f in client.list_artifacts(four_trials.parent_run_id, "report")}
     assert {"report/four.html", "report/four.png", "report/four_trials.csv"} <= logged
     page = four_trials.report["html"].read_text()
+    assert "sweep run FINISHED" in page  # the report is drawn once the sweep's run is closed
     assert page.count("<h2>Trial ") == 3 and four_trials.best()["trial_id"] in page  # the 3 best, with figures
     assert "Add a trial with sparsity.method: dense" in page  # no dense trial: no prune potential, and why
 
@@ -127,7 +129,7 @@ def test_grid_sweep_with_a_dense_reference_measures_prune_potential(ray_runtime,
         "sparsity.final_sparsity": {"choice": [0.5, 0.9], "when": {"sparsity.method": ["gmp"]}},
     })
     del raw["num_samples"]  # a grid runs each of its points once
-    raw["base"]["robustness"] = {"corruptions": ["contrast"], "severities": [5]}
+    raw["base"]["robustness"] = {"corruptions": ["contrast"], "severities": [5], "noise_eps": [0.2]}
     result = raysparse.sweep(raw, home=home, verbose=False)
     trials = result.to_dataframe()
     assert sorted(zip(trials["params.sparsity.method"], trials["metrics.density"].round(2))) == [
@@ -140,7 +142,8 @@ def test_grid_sweep_with_a_dense_reference_measures_prune_potential(ray_runtime,
     table = pd.read_csv(tmp_path / "ladder_potential.csv", index_col=0)
     dense = trials[trials["params.sparsity.method"] == "dense"].iloc[0]
     pruned = trials[trials["params.sparsity.method"] == "gmp"]
-    columns = {"clean": "metrics.test_accuracy", "contrast_5": "metrics.corrupted_accuracy.contrast_5"}
+    columns = {"clean": "metrics.test_accuracy", "contrast_5": "metrics.corrupted_accuracy.contrast_5",
+               "noise_eps_0.2": "metrics.noise_accuracy.eps_0.2"}
     for distribution, column in columns.items():
         within = pruned[pruned[column] >= dense[column] - 0.005]
         expected = (1 - within["metrics.density"]).round(4).max() if len(within) else 0.0
