@@ -86,3 +86,11 @@ class TrialRunCloser(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = str(trial.error_file) if getattr(trial, "error_file", None) else "the trial raised an error"
         self.parent.close_trial(trial.trial_id, "FAILED", reason=f"see {reason}")
+
+    def on_experiment_end(self, trials, **info):
+        discarded = self.parent.discard_unknown(
+            {t.trial_id for t in trials}, reason="its trial was lost with the stopped driver (it started after "
+            "Tune's last snapshot); the resumed sweep ran another trial in its place")
+        for run_id in discarded:
+            print(f"raysparse: run {run_id} of a trial lost with the stopped driver is in MLflow's deleted runs "
+                  f"(mlflow runs restore --run-id {run_id})", file=sys.stderr)

@@ -208,9 +208,6 @@ def _fit(tuner: tune.Tuner, sweep: Sweep, parent: SweepRun, progress: ProgressVi
     status = "FAILED"
     try:
         grid = tuner.fit()
-        # a run still open now belongs to a trial Tune lost with a killed driver (started after
-        # its last experiment snapshot): its config was run again as a new trial
-        parent.close_running("KILLED", reason="lost with the stopped driver; its config ran again as a new trial")
         result = SweepResult(sweep, grid, parent.tracking_uri, parent.experiment_name, parent.run_id,
                              time.monotonic() - started)
         parent.log_metrics({"num_trials": len(grid), "sweep_seconds": result.seconds})  # MLflow is read after finish

@@ -90,12 +90,19 @@ class SweepRun:
                 closed = True
         return closed
 
-    def close_running(self, status: str, *, reason: str) -> list[str]:
-        """End every trial run still RUNNING (none should be once the sweep is over)."""
-        left = [c.trial_id for c in self.child_runs() if c.status == "RUNNING"]
-        for trial_id in left:
-            self.close_trial(trial_id, status, reason=reason)
-        return left
+    def discard_unknown(self, known_trial_ids: set[str], *, reason: str) -> list[str]:
+        """Move child runs of trials Tune does not know to MLflow's deleted runs, with ``reason``
+        as their failure reason; returns their run ids. Such a run belongs to a trial that started
+        less than a snapshot interval before a driver died: the resumed sweep has no such trial
+        (it ran another in its place), so its run would be one run too many. Deleted runs stay in
+        the store (``mlflow runs restore --run-id ...``)."""
+        unknown = [c for c in self.child_runs() if c.trial_id not in known_trial_ids]
+        for child in unknown:
+            _set_failure_reason(self._client, child.run_id, reason)
+            if child.status == "RUNNING":
+                self._client.set_terminated(child.run_id, "KILLED")
+            self._client.delete_run(child.run_id)
+        return [c.run_id for c in unknown]
 
     def finish(self, status: str = "FINISHED") -> None:
         self._client.set_terminated(self.run_id, status)

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 import raysparse
 from raysparse.sparsity.masks import masks_hash
-from raysparse.tracking import download_lineage, download_masks, ensure_local_server, load_sweep
+from raysparse.tracking import TrialRun, download_lineage, download_masks, ensure_local_server, load_sweep
 from tests.search.conftest import tiny_sweep
 
 
@@ -130,6 +130,10 @@ def test_killed_driver_is_resumed_and_finished_trials_are_not_rerun(home, tmp_pa
     driver.wait(timeout=60)
     before = {r.data.tags["raysparse.trial_id"]: r for r in child_runs(uri, "resumed")}
     finished_before = {t: r.info.end_time for t, r in before.items() if r.info.status == "FINISHED"}
+    # what a trial started after Tune's last snapshot leaves behind: a run Tune will not know
+    parent_id = next(iter(before.values())).data.tags["mlflow.parentRunId"]
+    lost = TrialRun.open(uri, next(iter(before.values())).info.experiment_id, parent_id, "lost00", run_name="lost",
+                         params=raw["base"])
 
     resumed = subprocess.run([sys.executable, "-m", "raysparse.cli", "sweep", "--resume", "resumed"], env=env,
                              capture_output=True, text=True, timeout=600)
@@ -137,6 +141,8 @@ def test_killed_driver_is_resumed_and_finished_trials_are_not_rerun(home, tmp_pa
     data = load_sweep(uri, "resumed")
     assert data.parent_status == "FINISHED"
     assert len(data.trials) == 4 and data.trials["trial_id"].nunique() == 4  # one child run per trial
+    assert MlflowClient(uri).get_run(lost.run_id).info.lifecycle_stage == "deleted"
+    assert f"run {lost.run_id} of a trial lost with the stopped driver" in resumed.stderr
     assert set(data.trials["status"]) == {"FINISHED"}
     after = data.trials.set_index("trial_id")
     for trial_id, end_time in finished_before.items():  # not rerun: the run was not touched again

@@ -14,6 +14,20 @@ def test_close_trial_kills_running_children_and_leaves_finished_ones(sweep):
     assert {c.trial_id: c.status for c in sweep.child_runs()} == {"t0": "FINISHED", "t1": "KILLED"}
 
 
+def test_runs_of_trials_tune_does_not_know_are_moved_to_the_deleted_runs(sweep):
+    from mlflow import MlflowClient
+
+    log_two_trials_one_left_running(sweep)  # t1: lost with a killed driver, before Tune's snapshot
+    lost = [c.run_id for c in sweep.child_runs() if c.trial_id == "t1"]
+    assert sweep.discard_unknown({"t0", "t2"}, reason="lost with the driver") == lost
+    assert [c.trial_id for c in sweep.child_runs()] == ["t0"]  # one child run per trial Tune knows
+    assert load_sweep(sweep.tracking_uri, sweep.experiment_name).trials["trial_id"].tolist() == ["t0"]
+    kept = MlflowClient(sweep.tracking_uri).get_run(lost[0])  # still in the store, restorable
+    assert (kept.info.lifecycle_stage, kept.info.status) == ("deleted", "KILLED")
+    assert kept.data.tags["raysparse.failure_reason"] == "lost with the driver"
+    assert kept.data.metrics["val_accuracy"] == 0.7
+
+
 def test_attach_reopens_a_finished_sweep_and_resume_marks_it_running(sweep):
     log_two_trials_one_left_running(sweep)
     sweep.close_trial("t1", "KILLED", reason="stopped early by ASHA")
