@@ -73,6 +73,11 @@ class _TrialLogger:
         self._pending.append(self._worker.submit(self._log_epoch, metrics, context.mask_events))
         self.last = context
 
+    def log_events(self, events: list) -> None:
+        """Mask-lineage rows now (in order after the queued epochs), e.g. a checkpoint's."""
+        self._pending.append(self._worker.submit(self.run.log_mask_events, events))
+        self.flush()
+
     def _log_epoch(self, metrics: dict, events: list) -> None:
         self.run.log_epoch(metrics, step=metrics["epoch"])
         self.run.log_mask_events(events)
@@ -143,6 +148,8 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
             logger.flush()
         with tempfile.TemporaryDirectory() as directory:
             context.save_checkpoint(directory)
+            if logger is not None:  # the checkpoint's lineage row (masks and weights hashes) first
+                logger.log_events(context.masks.drain_events())
             report_to(tune_metrics(metrics, context), checkpoint=ray.train.Checkpoint.from_directory(directory))
         last_saved = time.monotonic()
 

@@ -79,6 +79,7 @@ class MaskEvent:
     hash: str
     parent_hash: str
     packed: bytes
+    weights_hash: str = ""  # checkpoint and resume rows: sha256 of the weights saved / restored
 
 
 class MaskSet:
@@ -162,11 +163,13 @@ class MaskSet:
                 )
             )
 
-    def mark(self, *, step: int, reason: str) -> None:
-        """An event without a change (churn 0, hash == parent hash): a resumed run records the
-        masks it continues from, so the lineage shows they are the checkpoint's."""
+    def mark(self, *, step: int, reason: str, weights_hash: str = "") -> None:
+        """An event without a change (churn 0, hash == parent hash): a checkpoint records the
+        masks (and weights) it holds, a resumed run the ones it continues from, so the lineage
+        shows they are the same."""
         self.events.append(MaskEvent(step=step, reason=reason, density=self.density(), churn=0.0,
-                                     hash=self._hash, parent_hash=self._hash, packed=self.pack()))
+                                     hash=self._hash, parent_hash=self._hash, packed=self.pack(),
+                                     weights_hash=weights_hash))
 
     def drain_events(self) -> list[MaskEvent]:
         events, self.events = self.events, []

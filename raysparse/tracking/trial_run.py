@@ -101,6 +101,8 @@ class TrialRun:
             (upload / name).unlink()
             row = {"step": event.step, "reason": event.reason, "density": event.density, "churn": event.churn,
                    "hash": event.hash, "parent_hash": event.parent_hash, "file": f"masks/{name}"}
+            if event.weights_hash:
+                row["weights_hash"] = event.weights_hash
             with open(self._lineage, "a") as lineage:
                 lineage.write(json.dumps(row) + "\n")
         self._client.log_artifact(self.run_id, str(self._lineage), "masks")

@@ -3,6 +3,7 @@ generator), RNG states, epoch and step. Loaded with ``torch.load(weights_only=Tr
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -29,6 +30,17 @@ def restore_rng(state: dict) -> None:
 def _as_python_state(state):
     version, internal, gauss = state  # lists come back from torch.save as lists: random wants tuples
     return version, tuple(internal), gauss
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state_dict (names, dtypes, shapes and bytes, in name order): a restore that
+    gives back other weights than were saved shows up as another hash."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:

@@ -20,7 +20,7 @@ from raysparse.config import Config, load_config
 from raysparse.methods import SparseMethod, get_method
 from raysparse.robustness.evaluate import FINAL_METRICS, robustness_metrics
 from raysparse.sparsity.masks import MaskEvent, MaskSet
-from raysparse.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from raysparse.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, state_hash
 from raysparse.train.latency import count_params, inference_model, measure_latency
 from raysparse.train.metrics import evaluate, layer_flops, sparse_flops
 from raysparse.train.optim import build_lr_schedule, build_optimizer
@@ -38,7 +38,7 @@ class EpochContext:
     mask_events: list[MaskEvent]  # mask updates since the previous report (lineage)
     masks: MaskSet
     model: nn.Module
-    save_checkpoint: Callable[[str | Path], Path]
+    save_checkpoint: Callable[[str | Path], None]  # and its lineage row, in masks.events until drained
     export_model: Callable[[], nn.Module]  # a plain nn.Module with the masks in its weights
     input_shape: tuple[int, ...]  # of one example, for exporting the model
 
@@ -177,18 +177,37 @@ class _Run:
         self.schedule.load_state_dict(state["lr_schedule"])
         restore_rng(state["rng"])
         self.start_epoch, self.best = state["epoch"], dict(state["best"])
+        restored = self.fingerprints()
+        saved = state.get("fingerprints", restored)  # (checkpoints written before they existed have none)
+        if restored != saved:
+            differ = " and ".join(k for k in saved if saved[k] != restored.get(k))
+            raise RuntimeError(f"the checkpoint gave back other {differ} than it saved (sha256 differs)")
         self.method.masks.drain_events()  # already logged by the run that wrote the checkpoint
-        # the lineage says where a retried or resumed run picked up, and from which masks
+        # the lineage says where a retried or resumed run picked up, and from which masks and weights
         step = self.start_epoch * self.steps_per_epoch
-        self.method.masks.mark(step=step, reason=f"resume at epoch {self.start_epoch}")
+        self.method.masks.mark(step=step, reason=f"resume at epoch {self.start_epoch}",
+                               weights_hash=restored["weights"])
         self.last_masks = self.method.masks.snapshot()
+
+    def fingerprints(self) -> dict[str, str]:
+        """sha256 of the masks and of the weights: a checkpoint stores them, a restore checks them."""
+        return {"masks": self.method.masks.content_hash(), "weights": state_hash(self.net.state_dict())}
 
     def checkpoint_state(self, epoch: int) -> dict:
         return {
             "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.schedule.state_dict(), "method": self.method.state_dict(),
             "rng": capture_rng(), "epoch": epoch, "best": self.best, "config": self.cfg.to_dict(),
+            "fingerprints": self.fingerprints(),
         }
+
+    def save_for_retry(self, path: str | Path, epoch: int) -> None:
+        """A checkpoint a retried trial continues from, and a lineage row saying what it holds
+        (its resume row must show the same masks and weights)."""
+        state = self.checkpoint_state(epoch)
+        save_checkpoint(path, state)
+        self.method.masks.mark(step=epoch * self.steps_per_epoch, reason=f"checkpoint at epoch {epoch}",
+                               weights_hash=state["fingerprints"]["weights"])
 
     def epoch(self, epoch: int) -> dict:
         cfg, method = self.cfg, self.method
@@ -247,7 +266,7 @@ class _Run:
     def context(self, epoch: int) -> EpochContext:
         return EpochContext(
             mask_events=self.method.masks.drain_events(), masks=self.method.masks, model=self.net,
-            save_checkpoint=lambda path: save_checkpoint(path, self.checkpoint_state(epoch)),
+            save_checkpoint=lambda path: self.save_for_retry(path, epoch),
             export_model=lambda: self.method.export(self.net), input_shape=self.data.input_shape,
         )
 

@@ -78,7 +78,12 @@ def test_killed_trial_is_retried_from_its_checkpoint_and_ends_as_if_uninterrupte
     resumes = [i for i, row in enumerate(lineage) if row["reason"].startswith("resume at epoch")]
     assert len(resumes) == 1
     resume = lineage[resumes[0]]
-    # the retry starts from the checkpoint's masks: the same hash as the lineage before it
+    # the retry starts from the checkpoint's masks and weights: the killed attempt hashed them when it
+    # saved the checkpoint, the retry when it restored them, each in its own process
+    checkpoint = [row for row in lineage[: resumes[0]] if row["reason"].startswith("checkpoint at epoch")][-1]
+    epoch = resume["reason"].removeprefix("resume at epoch ")
+    assert checkpoint["reason"] == f"checkpoint at epoch {epoch}" and checkpoint["step"] == resume["step"]
+    assert (resume["hash"], resume["weights_hash"]) == (checkpoint["hash"], checkpoint["weights_hash"])
     assert resume["hash"] == resume["parent_hash"] == lineage[resumes[0] - 1]["hash"]
     assert all(a["step"] <= b["step"] for a, b in zip(lineage, lineage[1:]))  # the lost attempt's rows are gone
 
