@@ -198,8 +198,11 @@ def cmd_ui(args) -> int:
     if args.stop:
         print("stopped" if stop_local_server(default_home()) else "no server was running")
         return 0
-    uri = ensure_local_server(default_home(), port=args.port)
+    uri = ensure_local_server(default_home(), port=args.port, host=args.host)
     print(f"MLflow UI: {uri}  (store: {default_home() / 'mlflow'}; stop it with: raysparse ui --stop)")
+    if args.host not in (None, "127.0.0.1", "localhost", "::1"):
+        print(f"raysparse: the MLflow server listens on {args.host}: whoever reaches this machine there can read "
+              "and change every run (it has no authentication)", file=sys.stderr)
     return 0
 
 
@@ -272,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     potential.set_defaults(handler=cmd_potential)
     ui = sub.add_parser("ui", help="start the MLflow UI on the embedded store and print its URL")
     ui.add_argument("--port", type=int, help="port (default: a free one)")
+    ui.add_argument("--host", help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0: every interface)")
     ui.add_argument("--stop", action="store_true", help="stop the embedded server")
     ui.set_defaults(handler=cmd_ui)
     listing = sub.add_parser("list", help="registered methods, models, datasets, distributions")

@@ -38,14 +38,15 @@ def default_home() -> Path:
 
 
 def ensure_local_server(
-    home: Path | None = None, *, port: int | None = None, host: str = "127.0.0.1", timeout: float = 60
+    home: Path | None = None, *, port: int | None = None, host: str | None = None, timeout: float = 60
 ) -> str:
     """Return the URI of this home's MLflow server, starting it (detached) if none answers.
 
     The server (SQLite backend, artifacts proxied over HTTP) outlives the calling process and
     is reused by later calls, from any process, while its pid is alive and ``/health`` answers.
-    ``port``/``host`` only apply when a server is started; a free port is picked when ``port``
-    is None. A file lock makes concurrent callers start one server between them.
+    ``port`` only applies when a server is started (a free one when None). It binds to ``host``,
+    by default 127.0.0.1 only; a ``host`` other than the running server's is an error (stop it
+    first). A file lock makes concurrent callers start one server between them.
     """
     state_dir = Path(home or default_home()).expanduser().resolve() / "mlflow"
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -53,8 +54,12 @@ def ensure_local_server(
         record = _read_record(state_dir)
         if record and _alive(record["pid"]):
             if _healthy(_uri(record)):
+                if host is not None and host != record["host"]:
+                    raise ConfigError("--host", f"the embedded MLflow server already runs on {record['host']}:"
+                                                f"{record['port']}; stop it (raysparse ui --stop) to bind it to {host}")
                 return _uri(record)
             _stop_group(record["pid"])  # alive but not answering (the starter holds the lock): hung
+        host = host or "127.0.0.1"
         # the same port as last time when it is free: a resumed sweep's callbacks hold that URI
         previous = record["port"] if record and record.get("host") == host else None
         port = port or (previous if previous and _port_free(host, previous) else _free_port(host))

@@ -30,6 +30,19 @@ def health(uri: str) -> int:
         return response.status
 
 
+def this_machines_address() -> str:
+    """The address other machines reach this one at (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))
+        return probe.getsockname()[0]
+
+
+def reachable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex((host, port)) == 0
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -53,6 +66,8 @@ def test_server_is_started_once_reused_and_stopped(tmp_path, monkeypatch):
         caller.join()
     assert len(uris) == 2 and uris[0] == uris[1] and uris[0].startswith("http://127.0.0.1:")
     assert health(uris[0]) == 200
+    port, address = int(uris[0].rsplit(":", 1)[1]), this_machines_address()
+    assert not address.startswith("127.") and not reachable(address, port)  # loopback only, unless asked
     # each server is started in its own session: one process group means one server was started
     assert len({os.getpgid(pid) for pid in server_processes(tmp_path)}) == 1
 
@@ -98,3 +113,27 @@ def test_non_server_uris_are_rejected(uri, reason):
     with pytest.raises(ConfigError, match=reason) as caught:
         check_tracking_uri(uri)
     assert caught.value.field == "tracking_uri"
+
+
+def test_ui_binds_elsewhere_only_when_asked_and_says_what_that_exposes(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAYSPARSE_HOME": str(tmp_path)}
+
+    def ui(*args):
+        return subprocess.run([sys.executable, "-m", "raysparse.cli", "ui", *args], capture_output=True, text=True,
+                              env=env, timeout=120)
+
+    try:
+        started = ui("--host", "0.0.0.0")
+        assert started.returncode == 0, started.stderr
+        uri = started.stdout.split()[2]
+        assert reachable(this_machines_address(), int(uri.rsplit(":", 1)[1]))
+        assert "listens on 0.0.0.0" in started.stderr and "no authentication" in started.stderr
+        again = ui("--host", "127.0.0.1")  # a server already runs on another address: say so, change nothing
+        assert again.returncode == 2 and again.stderr.startswith("raysparse: error: --host: the embedded MLflow "
+                                                                 "server already runs on 0.0.0.0")
+        assert ui().stdout.split()[2] == uri  # without --host: the running one
+    finally:
+        assert ui("--stop").stdout.strip() == "stopped"
