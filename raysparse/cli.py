@@ -159,13 +159,14 @@ def cmd_potential(args) -> int:
 
 def cmd_submit(args) -> int:
     from raysparse.search import jobs, load_sweep
+    from raysparse.tracking.naming import redact
 
     sweep = load_sweep(args.space, num_samples=args.num_samples, tracking_uri=None, name=args.name)  # validate here
     options = {"--num-samples": args.num_samples, "--name": args.name, "--tracking-uri": args.tracking_uri,
                "--storage-path": args.storage_path}
     entrypoint = jobs.sweep_entrypoint(Path(args.space), Path(args.working_dir), options)
     job_id = jobs.submit(args.address, entrypoint, Path(args.working_dir), name=sweep.name)
-    print(f"submitted sweep {sweep.name!r} as job {job_id}: {entrypoint}", flush=True)
+    print(f"submitted sweep {sweep.name!r} as job {job_id}: {redact(entrypoint)}", flush=True)
     print(f"  raysparse job logs {job_id}   |   raysparse job stop {job_id}", flush=True)
     if args.no_follow:
         return 0

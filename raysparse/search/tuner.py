@@ -30,6 +30,7 @@ from raysparse.search.settings import check_local_resources
 from raysparse.search.spaces import Sweep, grid_points, load_sweep
 from raysparse.search.trial import TrackingTarget, trial_function
 from raysparse.tracking import SweepRun, check_tracking_uri, default_home, ensure_local_server
+from raysparse.tracking.naming import redact
 
 
 class _DefineByRun:
@@ -161,7 +162,8 @@ def resume_sweep(
     check_before_start(sweep, address)
     tracking_uri = _start_services(sweep, address, home)
     if tracking_uri != state["tracking_uri"]:
-        print(f"raysparse: the MLflow server moved from {state['tracking_uri']} to {tracking_uri}", file=sys.stderr)
+        print(f"raysparse: the MLflow server moved from {redact(state['tracking_uri'])} to {redact(tracking_uri)}",
+              file=sys.stderr)
     parent = SweepRun.attach(tracking_uri, sweep.experiment_name or sweep.name, state["parent_run_id"], resume=True)
     trainable = _trainable(sweep, TrackingTarget(tracking_uri, parent.experiment_id, parent.run_id),
                            str(experiment_dir.parent))

@@ -7,6 +7,7 @@ server proxies artifacts too, so trials on other nodes upload masks without a sh
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
@@ -22,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from raysparse.errors import ConfigError
+from raysparse.tracking.naming import redact
 
 _HEALTH_TIMEOUT = 2.0
 # Popen objects of servers this process started: polling them reaps an exited child, so a
@@ -101,23 +103,38 @@ def check_tracking_uri(uri: str, field: str = "tracking_uri") -> None:
     """
     scheme = urllib.parse.urlparse(uri).scheme.lower()
     instead = f"give the http(s) URI of an `mlflow server` or omit {field} to use the embedded server"
+    shown = redact(uri)  # the error is printed: no credentials in it
     if scheme in ("", "file"):
-        raise ConfigError(field, f"{uri!r} is a file store, which MLflow 3.x rejects and concurrent trials "
+        raise ConfigError(field, f"{shown!r} is a file store, which MLflow 3.x rejects and concurrent trials "
                                  f"cannot share; {instead}")
     if scheme == "sqlite":
-        raise ConfigError(field, f"{uri!r}: concurrent trials writing one SQLite file fail with 'database is "
-                                 f"locked'; serve it with `mlflow server --backend-store-uri {uri}` and {instead}")
+        raise ConfigError(field, f"{shown!r}: concurrent trials writing one SQLite file fail with 'database is "
+                                 f"locked'; serve it with `mlflow server --backend-store-uri {shown}` and {instead}")
     if scheme not in ("http", "https"):
-        raise ConfigError(field, f"{uri!r} has scheme {scheme!r}; {instead}")
+        raise ConfigError(field, f"{shown!r} has scheme {scheme!r}; {instead}")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
+        with urllib.request.urlopen(_health_request(uri), timeout=5):
             return
     except urllib.error.HTTPError as error:
         reason = f"/health answered HTTP {error.code}"
     except (urllib.error.URLError, OSError) as error:
         reason = str(getattr(error, "reason", error))
-    raise ConfigError(field, f"MLflow tracking server {uri!r} cannot be reached ({reason}); start it or omit "
+    raise ConfigError(field, f"MLflow tracking server {shown!r} cannot be reached ({reason}); start it or omit "
                              f"{field} to use the embedded server")
+
+
+def _health_request(uri: str) -> urllib.request.Request:
+    """GET <uri>/health; credentials in the URI (``https://user:pass@host``, which MLflow's client
+    accepts) become a basic-auth header, since urllib does not take them from the URL."""
+    parts = urllib.parse.urlsplit(uri)
+    credentials, _, host = parts.netloc.rpartition("@")
+    url = urllib.parse.urlunsplit(parts._replace(netloc=host, path=parts.path.rstrip("/") + "/health"))
+    request = urllib.request.Request(url)
+    if credentials:
+        user, _, password = credentials.partition(":")
+        token = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
+    return request
 
 
 def _port_free(host: str, port: int) -> bool:

@@ -75,6 +75,7 @@ def test_server_is_started_once_reused_and_stopped(tmp_path, monkeypatch):
     assert ensure_local_server(tmp_path) == uris[0]
     assert json.loads((tmp_path / "mlflow" / "server.json").read_text())["pid"] == record["pid"]
     check_tracking_uri(uris[0])  # a live server passes
+    check_tracking_uri(uris[0].replace("http://", "http://user:pa%40ss@") + "/")  # with credentials too
 
     assert stop_local_server(tmp_path) is True
     assert not (tmp_path / "mlflow" / "server.json").exists()
@@ -97,6 +98,9 @@ def test_unreachable_server_is_a_config_error_naming_field_and_uri():
         check_tracking_uri(uri, field="tracking.uri")
     assert caught.value.field == "tracking.uri"
     assert repr(uri) in str(caught.value) and "omit tracking.uri" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"'http://\*\*\*@127\.0\.0\.1:\d+' cannot be reached \(.*refused") as caught:
+        check_tracking_uri(uri.replace("http://", "http://bob:s3cret@"))
+    assert "s3cret" not in str(caught.value)  # errors are printed: the URI's credentials are not
 
 
 @pytest.mark.parametrize(
