@@ -86,15 +86,22 @@ def cmd_sweep(args) -> int:
         raise ConfigError("sweep", "give a sweep file, or --resume NAME to continue a stopped sweep (not both)")
     if args.resume is not None:
         print(f"resuming sweep {args.resume!r}", flush=True)
-        result = resume_sweep(args.resume, address=args.address, storage_path=args.storage_path)
-        sweep = result.sweep
+        name, start = args.resume, lambda: resume_sweep(args.resume, address=args.address,
+                                                        storage_path=args.storage_path)
     else:
         sweep = load_sweep(args.space, num_samples=args.num_samples, tracking_uri=args.tracking_uri, name=args.name,
                            storage_path=args.storage_path)
         check_before_start(sweep, args.address)  # nothing is printed for a sweep that cannot start
         print(f"sweep {sweep.name!r}: {sweep.num_samples} trials, {sweep.max_concurrent} at a time, objectives "
               + ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives), flush=True)
-        result = run_sweep(sweep, address=args.address)
+        name, start = sweep.name, lambda: run_sweep(sweep, address=args.address)
+    try:
+        result = start()
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (raysparse job stop)
+        print(f"raysparse: sweep {name!r} stopped, its open runs closed as KILLED; continue it with: "
+              f"raysparse sweep --resume {name}", file=sys.stderr)
+        return 130
+    sweep = result.sweep
     trials = result.to_dataframe()
     reported = f"metrics.{sweep.metric}"
     if reported in trials.columns and trials[reported].notna().any():

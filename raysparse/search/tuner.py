@@ -94,6 +94,9 @@ def _start_ray(address: str | None) -> None:
     # the experiment state (which trials exist, the searcher's state) at most 1 s old: a killed
     # driver's sweep resumes without forgetting trials it had started (Tune's default is 10 s)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Ctrl-C stops the sweep at once, as SIGTERM does, and its runs are closed as KILLED (Tune's
+    # own handler would end the run as if it had finished, leaving the trials' runs open)
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     if ray.is_initialized():
         return
     if address is None:  # a local runtime bound to loopback; Ray's token auth stays on
@@ -214,6 +217,10 @@ def _fit(tuner: tune.Tuner, sweep: Sweep, parent: SweepRun, progress: ProgressVi
                              time.monotonic() - started)
         parent.log_metrics({"num_trials": len(grid), "sweep_seconds": result.seconds})  # MLflow is read after finish
         status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (raysparse job stop; Ray makes it SystemExit)
+        status = "KILLED"  # the trials' processes go with the driver: close their runs for them
+        parent.close_running("KILLED", reason=f"stopped with the sweep (raysparse sweep --resume {sweep.name})")
+        raise
     finally:
         parent.finish(status)
     result.report = _write_report(result, home / "reports" / sweep.name)

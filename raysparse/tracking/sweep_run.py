@@ -90,6 +90,13 @@ class SweepRun:
                 closed = True
         return closed
 
+    def close_running(self, status: str, *, reason: str) -> list[str]:
+        """End every trial run still RUNNING (a sweep stopped midway: its trials cannot)."""
+        left = [c.trial_id for c in self.child_runs() if c.status == "RUNNING"]
+        for trial_id in left:
+            self.close_trial(trial_id, status, reason=reason)
+        return left
+
     def discard_unknown(self, known_trial_ids: set[str], *, reason: str) -> list[str]:
         """Move child runs of trials Tune does not know to MLflow's deleted runs, with ``reason``
         as their failure reason; returns their run ids. Such a run belongs to a trial that started

@@ -154,14 +154,27 @@ def test_submit_follows_the_job_to_the_end_and_stop_stops_one(cluster, mlflow_ur
     raw["base"]["epochs"] = 500
     long.write_text(yaml.safe_dump(raw))
     started = cli(cluster, "submit", str(long), "--address", cluster.dashboard, "--working-dir", str(tmp_path),
-                  "--tracking-uri", mlflow_uri, "--no-follow")
+                  "--tracking-uri", mlflow_uri, "--storage-path", str(cluster.root / "shared"), "--no-follow")
+    assert started.returncode == 0, started.stderr
     job_id = started.stdout.split("as job ")[1].split(":")[0]
-    deadline = time.monotonic() + 120
-    while cli(cluster, "job", "status", job_id, "--address", cluster.dashboard).stdout.strip() != "RUNNING":
-        assert time.monotonic() < deadline
+    deadline = time.monotonic() + 180
+
+    def training():  # both trials past their first epoch
+        found = MlflowClient(mlflow_uri).get_experiment_by_name("stopped")
+        runs = MlflowClient(mlflow_uri).search_runs([found.experiment_id], "tags.`raysparse.role` = 'trial'") \
+            if found else []
+        return len(runs) == 2 and all(r.data.metrics.get("epoch", 0) >= 1 for r in runs)
+
+    while not training():
+        assert time.monotonic() < deadline, "the submitted sweep never started training"
         time.sleep(1)
     stopped = cli(cluster, "job", "stop", job_id, "--address", cluster.dashboard)
     assert stopped.stdout.strip() == f"job {job_id}: STOPPED"
+    data = load_sweep(mlflow_uri, "stopped")  # the stopped driver closed its runs on the way out
+    assert data.parent_status == "KILLED" and list(data.trials["status"]) == ["KILLED", "KILLED"]
+    assert set(data.trials["failure_reason"]) == {"stopped with the sweep (raysparse sweep --resume stopped)"}
+    assert "raysparse sweep --resume stopped" in cli(cluster, "job", "logs", job_id, "--address",
+                                                     cluster.dashboard).stdout
 
 
 def test_clients_without_the_token_are_refused(cluster, tmp_path):
