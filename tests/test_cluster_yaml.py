@@ -38,3 +38,12 @@ def test_gpu_workers_autoscale_and_every_ray_start_has_token_auth(cluster):
     assert any("pip install" in c and "raysparse" in c for c in cluster["setup_commands"])
     mlflow = next(c for c in cluster["head_start_ray_commands"] if "mlflow server --host" in c)
     assert "0.0.0.0" not in mlflow and "/mnt/shared" in mlflow
+
+
+def test_the_cluster_runs_the_ray_this_machine_submits_with(cluster):
+    import re
+
+    import ray
+
+    pinned = [m for c in cluster["setup_commands"] for m in re.findall(r"ray\[[\w,]+\]==([\d.]+)", c)]
+    assert pinned == [ray.__version__]  # a driver and a cluster on different Rays do not connect
