@@ -40,6 +40,7 @@ def training_curves(history: History, path: str | Path, *, title: str = "") -> P
         if points:
             ax.plot(*zip(*points, strict=True), style, marker=".", label=metric)
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     right = ax.twinx()
