@@ -29,11 +29,17 @@ def rank_trials(trials: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
     return trials.sort_values(columns, ascending=ascending, na_position="last").reset_index(drop=True)
 
 
+def finished(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials a sweep selects from: those that trained to the end. One that ASHA stopped has
+    no final network, and its metrics are from an earlier epoch of a schedule it did not finish."""
+    return trials[trials["status"] == "FINISHED"] if "status" in trials.columns else trials
+
+
 def pareto_front(trials: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
-    """The non-dominated trials: no other trial is at least as good on every objective and
+    """The non-dominated finished trials: no other is at least as good on every objective and
     strictly better on one. Trials missing an objective value are left out."""
     columns = [c for c, _ in objectives]
-    valid = trials.dropna(subset=columns)
+    valid = finished(trials).dropna(subset=columns)
     if valid.empty:
         return valid
     # turn every objective into "larger is better"
@@ -141,15 +147,14 @@ def report_sweep(tracking_uri: str, data, out_dir: str | Path, *, delta: float =
 
     out = Path(out_dir)
     objectives = sweep_objectives(data.params)
-    ranked = rank_trials(data.trials, objectives)
-    finished = ranked[ranked["status"] == "FINISHED"]
-    shown = pareto_front(finished, objectives) if len(objectives) > 1 else finished.head(figures_of)
+    done = finished(rank_trials(data.trials, objectives))
+    shown = pareto_front(done, objectives) if len(objectives) > 1 else done.head(figures_of)
     figures = {
         row.trial_id: download_plots(tracking_uri, row.run_id, out / "trials" / str(row.trial_id))
         for row in shown.head(2 * figures_of).itertuples()
     }
     potential, note = sweep_potential(data.trials, delta)
-    best = {k: v for k, v in finished.iloc[0].items() if k.startswith("params.")} if len(finished) else None
+    best = {k: v for k, v in done.iloc[0].items() if k.startswith("params.")} if len(done) else None
     experiment_url = f"{tracking_uri}/#/experiments/{data.experiment_id}"
     paths = write_report(
         data.trials, objectives, out, name=data.sweep_name, best_config=best, potential=potential, delta=delta,

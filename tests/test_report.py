@@ -17,6 +17,13 @@ def test_pareto_front_by_hand():
     assert sorted(pareto_front(TRIALS, BOTH)["trial_id"]) == ["a", "c", "d"]
 
 
+def test_the_front_holds_finished_trials_only():
+    # c, stopped early by ASHA, has no final network: d and a form the front without it
+    trials = TRIALS.assign(status=["FINISHED", "FINISHED", "KILLED", "FINISHED", "FINISHED"])
+    trials.loc[2, "metrics.val_accuracy"] = 0.99  # at an earlier epoch c even dominated everyone
+    assert sorted(pareto_front(trials, BOTH)["trial_id"]) == ["a", "d"]
+
+
 def test_rank_puts_best_first_and_missing_last():
     ranked = rank_trials(TRIALS, [("metrics.val_accuracy", "max"), ("metrics.flops_sparse", "min")])
     assert list(ranked["trial_id"]) == ["d", "b", "a", "c", "e"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from raysparse.report import pareto_front, rank_trials
+from raysparse.report import finished, pareto_front, rank_trials
 from raysparse.search.spaces import Sweep
 from raysparse.tracking import SweepData, load_sweep
 
@@ -38,8 +38,11 @@ class SweepResult:
         return self._data
 
     def best(self) -> dict:
-        """The best trial on the first objective: its metrics and the config it trained."""
-        ranked = rank_trials(self.to_dataframe(), objective_columns(self.sweep.objectives))
+        """The best finished trial on the first objective (or the best of all when none finished):
+        its metrics and the config it trained."""
+        trials = self.to_dataframe()
+        done = finished(trials)
+        ranked = rank_trials(done if len(done) else trials, objective_columns(self.sweep.objectives))
         if ranked.empty:
             raise RuntimeError("the sweep has no trials")
         row = ranked.iloc[0]
