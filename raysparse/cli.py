@@ -110,6 +110,11 @@ def cmd_sweep(args) -> int:
         print(f"best trial {best['trial_id']}: {shown}")
         for line in _sampled_lines(sweep, best):
             print(line)
+        if len(sweep.objectives) > 1:
+            front = result.pareto()
+            print(f"Pareto front: {len(front)} trials: " + "; ".join(
+                f"{row['trial_id']} (" + ", ".join(f"{m} {row[f'metrics.{m}']:.4g}" for m, _ in sweep.objectives) + ")"
+                for _, row in front.iterrows()))
     for _, trial in trials[trials["status"] == "FAILED"].iterrows():
         print(f"failed trial {trial['trial_id']}: {trial['failure_reason']}", file=sys.stderr)
     print(f"results: MLflow {redact(result.tracking_uri)}, experiment {result.experiment_name!r}")

@@ -37,6 +37,12 @@ def child_runs(uri, experiment):
     return client.search_runs([found.experiment_id], "tags.`raysparse.role` = 'trial'")
 
 
+def pareto_of(data):
+    from raysparse.report import pareto_front
+
+    return pareto_front(data.trials, [("metrics.val_accuracy", "max"), ("metrics.density", "min")])
+
+
 def trial_processes():
     """Ray's trial actors: their process title is `ray::ImplicitFunc...`."""
     titles = ((p, (p.info["cmdline"] or [""])[0]) for p in psutil.process_iter(["cmdline"]))
@@ -113,7 +119,8 @@ def test_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(ray_runtime
 
 
 def test_killed_driver_is_resumed_and_finished_trials_are_not_rerun(home, tmp_path):
-    raw = tiny_sweep("resumed", sampler="grid", max_concurrent=1, checkpoint_interval=0)
+    raw = tiny_sweep("resumed", sampler="grid", max_concurrent=1, checkpoint_interval=0,
+                     objectives={"val_accuracy": "max", "density": "min"})
     raw["space"] = {"sparsity.final_sparsity": {"choice": [0.5, 0.6, 0.7, 0.8]}}
     raw["base"]["epochs"] = 20
     raw["base"]["model"] = {"name": "mlp", "hidden": [256, 256]}
@@ -148,6 +155,9 @@ def test_killed_driver_is_resumed_and_finished_trials_are_not_rerun(home, tmp_pa
     assert len(data.trials) == 4 and data.trials["trial_id"].nunique() == 4  # one child run per trial
     assert MlflowClient(uri).get_run(lost.run_id).info.lifecycle_stage == "deleted"
     assert f"run {lost.run_id} of a trial lost with the stopped driver" in resumed.stderr
+    front = pareto_of(data)  # and the CLI prints it, as for any sweep with several objectives
+    printed = resumed.stdout.split("Pareto front: ")[1].splitlines()[0]
+    assert printed.startswith(f"{len(front)} trials: ") and all(t in printed for t in front["trial_id"])
     assert set(data.trials["status"]) == {"FINISHED"}
     after = data.trials.set_index("trial_id")
     for trial_id, end_time in finished_before.items():  # not rerun: the run was not touched again
