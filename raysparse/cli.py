@@ -211,10 +211,11 @@ def cmd_ui(args) -> int:
     if args.stop:
         print("stopped" if stop_local_server(default_home()) else "no server was running")
         return 0
-    uri = ensure_local_server(default_home(), port=args.port, host=args.host)
+    host = "127.0.0.1" if args.host == "localhost" else args.host
+    uri = ensure_local_server(default_home(), port=args.port, host=host)
     print(f"MLflow UI: {uri}  (store: {default_home() / 'mlflow'}; stop it with: raysparse ui --stop)")
-    if args.host not in (None, "127.0.0.1", "localhost", "::1"):
-        print(f"raysparse: the MLflow server listens on {args.host}: whoever reaches this machine there can read "
+    if host not in (None, "127.0.0.1", "::1"):
+        print(f"raysparse: the MLflow server listens on {host}: whoever reaches this machine there can read "
               "and change every run (it has no authentication)", file=sys.stderr)
     return 0
 
