@@ -142,7 +142,9 @@ def load_sweep(source: str | Path | dict, **overrides: Any) -> Sweep:
         num_samples=num_samples,
         max_concurrent=parse_int(raw, "max_concurrent", 2, minimum=1),
         seed=parse_int(raw, "seed", 0, minimum=0),
-        early_stopping=parse_early_stopping(raw.get("early_stopping", {})),
+        # ASHA judges the first objective only: with several it would stop the trials that trade it
+        # for another (the cheap, sparser ones) and thin out the Pareto front, so it is opt-in there
+        early_stopping=parse_early_stopping(raw.get("early_stopping", {} if len(objectives) == 1 else False)),
         resources=parse_resources(raw.get("resources", {})),
         layer_sparsity=layer_sparsity,
         storage_path=_optional_str(raw, "storage_path"),

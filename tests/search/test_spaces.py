@@ -102,6 +102,13 @@ def test_missing_and_invalid_files(tmp_path):
         load_sweep(tmp_path / "bad.yaml")
 
 
+def test_early_stopping_is_opt_in_with_several_objectives():
+    assert load_sweep(sweep()).early_stopping.enabled
+    pareto = sweep(objectives={"val_accuracy": "max", "flops_sparse": "min"})
+    assert not load_sweep(pareto).early_stopping.enabled  # ASHA on accuracy alone would thin out the front
+    assert load_sweep({**pareto, "early_stopping": {"reduction_factor": 3}}).early_stopping.enabled
+
+
 def test_grace_period_defaults_to_after_pruning_ends():
     assert load_sweep(sweep()).grace_period() == 3  # prune_end 2 -> judged from epoch 3
     wide = sweep(space={"sparsity.prune_end": {"uniform": [1, 3]}})
