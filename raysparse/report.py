@@ -115,7 +115,7 @@ def sweep_potential_rows(trials: pd.DataFrame) -> list[dict]:
     from raysparse.errors import ConfigError
 
     rows = []
-    for _, trial in trials[trials["status"] == "FINISHED"].iterrows():
+    for _, trial in finished(trials).iterrows():
         method = trial.get("params.sparsity.method")
         sparsity = 0.0 if method == "dense" else round(1.0 - float(trial["metrics.density"]), 4)
         # corruptions are measured on robustness.split: "clean" is the same split's accuracy

@@ -144,11 +144,11 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
         if time.monotonic() - last_saved < checkpoint_interval or metrics["epoch"] >= epochs:
             report_to(tune_metrics(metrics, context), checkpoint=None)
             return
-        if logger is not None:  # all logged up to the checkpoint: a retry's lineage then has no gap
-            logger.flush()
         with tempfile.TemporaryDirectory() as directory:
             context.save_checkpoint(directory)
-            if logger is not None:  # the checkpoint's lineage row (masks and weights hashes) first
+            # everything queued, then the checkpoint's lineage row (its masks and weights hashes), is
+            # in MLflow before Tune persists the checkpoint: a retry's lineage then has no gap
+            if logger is not None:
                 logger.log_events(context.masks.drain_events())
             report_to(tune_metrics(metrics, context), checkpoint=ray.train.Checkpoint.from_directory(directory))
         last_saved = time.monotonic()
