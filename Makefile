@@ -3,19 +3,35 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: setup browser quickstart test lint bench clean
+.PHONY: setup lock browser quickstart test lint bench clean
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-$(VENV)/.installed: pyproject.toml
+# every package at the version the green test suite ran with (refresh: make lock)
+CONSTRAINTS = constraints.txt
+TORCH_PAIR  = "torch==2.14.1" "torchvision==0.29.1"
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) --upgrade pip
 	# torch 2.14.1 + torchvision 0.29.1: the pair that imports together on these machines
-	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(TORCH_PAIR)
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed
+
+# the newest versions pyproject.toml allows, resolved in a fresh venv, written to constraints.txt;
+# then `make clean test` proves them before they are committed
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet $(TORCH_PAIR)
+	.venv-lock/bin/python -m pip install --quiet -e ".[dev]"
+	(echo "# pip install -c constraints.txt: what the green test suite ran with (written by make lock)"; \
+	 .venv-lock/bin/python -m pip freeze --all --exclude-editable) > $(CONSTRAINTS)
+	rm -rf .venv-lock
 
 # the MLflow UI test drives Debian's Chromium headless (browser downloads do not work here)
 browser:

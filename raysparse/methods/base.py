@@ -131,6 +131,10 @@ class SparseMethod:
     def layer_density(self) -> dict[str, float]:
         return self.masks.layer_density()
 
+    def metrics(self) -> dict[str, float]:
+        """Figures of the method's own reported each epoch (HAP's channel counts); none by default."""
+        return {}
+
     def export(self, model: nn.Module) -> nn.Module:
         """The trained model as a plain nn.Module (masks in the weights, no method machinery)."""
         return model

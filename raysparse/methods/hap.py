@@ -14,6 +14,8 @@ latency are reported on the compact model.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -79,6 +81,12 @@ class HAP(SparseMethod):
             groups, scores, ratio=cfg.final_sparsity, unit=cfg.prune_unit, layer_cap=cfg.layer_cap,
             implant_ratio=cfg.implant_ratio, implant_kind=cfg.implant,
         ).to_dict()
+        if cfg.implant_ratio > 0 and plan["channels_implanted"] == 0:
+            warnings.warn(
+                f"sparsity.implant_ratio={cfg.implant_ratio}: none of the {plan['channels_removed']} channels "
+                "chosen for removal can take an implant (only plain convolutions can); the network has none",
+                stacklevel=2,
+            )
         self._apply(_same_on_every_rank(plan), epochs_done)
 
     def _apply(self, plan: dict, epochs_done: int) -> None:
@@ -103,6 +111,13 @@ class HAP(SparseMethod):
 
     def layer_density(self) -> dict[str, float]:
         return {n: w.numel() / self.layer_sizes_dense.get(n, w.numel()) for n, w in self.masks.weights.items()}
+
+    def metrics(self) -> dict[str, float]:
+        """Channel counts of the plan, once it is carried out: ``channels_implanted = 0`` says that
+        no implant was made even where ``implant_ratio`` asked for some."""
+        if self.plan is None:
+            return {}
+        return {key: self.plan[key] for key in ("channels_total", "channels_removed", "channels_implanted")}
 
     def target_density(self) -> float:
         return 1.0 - self.config.final_sparsity if self.config.prune_unit == "params" else float("nan")

@@ -5,9 +5,14 @@ from __future__ import annotations
 import math
 import sys
 import time
+from pathlib import Path
 
+import cloudpickle
 from ray.tune import Callback
 
+from raysparse.config import load_config
+from raysparse.errors import ConfigError
+from raysparse.search.trial import failure_reason, is_retryable, run_name_for
 from raysparse.tracking import SweepRun
 
 
@@ -75,17 +80,38 @@ class ProgressView(Callback):
 
 class TrialRunCloser(Callback):
     """A trial that ASHA stops or that crashes is killed mid-run and cannot close its own MLflow
-    run; the driver does it, so no child run is left RUNNING."""
+    run; the driver does it, so no child run is left RUNNING, and a trial that failed before it
+    opened a run gets one, FAILED with its reason. A failure that a retry cannot change (a bad
+    config, a divergence) is not retried."""
 
-    def __init__(self, parent: SweepRun):
-        self.parent = parent
+    def __init__(self, parent: SweepRun, sweep):
+        self.parent, self.sweep = parent, sweep
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        try:  # a combination of sampled values that no single value showed to be bad
+            load_config(self.sweep.trial_config(trial.config))
+        except ConfigError:
+            trial.max_failures = 0  # it fails at once in the trial, with its run; no retry
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        error = _trial_error(trial)
+        if error is not None and not is_retryable(error):
+            # Tune requeued it already: that attempt finds the recorded reason and fails at once
+            trial.max_failures = trial.run_metadata.num_failures
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.parent.close_trial(trial.trial_id, "KILLED")  # no-op when the trial finished itself
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        reason = str(trial.error_file) if getattr(trial, "error_file", None) else "the trial raised an error"
-        self.parent.close_trial(trial.trial_id, "FAILED", reason=f"see {reason}")
+        error = _trial_error(trial)
+        where = f" (traceback: {trial.error_file})" if getattr(trial, "error_file", None) else ""
+        reason = (failure_reason(error) if error is not None else "the trial raised an error") + where
+        if self.parent.close_trial(trial.trial_id, "FAILED", reason=reason):
+            return
+        if not self.parent.has_trial_run(trial.trial_id):
+            config = self.sweep.trial_config(trial.config)
+            self.parent.record_failed_trial(trial.trial_id, run_name=run_name_for(trial.trial_id, config),
+                                            params=config, reason=reason)
 
     def on_experiment_end(self, trials, **info):
         discarded = self.parent.discard_unknown(
@@ -94,3 +120,17 @@ class TrialRunCloser(Callback):
         for run_id in discarded:
             print(f"raysparse: run {run_id} of a trial lost with the stopped driver is in MLflow's deleted runs "
                   f"(mlflow runs restore --run-id {run_id})", file=sys.stderr)
+
+
+def _trial_error(trial) -> BaseException | None:
+    """The exception the trial's last attempt raised, unwrapped from Ray's task error."""
+    path = getattr(trial, "pickled_error_file", None)
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        error = cloudpickle.loads(Path(path).read_bytes())
+    except Exception:  # an exception that does not unpickle here (a class only the worker has)
+        return None
+    while getattr(error, "cause", None) is not None and error.cause is not error:
+        error = error.cause
+    return error

@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysparse.config import load_config
+from raysparse.errors import ConfigError
 from raysparse.search.spaces import Sweep
 from raysparse.tracking import TrialRun
 from raysparse.tracking.naming import trial_run_name
@@ -29,7 +30,9 @@ from raysparse.train.checkpoint import CHECKPOINT_FILE
 from raysparse.train.export import export_program
 from raysparse.train.loop import EpochContext, TrainingDiverged, fit
 
-DIVERGED = "diverged: "  # failure reasons that start so are not retried
+# failures a retry cannot change: their reasons start so, and a retry fails again at once
+DIVERGED, BAD_CONFIG = "diverged: ", "bad config: "
+NOT_RETRIED = (DIVERGED, BAD_CONFIG)
 NODE_TAG = "raysparse.node_id"
 
 
@@ -156,12 +159,34 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
     try:
         with tempfile.TemporaryDirectory() as restored:
             fit(config, report, resume_from=_restore_checkpoint(checkpoint, restored))
-    except TrainingDiverged as err:
+    except Exception as err:  # the run ends FAILED with the reason; Tune retries what a retry can change
         if logger is not None:
-            logger.fail(DIVERGED + str(err))
+            logger.fail(failure_reason(err))
         raise
     if logger is not None:
         logger.final()
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line for the run's failure reason; it starts with a NOT_RETRIED prefix when a retry
+    would fail the same way."""
+    if isinstance(err, TrainingDiverged):
+        return DIVERGED + str(err)
+    if isinstance(err, ConfigError):
+        return BAD_CONFIG + str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+def is_retryable(err: BaseException) -> bool:
+    return not isinstance(err, (TrainingDiverged, ConfigError))
+
+
+def run_name_for(trial_id: str, config: dict) -> str:
+    """The run's name from the config as given: a bad config still gets its run, to fail in."""
+    sparsity = config.get("sparsity") if isinstance(config.get("sparsity"), dict) else {}
+    final = sparsity.get("final_sparsity", 0.0)
+    final = final if isinstance(final, (int, float)) else 0.0
+    return trial_run_name(trial_id, str(sparsity.get("method", "dense")), final)
 
 
 def trial_function(params: dict, *, sweep: Sweep, target: TrackingTarget, storage_path: str) -> None:
@@ -171,8 +196,7 @@ def trial_function(params: dict, *, sweep: Sweep, target: TrackingTarget, storag
     trial_id = context.get_trial_id()
     if _already_done(target, trial_id):
         return
-    sparsity = load_config(config).sparsity
-    trial_name = trial_run_name(trial_id, sparsity.method, sparsity.final_sparsity)
+    trial_name = run_name_for(trial_id, config)
     if sweep.resources.workers == 1:
         logger = _TrialLogger(target, trial_id, trial_name, config)
         _train(config, logger, tune.report, tune.get_checkpoint(), sweep.checkpoint_interval)
@@ -187,9 +211,11 @@ def _already_done(target: TrackingTarget, trial_id: str) -> bool:
     recorded = TrialRun.recorded(target.tracking_uri, target.experiment_id, target.parent_run_id, trial_id)
     if recorded is None:
         return False
-    if (recorded.failure_reason or "").startswith(DIVERGED):
-        reason = recorded.failure_reason.removeprefix(DIVERGED)
-        raise TrainingDiverged(f"{reason} (not retrained: it would diverge again)")
+    reason = recorded.failure_reason or ""
+    if reason.startswith(DIVERGED):
+        raise TrainingDiverged(f"{reason.removeprefix(DIVERGED)} (not retrained: it would diverge again)")
+    if reason.startswith(BAD_CONFIG):
+        raise RuntimeError(f"{reason} (not retried: it would fail again)")
     if recorded.status == "FINISHED":
         tune.report(recorded.metrics)
         return True

@@ -138,7 +138,7 @@ def run_sweep(
         ),
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=storage_path, verbose=0,
-            callbacks=[progress, TrialRunCloser(parent)],
+            callbacks=[progress, TrialRunCloser(parent, sweep)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # a trial whose process dies is retried from its last checkpoint, its MLflow run continued
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),

@@ -59,9 +59,11 @@ def plan_pruning(
     counted removed parameters reach ``ratio * params_total``. A group loses at most ``layer_cap`` of its
     channels and keeps one; a full group is skipped and the ranking goes on, so the target is met when
     the caps allow (the seed code thresholds, then caps, and so removes less than asked).
-    The most important ``implant_ratio`` share of the selected channels (HAP's band between quantiles
-    (1 - implant_ratio) * ratio and ratio) become ``implant_kind`` implants, kept and computed cheaply,
-    where the group's output layers take implants (plain convs); the rest of the band is removed.
+    Of the selected channels whose output layers take implants (plain convs), the most important
+    ``implant_ratio`` share (HAP's band between quantiles (1 - implant_ratio) * ratio and ratio) becomes
+    ``implant_kind`` implants, kept and computed cheaply; at least one when any can. The band is chosen
+    among those channels, not among all selected ones: else float noise in the ranking can put it on
+    Linear channels alone and a user who asked for implants silently gets none.
     """
     for name, value in [("ratio", ratio), ("layer_cap", layer_cap), ("implant_ratio", implant_ratio)]:
         if not 0 <= value <= 1:
@@ -87,8 +89,7 @@ def plan_pruning(
         if counts[index] < caps[index]:
             counts[index] += 1
             selected.append((index, channel))
-    band = selected[len(selected) - round(implant_ratio * len(selected)):]
-    implanted = {pick for pick in band if groups[pick[0]].implantable}
+    implanted = set(_implant_band([pick for pick in selected if groups[pick[0]].implantable], implant_ratio))
     entries = {group.id: {"channels": group.channels, "removed": [], "implants": []} for group in groups}
     for index, channel in sorted(selected, key=lambda pick: pick[1]):
         kept_cheaply = (index, channel) in implanted
@@ -97,6 +98,15 @@ def plan_pruning(
     params_removed = params_total - _params_left(table, counts)
     return PruningPlan(entries, implant_kind, len(owners), len(selected) - len(implanted), len(implanted),
                        params_total, params_removed)
+
+
+def _implant_band(implantable: list[tuple[int, int]], implant_ratio: float) -> list[tuple[int, int]]:
+    """The most important ``implant_ratio`` share of ``implantable`` (in ranking order, least important
+    first); at least one channel when the ratio is above zero and there is one to implant."""
+    if implant_ratio == 0 or not implantable:
+        return []
+    size = max(1, round(implant_ratio * len(implantable)))
+    return implantable[len(implantable) - size:]
 
 
 def _param_table(groups: list[ChannelGroup]) -> dict[str, tuple[tuple[int, ...], list[tuple[int, int, int]]]]:

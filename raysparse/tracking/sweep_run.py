@@ -10,7 +10,15 @@ from mlflow.exceptions import MlflowException
 
 from raysparse.errors import ConfigError
 from raysparse.tracking._client import _children, _experiment_id, _log_metrics, _log_params, _set_failure_reason
-from raysparse.tracking.naming import ROLE_TAG, SWEEP_TAG, TRIAL_TAG, flatten_metrics, flatten_params, redact
+from raysparse.tracking.naming import (
+    PARENT_TAG,
+    ROLE_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    flatten_metrics,
+    flatten_params,
+    redact,
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,19 @@ class SweepRun:
                 self._client.set_terminated(run.info.run_id, status)
                 closed = True
         return closed
+
+    def has_trial_run(self, trial_id: str) -> bool:
+        return bool(_children(self._client, self.experiment_id, self.run_id, trial_id))
+
+    def record_failed_trial(self, trial_id: str, *, run_name: str, params: dict, reason: str) -> str:
+        """A FAILED child run for a trial that failed before it could open its own (its process died
+        at start-up, or it failed before MLflow was reached): every trial Tune started has a run."""
+        tags = {PARENT_TAG: self.run_id, TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
+        run = self._client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        _log_params(self._client, run.info.run_id, flatten_params(params))
+        _set_failure_reason(self._client, run.info.run_id, reason)
+        self._client.set_terminated(run.info.run_id, "FAILED")
+        return run.info.run_id
 
     def close_running(self, status: str, *, reason: str) -> list[str]:
         """End every trial run still RUNNING (a sweep stopped midway: its trials cannot)."""

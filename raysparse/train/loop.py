@@ -250,6 +250,7 @@ class _Run:
             "epoch_seconds": epoch_seconds,
             **self.costs,
             **self.best,
+            **method.metrics(),
         }
         self.last_masks = method.masks.snapshot()
         return metrics

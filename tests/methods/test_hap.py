@@ -2,7 +2,9 @@
 
 import pytest
 import torch
+from torch import nn
 
+from raysparse.structured.implants import ImplantedConv
 from raysparse.train import fit
 from raysparse.train.latency import count_params
 from tests.conftest import small_config
@@ -16,6 +18,20 @@ def hap_config(**sparsity):
     return cfg
 
 
+def convnet():
+    """Two plain convs and a kept classifier: every channel a plan can select takes an implant, so the
+    implants cannot depend on how the Hessian traces of near-equal channels happen to round."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 4 * 4, 10),
+    )
+
+
+def implant_channels(model: nn.Module) -> int:
+    return sum(len(m.channel_order) - m.kept.out_channels for m in model.modules() if isinstance(m, ImplantedConv))
+
+
 @pytest.mark.parametrize("implant", ["zero", "lowrank"])
 def test_compact_model_is_smaller_and_reported_as_it_is(implant):
     reports, models = [], []
@@ -24,7 +40,7 @@ def test_compact_model_is_smaller_and_reported_as_it_is(implant):
         reports.append(metrics)
         models.append(ctx.export_model())
 
-    fit(hap_config(implant_ratio=0.2, implant=implant), report)
+    fit(hap_config(implant_ratio=0.2, implant=implant), report, model=convnet())
     before, after = reports[0], reports[-1]
     assert before["params"] == before["params_dense"] and after["params"] < 0.7 * after["params_dense"]
     assert after["params"] == count_params(models[-1])  # the reported count is the model's own
@@ -32,7 +48,26 @@ def test_compact_model_is_smaller_and_reported_as_it_is(implant):
     assert after["density"] < 1.0 and after["val_accuracy"] > 0.5
     kinds = {type(m).__name__ for m in models[-1].modules()}
     assert {"zero": "ZeroInitImplant", "lowrank": "LowRankImplant"}[implant] in kinds
+    # 12 of 24 channels selected, all implantable: a fifth of them (2) kept as implants, 10 removed
+    assert (after["channels_removed"], after["channels_implanted"]) == (10, 2) == (10, implant_channels(models[-1]))
+    assert "channels_implanted" not in before  # nothing is pruned before prune_end
     assert models[-1](torch.zeros(2, 1, 8, 8)).shape == (2, 10)  # classifier outputs kept
+
+
+def test_lenet5_reports_the_implants_it_really_has():
+    reports, models = [], []
+    fit(hap_config(implant_ratio=0.2), lambda m, ctx: (reports.append(m), models.append(ctx.export_model())))
+    assert reports[-1]["channels_implanted"] == implant_channels(models[-1])
+    assert reports[-1]["channels_removed"] + reports[-1]["channels_implanted"] == round(0.5 * 226)
+
+
+def test_asking_for_implants_where_none_can_go_says_so():
+    cfg = hap_config(implant_ratio=0.2)
+    cfg["model"] = {"name": "mlp", "hidden": [32, 16]}  # Linear layers only: no channel takes an implant
+    reports = []
+    with pytest.warns(UserWarning, match="implant_ratio=0.2: none of the 24 channels"):
+        fit(cfg, lambda m, ctx: reports.append(m))
+    assert reports[-1]["channels_implanted"] == 0 and reports[-1]["channels_removed"] == 24
 
 
 def test_prune_at_epoch_zero_starts_from_a_loaded_network(tmp_path):

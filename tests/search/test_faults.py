@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import psutil
@@ -116,6 +117,31 @@ def test_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(ray_runtime
     assert trials.loc[1.0e12, "status"] == "FAILED"
     assert re.match(r"diverged: train_loss is (nan|inf) at epoch 1", trials.loc[1.0e12, "failure_reason"])
     assert len(result.errors) == 1 and "not retrained" in result.errors[0]
+    # one retry at most, which read the recorded reason and failed at once (Tune had queued it already)
+    assert failures_recorded(result) == 2
+
+
+def failures_recorded(result):
+    """How many failed attempts Tune recorded over the sweep's trials (one entry each in error.txt)."""
+    return sum(path.read_text().count("Failure # ") for path in Path(result.grid.experiment_path).glob("*/error.txt"))
+
+
+def test_a_bad_combination_of_sampled_values_fails_in_its_own_run_once(ray_runtime, home, capsys):
+    raw = tiny_sweep("badcombo", sampler="grid", max_concurrent=2, max_failures=2)
+    raw["base"]["epochs"] = 1
+    raw["base"]["sparsity"].update(prune_end=1)
+    raw["base"]["optimizer"]["nesterov"] = False
+    # each value alone is valid (so the file is accepted); adam with nesterov is not
+    raw["space"] = {"optimizer.name": {"choice": ["sgd", "adam"]}, "optimizer.nesterov": {"choice": [False, True]}}
+    del raw["num_samples"]
+    result = raysparse.sweep(raw, home=home)
+    trials = result.to_dataframe()
+    assert len(trials) == 4 and sorted(trials["status"]) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+    failed = trials[trials["status"] == "FAILED"].iloc[0]
+    assert (failed["params.optimizer.name"], failed["params.optimizer.nesterov"]) == ("adam", "True")
+    assert failed["failure_reason"].startswith("bad config: optimizer.nesterov: got True")
+    assert len(result.errors) == 1 and failures_recorded(result) == 1  # not retried
+    assert "3 finished, 0 stopped early, 1 failed" in capsys.readouterr().out
 
 
 def test_killed_driver_is_resumed_and_finished_trials_are_not_rerun(home, tmp_path):

@@ -64,6 +64,27 @@ def test_hand_computed_plans():
     assert (plan.params_total, plan.params_removed, plan.channels_removed) == (6, 4, 2)
 
 
+def test_implants_go_to_the_selected_channels_that_can_take_one():
+    # a: a conv's channels (implantable), b: a Linear's (not). The most important selected channels are
+    # b's, so a band over all selected channels would fall on b alone and give no implant at all.
+    groups = [ChannelGroup("a", 4, ("a",), 1, True, ()), ChannelGroup("b", 4, ("b",), 1, False, ())]
+    scores = {"a": torch.tensor([0.1, 0.2, 0.9, 0.9]), "b": torch.tensor([0.3, 0.4, 0.5, 0.9])}
+    plan = plan_pruning(groups, scores, ratio=0.625, implant_ratio=0.2)  # 5 selected: a0 a1 b0 b1 b2
+    assert plan.groups["a"] == {"channels": 4, "removed": [0], "implants": [1]}  # a1: the more important
+    assert plan.groups["b"] == {"channels": 4, "removed": [0, 1, 2], "implants": []}
+    assert (plan.channels_removed, plan.channels_implanted) == (4, 1)
+    # half of the two implantable ones, whatever the ratio of all selected channels that means
+    plan = plan_pruning(groups, scores, ratio=0.625, implant_ratio=0.5)
+    assert plan.groups["a"]["implants"] == [1] and plan.channels_implanted == 1
+
+
+def test_no_implant_when_no_selected_channel_can_take_one():
+    groups = [ChannelGroup("a", 4, ("a",), 1, True, ()), ChannelGroup("b", 4, ("b",), 1, False, ())]
+    scores = {"a": torch.tensor([0.9, 0.9, 0.9, 0.9]), "b": torch.tensor([0.1, 0.2, 0.3, 0.4])}
+    plan = plan_pruning(groups, scores, ratio=0.25, implant_ratio=0.5)
+    assert plan.channels_implanted == 0 and plan.groups["b"]["removed"] == [0, 1]
+
+
 def test_bad_plan_arguments_are_named():
     groups = [ChannelGroup("a", 2, ("a",), 1, True, ())]
     scores = {"a": torch.tensor([0.1, 0.2])}
