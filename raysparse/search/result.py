@@ -43,8 +43,9 @@ class SweepResult:
         trials = self.to_dataframe()
         done = finished(trials)
         ranked = rank_trials(done if len(done) else trials, objective_columns(self.sweep.objectives))
-        if ranked.empty:
-            raise RuntimeError("the sweep has no trials")
+        column = f"metrics.{self.sweep.metric}"
+        if ranked.empty or column not in ranked or ranked[column].isna().all():
+            raise RuntimeError(self._why_no_best(trials))
         row = ranked.iloc[0]
         params = {k.removeprefix("params."): v for k, v in row.items() if k.startswith("params.") and pd.notna(v)}
         metrics = {k.removeprefix("metrics."): v for k, v in row.items() if k.startswith("metrics.") and pd.notna(v)}
@@ -52,6 +53,14 @@ class SweepResult:
             "trial_id": row["trial_id"], "run_id": row["run_id"], "metrics": metrics,
             "config": self._trial_config(row["trial_id"]), "params": params,
         }
+
+    def _why_no_best(self, trials: pd.DataFrame) -> str:
+        if trials.empty:
+            return f"sweep {self.sweep.name!r} has no trials"
+        counts = ", ".join(f"{n} {status.lower()}" for status, n in trials["status"].value_counts().items())
+        text = f"no trial of sweep {self.sweep.name!r} reported {self.sweep.metric} ({len(trials)} trials: {counts})"
+        reasons = trials["failure_reason"].dropna() if "failure_reason" in trials else []
+        return text + (f"; the first failure: {reasons.iloc[0]}" if len(reasons) else "")
 
     def _trial_config(self, trial_id: str) -> dict | None:
         """The exact config the trial trained (its sampled values put into the base config)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
+import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
@@ -193,3 +194,17 @@ def test_killed_driver_is_resumed_and_finished_trials_are_not_rerun(home, tmp_pa
     for trial_id in interrupted:  # continued from its checkpoint in the same run
         reasons = [row["reason"] for row in download_lineage(uri, after.loc[trial_id, "run_id"])]
         assert any(reason.startswith("resume at epoch") for reason in reasons)
+
+
+def test_a_sweep_whose_every_trial_fails_says_why(ray_runtime, home):
+    raw = tiny_sweep("allbad", sampler="grid", max_concurrent=1, max_failures=2)
+    raw["base"]["epochs"] = 1
+    raw["base"]["sparsity"].update(prune_end=1)
+    raw["base"]["optimizer"]["nesterov"] = False
+    raw["space"] = {"optimizer.name": {"choice": ["adam"]}, "optimizer.nesterov": {"choice": [True]}}
+    del raw["num_samples"]
+    result = raysparse.sweep(raw, home=home, verbose=False)
+    assert list(result.to_dataframe()["status"]) == ["FAILED"]
+    with pytest.raises(RuntimeError, match=r"reported val_accuracy \(1 trials: 1 failed\); the first failure: bad "
+                                           r"config: optimizer\.nesterov"):
+        result.best()
