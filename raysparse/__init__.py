@@ -5,26 +5,29 @@ The curated public API; everything else is internal.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
+from raysparse.errors import ConfigError, TrainingDiverged
 
-from raysparse.config import Config, load_config
-from raysparse.errors import ConfigError
-from raysparse.robustness.potential import prune_potential
-from raysparse.sparsity.distributions import get_distribution
-from raysparse.sparsity.masks import (
-    MaskSet,
-    masks_hash,
-    pack_masks,
-    prunable_weights,
-    resolve_dense_layers,
-    unpack_masks,
-)
-from raysparse.sparsity.schedules import gmp_sparsity
-from raysparse.structured import channel_hessian_traces
-from raysparse.train.loop import EpochContext, TrainingDiverged, fit
+if TYPE_CHECKING:
+    from torch import nn
+
+    from raysparse.config import Config
+
+# name -> module: loaded on first use, so `import raysparse` and `raysparse --help` load no torch,
+# ray, mlflow, optuna, pandas or torch_pruning until a command needs them (Optuna's habit)
+_LAZY = {
+    "Config": "raysparse.config", "load_config": "raysparse.config",
+    "EpochContext": "raysparse.train.loop", "fit": "raysparse.train.loop",
+    "MaskSet": "raysparse.sparsity.masks", "masks_hash": "raysparse.sparsity.masks",
+    "pack_masks": "raysparse.sparsity.masks", "unpack_masks": "raysparse.sparsity.masks",
+    "gmp_sparsity": "raysparse.sparsity.schedules",
+    "prune_potential": "raysparse.robustness.potential",
+    "channel_hessian_traces": "raysparse.structured",
+}
 
 __all__ = [
     "channel_hessian_traces",
@@ -32,6 +35,18 @@ __all__ = [
     "layer_densities", "load_config", "masks_hash", "pack_masks", "prune_potential", "resume_sweep", "sweep", "train",
     "unpack_masks",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'raysparse' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def sweep(space: str | Path | dict, **overrides):
@@ -63,6 +78,8 @@ def train(config: Config | dict | str | Path, *, model: nn.Module | None = None,
     ``config`` is a dict, a YAML path or a Config; ``model`` replaces the config's model with
     any nn.Module of yours.
     """
+    from raysparse.train.loop import fit
+
     return fit(config, report, model=model)
 
 
@@ -71,6 +88,9 @@ def layer_densities(
 ) -> dict[str, float]:
     """Per-layer densities that ``distribution`` gives ``model``'s Conv/Linear weights at a
     global ``density`` (layers in ``dense_layers`` kept at 1.0)."""
+    from raysparse.sparsity.distributions import get_distribution
+    from raysparse.sparsity.masks import prunable_weights, resolve_dense_layers
+
     if not 0.0 <= density <= 1.0:
         raise ConfigError("density", f"got {density!r}; allowed: [0, 1]")
     weights = prunable_weights(model)

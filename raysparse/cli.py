@@ -9,8 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from raysparse.errors import ConfigError
-from raysparse.train.loop import TrainingDiverged
+from raysparse.errors import ConfigError, TrainingDiverged
 
 
 def _apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -23,6 +23,10 @@ class ConfigError(ValueError):
         return type(self), (self.field, self.message)
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf: the run stops with this reason instead of training on garbage."""
+
+
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """A ' (did you mean 'x'?)' suffix when a close choice exists, else ''."""
     match = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)

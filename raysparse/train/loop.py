@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from raysparse.config import Config, load_config
+from raysparse.errors import TrainingDiverged
 from raysparse.methods import SparseMethod, get_method
 from raysparse.robustness.evaluate import FINAL_METRICS, robustness_metrics
 from raysparse.sparsity.masks import MaskEvent, MaskSet
@@ -25,10 +26,6 @@ from raysparse.train.latency import count_params, inference_model, measure_laten
 from raysparse.train.metrics import evaluate, layer_flops, sparse_flops
 from raysparse.train.optim import build_lr_schedule, build_optimizer
 from raysparse.zoo import build_data, build_model, make_loader
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf: the run stops with this reason instead of training on garbage."""
 
 
 @dataclass
