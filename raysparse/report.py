@@ -26,7 +26,9 @@ def rank_trials(trials: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
     ascending = [mode == "min" for c, mode in objectives if c in trials.columns]
     if not columns:
         return trials.reset_index(drop=True)
-    return trials.sort_values(columns, ascending=ascending, na_position="last").reset_index(drop=True)
+    # stable: tied trials keep their order (oldest first) on every CPU; numpy's default quicksort
+    # orders ties differently where its vectorized sort differs (AVX2, AVX-512, none)
+    return trials.sort_values(columns, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
 
 
 def finished(trials: pd.DataFrame) -> pd.DataFrame:

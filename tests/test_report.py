@@ -53,3 +53,13 @@ def test_html_report_embeds_figures_marks_the_front_and_links_trials(tmp_path):
     assert pd.read_csv(paths["potential"], index_col=0).loc["contrast_5", "granet"] == 0.7
     no_dense = write_report(TRIALS, BOTH[:1], tmp_path / "one", name="s", page={"potential_note": "no dense trial"})
     assert "no dense trial" in no_dense["html"].read_text() and "pareto" not in no_dense
+
+
+def test_tied_trials_rank_in_their_recorded_order():
+    import pandas as pd
+
+    from raysparse.report import rank_trials
+
+    trials = pd.DataFrame({"trial_id": [f"t{i}" for i in range(40)], "metrics.val_accuracy": [0.5, 0.9] * 20})
+    ranked = rank_trials(trials, [("metrics.val_accuracy", "max")])
+    assert list(ranked["trial_id"][:20]) == [f"t{i}" for i in range(1, 40, 2)]

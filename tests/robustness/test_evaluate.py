@@ -20,7 +20,9 @@ def test_final_report_carries_robustness_metrics(tmp_path):
     assert "mean_corrupted_accuracy" not in reports[0]  # once, at the end: it is costly
     final = reports[-1]
     assert set(final["corrupted_accuracy"]) == {"gaussian_noise_1", "gaussian_noise_5", "contrast_1", "contrast_5"}
-    assert final["corrupted_accuracy"]["gaussian_noise_5"] < final["corrupted_accuracy"]["gaussian_noise_1"]
+    # a stronger corruption costs accuracy: judged on contrast (about 9 points from severity 1 to 5 here), not
+    # on gaussian noise (3 of 359 examples), a gap that training on another CPU's rounding can close
+    assert final["corrupted_accuracy"]["contrast_5"] < final["corrupted_accuracy"]["contrast_1"]
     assert 0 <= final["ece"] <= 1 and 0 <= final["noise_agreement"] <= 1
     assert final["noise_agreement"] < 0.5  # an untrained reference rarely agrees with a trained network
     assert set(final["noise_accuracy"]) == {"eps_0.1"}
@@ -60,15 +62,22 @@ def test_excess_error_is_the_accuracy_lost_beyond_what_the_reference_loses():
     from raysparse.train.metrics import evaluate
 
     model, reference, test = _trained_and_reference()
-    cfg = RobustnessConfig(corruptions=("impulse_noise", "contrast"), severities=(5,), noise_eps=(0.05, 0.6))
+    cfg = RobustnessConfig(corruptions=("impulse_noise", "contrast"), severities=(3, 5), noise_eps=(0.05, 0.6))
     cpu = torch.device("cpu")
     compared = robustness_metrics(model, test, cfg, cpu, reference=reference)
     alone = {name: robustness_metrics(net, test, cfg, cpu) for name, net in (("model", model), ("dense", reference))}
     x, y = test.tensors()
     clean = {name: evaluate(net, [(x, y)], cpu)[0] for name, net in (("model", model), ("dense", reference))}
-    for key, excess in compared["excess_error"].items():
-        lost = {name: clean[name] - alone[name]["corrupted_accuracy"][key] for name in alone}
-        assert excess == pytest.approx(lost["model"] - lost["dense"], abs=1e-6)  # float32 means
+    # excess = (clean - corrupted accuracy of the model) - (the same of the reference). The corrupted accuracies
+    # are the suite's own (the same forward passes), so excess + corrupted(model) - corrupted(dense) is the gap
+    # between the clean accuracies the suite measured: one and the same gap for every corruption ...
+    clean_gaps = [excess + alone["model"]["corrupted_accuracy"][key] - alone["dense"]["corrupted_accuracy"][key]
+                  for key, excess in compared["excess_error"].items()]
+    assert len(clean_gaps) == 4 and max(clean_gaps) - min(clean_gaps) < 1e-6  # float32 means
+    # ... and the gap `evaluate` measures, to one example: the suite's passes are other computations (images
+    # un-normalized and normalized again, batches of 250, softmax), so an example whose top two logits nearly
+    # tie may go the other way there
+    assert clean_gaps[0] == pytest.approx(clean["model"] - clean["dense"], abs=1.5 / len(y))
     assert any(excess != 0 for excess in compared["excess_error"].values())
     assert compared["corrupted_accuracy"] == alone["model"]["corrupted_accuracy"]
     accuracy = alone["model"]["noise_accuracy"]
