@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import raysparse.train  # noqa: F401  (loaded first: the function `train` below then keeps the name)
 from raysparse.errors import ConfigError, TrainingDiverged
 
 if TYPE_CHECKING:

@@ -30,3 +30,9 @@ def test_help_loads_no_heavy_module():
 def test_public_names_load_on_first_use():
     assert "torch" in loaded_after("import raysparse; raysparse.MaskSet")
     assert "ray" not in loaded_after("import raysparse; raysparse.fit")  # training needs no Ray
+
+
+def test_the_train_function_keeps_its_name_whatever_is_imported_first():
+    for first in ("import raysparse.train.loop", "from raysparse.train import fit", "import raysparse"):
+        code = f"{first}\nimport raysparse\nraysparse.fit\nassert raysparse.train.__module__ == 'raysparse', first"
+        subprocess.run([sys.executable, "-c", code], check=True)
