@@ -12,6 +12,7 @@ from torch import nn
 
 from raysparse.config import Config, load_config
 from raysparse.errors import ConfigError
+from raysparse.methods import MethodOptions, SparseMethod, register_method
 from raysparse.robustness.potential import prune_potential
 from raysparse.sparsity.distributions import get_distribution
 from raysparse.sparsity.masks import (
@@ -31,6 +32,7 @@ __all__ = [
     "Config", "ConfigError", "EpochContext", "MaskSet", "TrainingDiverged", "fit", "gmp_sparsity",
     "layer_densities", "load_config", "masks_hash", "pack_masks", "prune_potential", "resume_sweep", "sweep", "train",
     "unpack_masks",
+    "MethodOptions", "SparseMethod", "register_method",
 ]
 
 

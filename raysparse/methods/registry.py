@@ -1,18 +1,70 @@
-"""Methods registered by name."""
+"""Methods by name (one ``Registry``), a user's methods by import path or ``register_method``."""
 
 from __future__ import annotations
 
-from raysparse.errors import unknown_choice
+import dataclasses
 
-METHODS: dict[str, type] = {}
+from raysparse.errors import ConfigError
+from raysparse.imports import import_object, is_import_path
+from raysparse.methods.base import MethodOptions, SparseMethod
+from raysparse.registry import Registry
+
+METHODS: Registry[type[SparseMethod]] = Registry("method")
+# a user's methods known in this process: registered ones by name, imported ones by import path;
+# a sweep ships them to its trial processes (whose registry starts with the built-in ones only)
+_USER: dict[str, type[SparseMethod]] = {}
 
 
-def register(cls: type) -> type:
-    METHODS[cls.name] = cls
+def register(cls: type[SparseMethod]) -> type[SparseMethod]:
+    """Decorator of the built-in methods: registered under ``cls.name``."""
+    return METHODS.register(cls.name)(cls)
+
+
+def register_method(cls: type, field: str = "sparsity.method") -> type[SparseMethod]:
+    """Make a user's SparseMethod subclass available as ``sparsity.method: <cls.name>``."""
+    _check_method_class(cls, repr(cls), field)
+    name = cls.name
+    if not isinstance(name, str) or not name.isidentifier() or name == SparseMethod.name:
+        raise ConfigError(field, f"{cls.__qualname__}.name is {name!r}; a method needs a name of its own "
+                          "(letters, digits and '_', e.g. name = 'my_pruning')")
+    if name in METHODS and METHODS[name] is not cls and name not in _USER:
+        raise ConfigError(field, f"{cls.__qualname__}.name {name!r} is taken by a built-in method")
+    # a user's earlier class of that name is replaced: a notebook cell run again defines a new one
+    _USER[name] = METHODS.register(name, replace=True)(cls)
     return cls
 
 
-def get_method(name: str, field: str = "sparsity.method") -> type:
-    if name not in METHODS:
-        raise unknown_choice(field, "method", name, METHODS)
-    return METHODS[name]
+def get_method(name: object, field: str = "sparsity.method") -> type[SparseMethod]:
+    """The method class for a registered name or an import path ``'package.module:Class'``."""
+    if is_import_path(name):
+        cls = import_object(name, field)
+        _check_method_class(cls, name, field)
+        _USER[name] = cls
+        return cls
+    return METHODS.get(name, field)
+
+
+def known_methods() -> list[type[SparseMethod]]:
+    """Every method class this process knows: registered and imported by path."""
+    return list(dict.fromkeys([*METHODS.values(), *_USER.values()]))
+
+
+def user_methods() -> dict[str, type[SparseMethod]]:
+    return dict(_USER)
+
+
+def add_user_methods(methods: dict[str, type[SparseMethod]]) -> None:
+    """In a trial process: the methods the driver knew (``user_methods()`` there)."""
+    for key, cls in methods.items():
+        if is_import_path(key):
+            _USER[key] = cls
+        else:
+            register_method(cls)
+
+
+def _check_method_class(cls: object, shown: str, field: str) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, SparseMethod)):
+        raise ConfigError(field, f"{shown} is {cls!r}, not a subclass of raysparse.SparseMethod")
+    options = cls.Options
+    if not (isinstance(options, type) and issubclass(options, MethodOptions) and dataclasses.is_dataclass(options)):
+        raise ConfigError(field, f"{shown}.Options is {options!r}, not a dataclass subclassing raysparse.MethodOptions")
