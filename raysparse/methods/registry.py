@@ -6,7 +6,7 @@ import dataclasses
 
 from raysparse.errors import ConfigError
 from raysparse.imports import import_object, is_import_path
-from raysparse.methods.base import MethodOptions, SparseMethod
+from raysparse.methods.base import MethodOptions, SparseMethod, SparsityConfig
 from raysparse.registry import Registry
 
 METHODS: Registry[type[SparseMethod]] = Registry("method")
@@ -22,7 +22,7 @@ def register(cls: type[SparseMethod]) -> type[SparseMethod]:
 
 def register_method(cls: type, field: str = "sparsity.method") -> type[SparseMethod]:
     """Make a user's SparseMethod subclass available as ``sparsity.method: <cls.name>``."""
-    _check_method_class(cls, repr(cls), field)
+    _check_method_class(cls, "register_method got", field)
     name = cls.name
     if not isinstance(name, str) or not name.isidentifier() or name == SparseMethod.name:
         raise ConfigError(field, f"{cls.__qualname__}.name is {name!r}; a method needs a name of its own "
@@ -38,7 +38,7 @@ def get_method(name: object, field: str = "sparsity.method") -> type[SparseMetho
     """The method class for a registered name or an import path ``'package.module:Class'``."""
     if is_import_path(name):
         cls = import_object(name, field)
-        _check_method_class(cls, name, field)
+        _check_method_class(cls, f"{name!r} names", field)
         _USER[name] = cls
         return cls
     return METHODS.get(name, field)
@@ -62,9 +62,15 @@ def add_user_methods(methods: dict[str, type[SparseMethod]]) -> None:
             register_method(cls)
 
 
-def _check_method_class(cls: object, shown: str, field: str) -> None:
+def _check_method_class(cls: object, got: str, field: str) -> None:
+    what = f"class {cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else f"a {type(cls).__name__}"
     if not (isinstance(cls, type) and issubclass(cls, SparseMethod)):
-        raise ConfigError(field, f"{shown} is {cls!r}, not a subclass of raysparse.SparseMethod")
+        raise ConfigError(field, f"{got} {what}, not a subclass of raysparse.SparseMethod")
     options = cls.Options
     if not (isinstance(options, type) and issubclass(options, MethodOptions) and dataclasses.is_dataclass(options)):
-        raise ConfigError(field, f"{shown}.Options is {options!r}, not a dataclass subclassing raysparse.MethodOptions")
+        raise ConfigError(field, f"{got} {what} whose Options ({options!r}) is not a dataclass subclassing "
+                          "raysparse.MethodOptions")
+    clashing = {f.name for f in dataclasses.fields(SparsityConfig)} & {f.name for f in dataclasses.fields(options)}
+    if clashing:  # the shared block would take the value: the method would never see its own
+        raise ConfigError(field, f"{got} {what} whose Options redefine shared sparsity keys: "
+                          f"{', '.join(sorted(clashing))}")

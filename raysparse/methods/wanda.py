@@ -118,8 +118,8 @@ def input_norms(
             squares[name] = squares[name] + column_squares if name in squares else column_squares
         return hook
 
-    seen = {n: owners[id(w)] for n, w in weights.items() if id(w) in owners}
-    handles = [module.register_forward_pre_hook(accumulate_into(n)) for n, module in seen.items()]
+    hooked = {n: owners[id(w)] for n, w in weights.items() if id(w) in owners}
+    handles = [module.register_forward_pre_hook(accumulate_into(n)) for n, module in hooked.items()]
     was_training = model.training
     model.eval()  # BatchNorm's running statistics and dropout stay as they are
     try:
