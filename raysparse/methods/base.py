@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from raysparse.errors import ConfigError
 from raysparse.sparsity.distributions import get_distribution, kept_counts
 from raysparse.sparsity.masks import MaskSet, prunable_weights, resolve_dense_layers
 from raysparse.sparsity.scores import keep_top, magnitude
@@ -117,8 +118,6 @@ class SparseMethod:
         cfg = self.config
         weights = prunable_weights(model, include=cfg.include, exclude=cfg.exclude)
         if not weights:
-            from raysparse.errors import ConfigError
-
             raise ConfigError("sparsity.include", "no Conv/Linear weight matches; nothing to prune")
         return MaskSet(weights, resolve_dense_layers(list(weights), cfg.dense_layers))
 
@@ -150,7 +149,7 @@ class SparseMethod:
         return None
 
     def on_epoch_end(self, epoch: int) -> None:
-        """Called after each epoch's evaluation."""
+        """After each epoch's training steps, before its evaluation."""
 
     def target_density(self) -> float:
         """The global density this method ends training at."""
