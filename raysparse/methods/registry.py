@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 from raysparse.errors import ConfigError
 from raysparse.imports import import_object, is_import_path
@@ -13,6 +14,7 @@ METHODS: Registry[type[SparseMethod]] = Registry("method")
 # a user's methods known in this process: registered ones by name, imported ones by import path;
 # a sweep ships them to its trial processes (whose registry starts with the built-in ones only)
 _USER: dict[str, type[SparseMethod]] = {}
+_SHIPPED: list[bytes] = []  # from the driver, loaded when first needed (import dirs are set by then)
 
 
 def register(cls: type[SparseMethod]) -> type[SparseMethod]:
@@ -36,6 +38,7 @@ def register_method(cls: type, field: str = "sparsity.method") -> type[SparseMet
 
 def get_method(name: object, field: str = "sparsity.method") -> type[SparseMethod]:
     """The method class for a registered name or an import path ``'package.module:Class'``."""
+    _load_shipped()
     if is_import_path(name):
         cls = import_object(name, field)
         _check_method_class(cls, f"{name!r} names", field)
@@ -46,20 +49,40 @@ def get_method(name: object, field: str = "sparsity.method") -> type[SparseMetho
 
 def known_methods() -> list[type[SparseMethod]]:
     """Every method class this process knows: registered and imported by path."""
+    _load_shipped()
     return list(dict.fromkeys([*METHODS.values(), *_USER.values()]))
 
 
-def user_methods() -> dict[str, type[SparseMethod]]:
-    return dict(_USER)
+def user_methods() -> dict[str, list]:
+    """What a trial process needs to know the same methods: the registered classes (the caller
+    pickles them, by value where they are not importable) and the import paths used."""
+    _load_shipped()
+    return {
+        "classes": [cls for key, cls in _USER.items() if not is_import_path(key)],
+        "paths": [key for key in _USER if is_import_path(key)],
+    }
 
 
-def add_user_methods(methods: dict[str, type[SparseMethod]]) -> None:
-    """In a trial process: the methods the driver knew (``user_methods()`` there)."""
-    for key, cls in methods.items():
-        if is_import_path(key):
-            _USER[key] = cls
-        else:
+def add_user_methods(pickled: bytes) -> None:
+    """In a trial process: the pickled ``user_methods()`` of the driver. Loaded when first needed,
+    so that a user's modules are importable by then."""
+    _SHIPPED.append(pickled)
+
+
+def _load_shipped() -> None:
+    while _SHIPPED:
+        try:
+            shipped = pickle.loads(_SHIPPED.pop())
+        except Exception as err:  # unpickling imports the user's modules: any error is theirs
+            raise ConfigError("sparsity.method", f"a method registered on the driver cannot be loaded here "
+                              f"({type(err).__name__}: {err})") from None
+        for cls in shipped["classes"]:
             register_method(cls)
+        for path in shipped["paths"]:
+            try:
+                get_method(path)
+            except ConfigError:
+                pass  # unknown here only matters if this trial uses it, and get_method says so then
 
 
 def _check_method_class(cls: object, got: str, field: str) -> None:

@@ -191,10 +191,11 @@ def run_name_for(trial_id: str, config: dict) -> str:
 
 
 def trial_function(
-    params: dict, *, sweep: Sweep, target: TrackingTarget, storage_path: str, methods: dict | None = None
+    params: dict, *, sweep: Sweep, target: TrackingTarget, storage_path: str, methods: bytes | None = None
 ) -> None:
-    """The Tune trainable (function API); ``methods``: the user's methods the driver knew."""
-    add_user_methods(methods or {})
+    """The Tune trainable (function API); ``methods``: the user's methods the driver knew (pickled)."""
+    if methods is not None:
+        add_user_methods(methods)
     context = tune.get_context()
     config = sweep.trial_config(params)
     trial_id = context.get_trial_id()
@@ -261,7 +262,7 @@ def _run_data_parallel(
         _worker_loop,
         train_loop_config={
             "config": config, "target": target, "trial_id": trial_id, "trial_name": trial_name,
-            "checkpoint_interval": sweep.checkpoint_interval, "methods": user_methods(),
+            "checkpoint_interval": sweep.checkpoint_interval, "methods": ray.cloudpickle.dumps(user_methods()),
         },
         torch_config=TorchConfig(backend="nccl" if res.gpus_per_worker else "gloo"),
         scaling_config=ray.train.ScalingConfig(

@@ -206,7 +206,8 @@ def _trainable(sweep: Sweep, target: TrackingTarget, storage_path: str):
     )
     # the user's methods this driver knows (register_method, import paths) go with every trial
     trainable = tune.with_parameters(
-        trial_function, sweep=sweep, target=target, storage_path=storage_path, methods=user_methods()
+        trial_function, sweep=sweep, target=target, storage_path=storage_path,
+        methods=ray.cloudpickle.dumps(user_methods()),  # unpickled in the trial, once its imports work
     )
     return tune.with_resources(trainable, trial_resources)
 
