@@ -30,9 +30,8 @@ class Registry(Generic[T]):
         (``replace``: over an earlier entry of that name, e.g. a user's class defined again)."""
 
         def decorator(entry: T) -> T:
-            if name in self._entries and self._entries[name] is not entry and not replace:
-                # Two entries silently shadowing each other would be miserable to debug; the same
-                # entry again (a module imported twice, a trial re-registering) is harmless.
+            if name in self._entries and not replace:
+                # Two entries silently shadowing each other would be miserable to debug.
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = entry
             return entry
