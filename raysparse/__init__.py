@@ -28,6 +28,7 @@ _LAZY = {
     "gmp_sparsity": "raysparse.sparsity.schedules",
     "prune_potential": "raysparse.robustness.potential",
     "channel_hessian_traces": "raysparse.structured",
+    "MethodOptions": "raysparse.methods", "SparseMethod": "raysparse.methods", "register_method": "raysparse.methods",
 }
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "Config", "ConfigError", "EpochContext", "MaskSet", "TrainingDiverged", "fit", "gmp_sparsity",
     "layer_densities", "load_config", "masks_hash", "pack_masks", "prune_potential", "resume_sweep", "sweep", "train",
     "unpack_masks",
+    "MethodOptions", "SparseMethod", "register_method",
 ]
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from raysparse.errors import ConfigError, did_you_mean, unknown_choice
-from raysparse.methods import METHODS, SparsityConfig
+from raysparse.errors import require as _require
+from raysparse.errors import require_choice as _choice
+from raysparse.methods import SparsityConfig, get_method, known_methods
 from raysparse.robustness.evaluate import RobustnessConfig
 from raysparse.sparsity.distributions import DISTRIBUTIONS
-from raysparse.sparsity.schedules import REGROWTH_DECAYS
-from raysparse.sparsity.scores import GROWTH_SCORES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step", "multistep")
@@ -63,7 +63,8 @@ class Config:
     robustness: RobustnessConfig | None = None  # evaluated at the final epoch when set
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data that ``load_config`` takes back (the sparsity block flat, as in YAML)."""
+        return {**dataclasses.asdict(self), "sparsity": self.sparsity.to_dict()}
 
 
 def set_dotted(tree: dict, key: str, value: Any) -> None:
@@ -139,7 +140,16 @@ def load_config(source: Config | dict | str | Path) -> Config:
         raise ConfigError("config", f"expected a mapping, got {type(raw).__name__}")
     config = _from_dict(Config, raw, "")
     _check_values(config)
+    _check_other_methods_options(raw.get("sparsity", {}), config.sparsity, config.epochs)
     return config
+
+
+def load_sparsity(raw: dict, *, epochs: int) -> SparsityConfig:
+    """A flat ``sparsity:`` block checked as ``load_config`` checks it, for a run of ``epochs``."""
+    sparsity = _sparsity_from_dict(raw, "sparsity")
+    _check_sparsity(sparsity, epochs)
+    _check_other_methods_options(raw, sparsity, epochs)
+    return sparsity
 
 
 # ---- generic dict -> dataclass with type checks -----------------------------------------------
@@ -166,6 +176,8 @@ def _coerce(hint, value, path):
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(inner, value, path)
+    if hint is SparsityConfig:
+        return _sparsity_from_dict(value, path)
     if dataclasses.is_dataclass(hint):
         return _from_dict(hint, value, path)
     if hint is bool:
@@ -198,16 +210,6 @@ def _coerce(hint, value, path):
 
 
 # ---- value checks -------------------------------------------------------------------------------
-def _require(ok: bool, path: str, value, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(path, f"got {value!r}; allowed: {allowed}")
-
-
-def _choice(path: str, kind: str, value: str, choices) -> None:
-    if value not in choices:
-        raise unknown_choice(path, kind, value, choices)
-
-
 def _check_values(c: Config) -> None:
     _require(c.epochs >= 1, "epochs", c.epochs, "an integer >= 1")
     _require(c.seed >= 0, "seed", c.seed, "an integer >= 0")
@@ -258,10 +260,7 @@ def _check_robustness(r: RobustnessConfig, data: dict) -> None:
 
 
 def _check_sparsity(p: SparsityConfig, epochs: int) -> None:
-    _choice("sparsity.method", "method", p.method, METHODS)
     _choice("sparsity.distribution", "distribution", p.distribution, DISTRIBUTIONS)
-    _choice("sparsity.regrowth_decay", "regrowth decay", p.regrowth_decay, REGROWTH_DECAYS)
-    _choice("sparsity.growth", "growth criterion", p.growth, GROWTH_SCORES)
     for key in ("initial_sparsity", "final_sparsity"):
         _require(0.0 <= getattr(p, key) < 1.0, f"sparsity.{key}", getattr(p, key), "[0, 1)")
     _require(p.initial_sparsity <= p.final_sparsity, "sparsity.initial_sparsity", p.initial_sparsity,
@@ -270,27 +269,63 @@ def _check_sparsity(p: SparsityConfig, epochs: int) -> None:
     if p.prune_end is not None:
         _require(p.prune_start <= p.prune_end <= epochs, "sparsity.prune_end", p.prune_end,
                  f"an epoch in [prune_start={p.prune_start}, epochs={epochs}]")
-    if p.regrowth_end is not None:
-        _require(0 <= p.regrowth_end <= epochs, "sparsity.regrowth_end", p.regrowth_end, f"an epoch in [0, {epochs}]")
     _require(p.update_frequency >= 1, "sparsity.update_frequency", p.update_frequency, "an integer >= 1 (steps)")
-    _require(p.exponent > 0, "sparsity.exponent", p.exponent, "a number > 0")
-    _require(0.0 <= p.regrowth_ratio <= 1.0, "sparsity.regrowth_ratio", p.regrowth_ratio, "[0, 1]")
-    _require(0.0 <= p.regrowth_floor <= p.regrowth_ratio, "sparsity.regrowth_floor", p.regrowth_floor,
-             f"[0, regrowth_ratio={p.regrowth_ratio}]")
-    _require(p.alpha >= 0, "sparsity.alpha", p.alpha, "a number >= 0")
-    if p.finetune_lr is not None:
-        _require(p.finetune_lr > 0, "sparsity.finetune_lr", p.finetune_lr, "a number > 0 or null")
-    _choice("sparsity.prune_unit", "prune unit", p.prune_unit, ("params", "channels"))
-    _require(0 < p.layer_cap < 1, "sparsity.layer_cap", p.layer_cap, "(0, 1)")
-    _require(0 <= p.implant_ratio < 1, "sparsity.implant_ratio", p.implant_ratio, "[0, 1)")
-    _choice("sparsity.implant", "implant", p.implant, ("zero", "lowrank"))
-    _require(p.hessian_samples >= 1, "sparsity.hessian_samples", p.hessian_samples, "an integer >= 1")
-    _require(p.hessian_tol >= 0, "sparsity.hessian_tol", p.hessian_tol, "a number >= 0")
-    _require(p.hessian_batches >= 2, "sparsity.hessian_batches", p.hessian_batches, "an integer >= 2")
-    _choice("sparsity.density_control", "density control", p.density_control, ("target", "free"))
-    _require(p.controller_gain > 0, "sparsity.controller_gain", p.controller_gain, "a number > 0")
     if p.distribution == "explicit" and not p.layer_densities:
         raise ConfigError("sparsity.layer_densities", "distribution 'explicit' needs a mapping layer -> density")
+    options = p.options if p.options is not None else get_method(p.method).Options()
+    options.check(epochs=epochs)  # each method checks its own options (methods/<name>.py)
+
+
+# ---- the sparsity block: one flat mapping of the shared keys and the method's own options ---------
+SHARED_SPARSITY_KEYS = tuple(f.name for f in dataclasses.fields(SparsityConfig) if f.name != "options")
+
+
+def _option_names(options_type: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(options_type))
+
+
+def _sparsity_from_dict(raw: Any, path: str) -> SparsityConfig:
+    """Shared keys into a SparsityConfig, the method's own into its ``Options``. A key of another
+    method is accepted and unused: a sweep that samples ``sparsity.method`` has one base block for
+    all of them (``_check_other_methods_options`` still checks its value)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(path, f"expected a mapping, got {raw!r}")
+    method = get_method(raw.get("method", SparsityConfig.method), f"{path}.method")
+    own = [k for k in _option_names(method.Options) if k not in SHARED_SPARSITY_KEYS]
+    others = sorted({k for m in known_methods() for k in _option_names(m.Options)} - set(own))
+    for key in raw:
+        if key not in SHARED_SPARSITY_KEYS and key not in own and key not in others:
+            known = [*SHARED_SPARSITY_KEYS, *own, *others]
+            raise ConfigError(
+                f"{path}.{key}",
+                f"unknown key {key!r}; allowed: {', '.join(SHARED_SPARSITY_KEYS)} (every method), "
+                f"{', '.join(own) or 'none'} ({method.name}'s own), {', '.join(others)} (other methods', "
+                f"unused by {method.name}){did_you_mean(key, known)}",
+            )
+    shared = _from_dict(SparsityConfig, {k: v for k, v in raw.items() if k in SHARED_SPARSITY_KEYS}, path)
+    options = _from_dict(method.Options, {k: v for k, v in raw.items() if k in own}, path)
+    return dataclasses.replace(shared, options=options)
+
+
+def _check_other_methods_options(raw: Any, sparsity: SparsityConfig, epochs: int) -> None:
+    """Every key is checked before anything starts, even one this method does not use: it must be
+    valid for at least one method that takes it (the one a sweep will sample it with)."""
+    own = {*SHARED_SPARSITY_KEYS, *_option_names(type(sparsity.options))}
+    foreign = {k: v for k, v in raw.items() if k not in own} if isinstance(raw, dict) else {}
+    unproven, failures = set(foreign), []
+    for options_type in dict.fromkeys(m.Options for m in known_methods()):
+        taken = {k: v for k, v in foreign.items() if k in _option_names(options_type)}
+        if not taken:
+            continue
+        try:
+            _from_dict(options_type, taken, "sparsity").check(epochs=epochs)
+        except ConfigError as err:
+            failures.append((set(taken), err))
+            continue
+        unproven -= set(taken)
+    for taken, err in failures:
+        if taken & unproven:
+            raise err
 
 
 def _check_blocks(c: Config) -> None:

@@ -40,3 +40,15 @@ def unknown_choice(field: str, kind: str, value: object, choices: Iterable[str])
         field,
         f"unknown {kind} {value!r}; available: {', '.join(choices)}{did_you_mean(value, choices)}",
     )
+
+
+def require(ok: bool, field: str, value: object, allowed: str) -> None:
+    """``sparsity.layer_cap: got 1.5; allowed: (0, 1)`` unless ``ok``: the check every config
+    block (and every method's options) writes its ranges with."""
+    if not ok:
+        raise ConfigError(field, f"got {value!r}; allowed: {allowed}")
+
+
+def require_choice(field: str, kind: str, value: object, choices: Iterable[str]) -> None:
+    if value not in choices:
+        raise unknown_choice(field, kind, value, choices)

@@ -9,53 +9,70 @@ Per training step the loop does::
 A method changes masks only through ``self.masks.update(...)``, which zeroes weights and
 optimizer state where the mask changed, broadcasts rank 0's masks under DDP and records a
 lineage event. A method overrides ``init_masks`` and/or ``update_masks``; nothing else.
+
+Options: ``self.config`` holds what every method shares (a ``SparsityConfig``), ``self.options``
+the method's own, an instance of its ``Options`` dataclass (declared in the method's file, checked
+by its ``check``). Both come from one flat ``sparsity:`` block of a config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from raysparse.errors import ConfigError
 from raysparse.sparsity.distributions import get_distribution, kept_counts
 from raysparse.sparsity.masks import MaskSet, prunable_weights, resolve_dense_layers
 from raysparse.sparsity.scores import keep_top, magnitude
 
 
 @dataclass(frozen=True)
-class SparsityConfig:
-    """Every knob of the seed methods. Epoch-valued fields are converted to steps by the loop."""
+class MethodOptions:
+    """Base of a method's own options. Each field is a key of the flat ``sparsity:`` block, typed
+    (the config checks types from the annotations) with its default; ``check`` checks values."""
 
-    method: str = "dense"
+    def check(self, *, epochs: int) -> None:
+        """Raise ``raysparse.errors.ConfigError("sparsity.<key>", ...)`` naming the bad value and
+        what is allowed (``raysparse.errors.require`` writes that line). Cooperative: a subclass
+        calls ``super().check(epochs=epochs)`` so options built from several parents check all."""
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """What every method shares. Epoch-valued fields are converted to steps once, in ``attach``."""
+
+    method: str = "dense"  # a registered name or an import path 'package.module:Class'
     distribution: str = "erk"
     initial_sparsity: float = 0.0
     final_sparsity: float = 0.9
     prune_start: float = 0  # epoch
     prune_end: float | None = None  # epoch; None = half of training (GraNet's CIFAR setting)
     update_frequency: int = 100  # steps between mask updates
-    exponent: float = 3.0
-    regrowth_ratio: float = 0.5
-    regrowth_decay: str = "cosine"
-    regrowth_floor: float = 0.005
-    regrowth_end: float | None = None  # epoch; None = end of training
-    growth: str = "gradient"
     dense_layers: tuple[str, ...] = ()
     layer_densities: dict[str, float] | None = None  # for distribution 'explicit'
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    finetune_lr: float | None = None  # learning rate after a structural change (HAP); None: optimizer.lr
-    prune_unit: str = "params"  # HAP: final_sparsity is this fraction of 'params' or of 'channels'
-    layer_cap: float = 0.95  # HAP: at most this fraction of one layer's channels is removed
-    implant_ratio: float = 0.0  # HAP: this share of the channels chosen for removal get an implant
-    implant: str = "zero"  # HAP: 'zero' (the seed's zero-initialized 1x1 conv) or 'lowrank'
-    hessian_samples: int = 4  # HAP: Rademacher vectors per batch
-    hessian_tol: float = 0.01  # HAP: stop averaging batches when the total trace moves less than this
-    hessian_batches: int = 16  # HAP: at most this many shuffled batches
-    alpha: float = 5e-4  # DST: weight of the threshold regularizer alpha * sum(exp(-t))
-    density_control: str = "target"  # DST: 'target' steers alpha to final_sparsity; 'free' = the seed
-    controller_gain: float = 1.0  # DST: log-alpha change per update per unit of relative density error
+    options: MethodOptions | None = None  # the method's own (None: its defaults); not a YAML key
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat ``sparsity:`` block again: shared keys and the method's options side by side."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        own = dataclasses.asdict(self.options) if self.options is not None else {}
+        return {**shared, **own}
+
+
+@dataclass(frozen=True)
+class Restructure:
+    """A method rebuilt the model's structure (HAP's compaction) after ``epochs_done`` epochs: the
+    loop builds a fresh optimizer (at ``lr``; None: the configured one) and LR schedule."""
+
+    epochs_done: int
+    lr: float | None = None
 
 
 class SparseMethod:
@@ -63,37 +80,51 @@ class SparseMethod:
 
     name = "base"
     paper = ""
+    Options: ClassVar[type[MethodOptions]] = MethodOptions  # a method's own options dataclass
     density_tolerance = 0.0  # how far the final density may be from target_density() (exact methods: 0)
-    structure_version = 0  # bumped by a method that rebuilds the model's structure (HAP)
-    restructured_epoch: int | None = None  # epochs done when it did
 
     def __init__(self, config: SparsityConfig, *, seed: int = 0):
-        self.config = config
+        options = config.options if config.options is not None else self.Options()
+        if not isinstance(options, self.Options):
+            raise TypeError(f"method {self.name!r} takes {self.Options.__name__}, got {type(options).__name__}")
+        self.config, self.options = config, options
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+        self.loss_fn = self.train_batches = self.input_shape = None  # until bind()
+        self._restructure: Restructure | None = None
 
     # ---- set-up ---------------------------------------------------------------------------
     def attach(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, total_steps: int
     ) -> None:
         cfg = self.config
-        weights = prunable_weights(model, include=cfg.include, exclude=cfg.exclude)
-        if not weights:
-            from raysparse.errors import ConfigError
-
-            raise ConfigError("sparsity.include", "no Conv/Linear weight matches; nothing to prune")
-        dense = resolve_dense_layers(list(weights), cfg.dense_layers)
         self.model, self.optimizer = model, optimizer
-        self.masks = MaskSet(weights, dense)
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+        self.epochs = total_steps // steps_per_epoch
+        # the pruning window, converted here once: in steps, and in whole epochs for the methods
+        # that act at epoch ends (HAP); prune_end's default is half of training
+        self.prune_start_step = self.epoch_to_step(cfg.prune_start, default=0)
+        self.prune_end_step = self.epoch_to_step(cfg.prune_end, default=total_steps // 2)
+        self.prune_end_epoch = round(cfg.prune_end) if cfg.prune_end is not None else self.epochs // 2
+        self.masks = self.build_masks(model)
         self.init_masks()  # its event stays queued: the first report logs the initial masks
 
-    def epoch_to_step(self, epoch: float | None, default: float) -> int:
-        return round((default if epoch is None else epoch) * self.steps_per_epoch)
+    def epoch_to_step(self, epoch: float | None, default: int) -> int:
+        """The step an epoch-valued option names (``default`` when it is None)."""
+        return default if epoch is None else round(epoch * self.steps_per_epoch)
+
+    def build_masks(self, model: nn.Module) -> MaskSet:
+        """The masks over the selected layers (all ones); DST overrides it to gate its layers."""
+        cfg = self.config
+        weights = prunable_weights(model, include=cfg.include, exclude=cfg.exclude)
+        if not weights:
+            raise ConfigError("sparsity.include", "no Conv/Linear weight matches; nothing to prune")
+        return MaskSet(weights, resolve_dense_layers(list(weights), cfg.dense_layers))
 
     def bind(self, *, loss_fn, train_batches, input_shape: tuple[int, ...]) -> None:
-        """What a method may need beyond the model: the loss, a fresh iterator of shuffled
-        training batches (for its own estimates, e.g. HAP's Hessian) and one example's shape."""
+        """What a method may need beyond the model: the loss, a zero-argument callable giving a
+        fresh iterator of shuffled training batches (for its own estimates: HAP's Hessian, Wanda's
+        activation norms) and one example's shape."""
         self.loss_fn, self.train_batches, self.input_shape = loss_fn, train_batches, input_shape
 
     # ---- hooks the loop calls ---------------------------------------------------------------
@@ -118,7 +149,7 @@ class SparseMethod:
         return None
 
     def on_epoch_end(self, epoch: int) -> None:
-        """Called after each epoch's evaluation."""
+        """After each epoch's training steps, before its evaluation."""
 
     def target_density(self) -> float:
         """The global density this method ends training at."""
@@ -138,6 +169,21 @@ class SparseMethod:
     def export(self, model: nn.Module) -> nn.Module:
         """The trained model as a plain nn.Module (masks in the weights, no method machinery)."""
         return model
+
+    # ---- structural changes (HAP): the loop asks, the method never reaches into the loop -------
+    def restructured(self, epochs_done: int, lr: float | None = None) -> None:
+        """For a method that rebuilt the model: the loop follows at its next ``take_restructure``."""
+        self._restructure = Restructure(epochs_done, lr)
+
+    def take_restructure(self) -> Restructure | None:
+        """The structural change since the last call (then the loop builds a fresh optimizer and
+        passes it to ``use_optimizer``), or None."""
+        change, self._restructure = self._restructure, None
+        return change
+
+    def use_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer the loop built after a structural change: mask updates reset its state."""
+        self.optimizer = optimizer
 
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:

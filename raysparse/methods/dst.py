@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from raysparse.errors import require, require_choice
 from raysparse.methods.base import SparseMethod
+from raysparse.methods.gmp import GMPOptions
 from raysparse.methods.registry import register
 from raysparse.sparsity.masks import MaskSet, prunable_weights, resolve_dense_layers
 from raysparse.sparsity.schedules import gmp_sparsity
@@ -75,19 +78,32 @@ class ThresholdMask(nn.Module):
         return weight * BinaryStep.apply(weight.abs() - self.threshold)
 
 
+@dataclass(frozen=True)
+class DSTOptions(GMPOptions):
+    """``exponent`` (GMP's) shapes the target density the controller steers along."""
+
+    alpha: float = 5e-4  # weight of the threshold regularizer alpha * sum(exp(-t))
+    density_control: str = "target"  # 'target' steers alpha to final_sparsity; 'free' = the seed
+    controller_gain: float = 1.0  # log-alpha change per update per unit of relative density error
+
+    def check(self, *, epochs: int) -> None:
+        super().check(epochs=epochs)
+        require(self.alpha >= 0, "sparsity.alpha", self.alpha, "a number >= 0")
+        require_choice("sparsity.density_control", "density control", self.density_control, ("target", "free"))
+        require(self.controller_gain > 0, "sparsity.controller_gain", self.controller_gain, "a number > 0")
+
+
 @register
 class DST(SparseMethod):
     name = "dst"
     paper = "https://arxiv.org/abs/2005.06870"
+    Options = DSTOptions
     density_tolerance = 0.01  # the target is met by projection to rounding; free mode has none
 
-    def attach(self, model, optimizer, *, steps_per_epoch, total_steps):
+    def build_masks(self, model: nn.Module) -> MaskSet:
+        """Gate every selected layer with a trainable threshold; the masks follow the thresholds."""
         cfg = self.config
-        self.model, self.optimizer = model, optimizer
-        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
-        self.start = round(cfg.prune_start * steps_per_epoch)
-        end = round(cfg.prune_end * steps_per_epoch) if cfg.prune_end is not None else total_steps // 2
-        self.end = min(end, total_steps - 1)  # the projection must happen on a step that runs
+        self.end = min(self.prune_end_step, self.total_steps - 1)  # the projection must happen on a step that runs
         weights = prunable_weights(model, include=cfg.include, exclude=cfg.exclude)
         dense = resolve_dense_layers(list(weights), cfg.dense_layers)
         self.gates: dict[str, ThresholdMask] = {}
@@ -102,11 +118,13 @@ class DST(SparseMethod):
         for name in dense:
             originals[name] = model.get_submodule(name).weight
         self.dense_count = sum(originals[n].numel() for n in dense)
-        # the masks follow the thresholds; they never write to the weights
-        self.masks = MaskSet({n: originals[n] for n in weights}, dense, apply_to_weights=False)
         thresholds = [g.threshold for g in self.gates.values()]
-        optimizer.add_param_group({"params": thresholds, "weight_decay": 0.0})  # decay would fight alpha
-        self.alpha = cfg.alpha
+        self.optimizer.add_param_group({"params": thresholds, "weight_decay": 0.0})  # decay would fight alpha
+        self.alpha = self.options.alpha
+        # the masks never write to the weights: the gates do the masking
+        return MaskSet({n: originals[n] for n in weights}, dense, apply_to_weights=False)
+
+    def init_masks(self) -> None:
         self.sync_masks(step=0, reason="init")
 
     # ---- hooks ------------------------------------------------------------------------------
@@ -121,11 +139,11 @@ class DST(SparseMethod):
         if self.frozen or step % self.config.update_frequency:
             return
         self.reset_collapsed_layers()
-        if self.config.density_control != "target":
+        if self.options.density_control != "target":
             return
         if step >= self.end:
             self.project(step)
-        elif step >= self.start:
+        elif step >= self.prune_start_step:
             self._steer_alpha(step)
 
     @property
@@ -144,7 +162,7 @@ class DST(SparseMethod):
         self.sync_masks(step=(epoch + 1) * self.steps_per_epoch, reason="dst")
 
     def target_density(self) -> float:
-        return 1.0 - self.config.final_sparsity if self.config.density_control == "target" else math.nan
+        return 1.0 - self.config.final_sparsity if self.options.density_control == "target" else math.nan
 
     def export(self, model: nn.Module) -> nn.Module:
         """A plain copy of ``model``: masks multiplied into the weights, no parametrizations."""
@@ -175,9 +193,9 @@ class DST(SparseMethod):
         """alpha *= exp(gain * relative density error): too dense -> stronger pull on thresholds."""
         cfg = self.config
         target = 1.0 - gmp_sparsity(step, initial=cfg.initial_sparsity, final=cfg.final_sparsity,
-                                    start=self.start, end=self.end, exponent=cfg.exponent)
+                                    start=self.prune_start_step, end=self.end, exponent=self.options.exponent)
         error = (self._density() - target) / max(target, 1e-3)
-        self.alpha *= math.exp(cfg.controller_gain * max(-1.0, min(1.0, error)))
+        self.alpha *= math.exp(self.options.controller_gain * max(-1.0, min(1.0, error)))
         self.alpha = min(max(self.alpha, 1e-12), 1e3)
 
     @torch.no_grad()

@@ -6,21 +6,28 @@ global`` is one threshold across layers; uniform/er/erk prune layer-wise to that
 With ``initial_sparsity`` > 0 training starts from random masks of that sparsity.
 """
 
-from raysparse.methods.base import SparseMethod
+from dataclasses import dataclass
+
+from raysparse.errors import require
+from raysparse.methods.base import MethodOptions, SparseMethod
 from raysparse.methods.registry import register
 from raysparse.sparsity.schedules import gmp_sparsity, is_gmp_update_step
+
+
+@dataclass(frozen=True)
+class GMPOptions(MethodOptions):
+    exponent: float = 3.0  # of the polynomial schedule s_t = s_f + (s_i - s_f)(1 - progress)^exponent
+
+    def check(self, *, epochs: int) -> None:
+        super().check(epochs=epochs)
+        require(self.exponent > 0, "sparsity.exponent", self.exponent, "a number > 0")
 
 
 @register
 class GMP(SparseMethod):
     name = "gmp"
     paper = "https://arxiv.org/abs/1710.01878"
-
-    def attach(self, model, optimizer, *, steps_per_epoch, total_steps):
-        self.start = round(self.config.prune_start * steps_per_epoch)
-        end_epoch = self.config.prune_end
-        self.end = round(end_epoch * steps_per_epoch) if end_epoch is not None else total_steps // 2
-        super().attach(model, optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    Options = GMPOptions
 
     def init_masks(self) -> None:
         if self.config.initial_sparsity > 0:
@@ -30,8 +37,8 @@ class GMP(SparseMethod):
     def sparsity_at(self, step: int) -> float:
         cfg = self.config
         return gmp_sparsity(
-            step, initial=cfg.initial_sparsity, final=cfg.final_sparsity,
-            start=self.start, end=self.end, frequency=cfg.update_frequency, exponent=cfg.exponent,
+            step, initial=cfg.initial_sparsity, final=cfg.final_sparsity, start=self.prune_start_step,
+            end=self.prune_end_step, frequency=cfg.update_frequency, exponent=self.options.exponent,
         )
 
     def update_masks(self, step: int) -> None:
@@ -39,4 +46,6 @@ class GMP(SparseMethod):
             self.prune_by_magnitude(1.0 - self.sparsity_at(step), step)
 
     def is_prune_step(self, step: int) -> bool:
-        return is_gmp_update_step(step, start=self.start, end=self.end, frequency=self.config.update_frequency)
+        return is_gmp_update_step(
+            step, start=self.prune_start_step, end=self.prune_end_step, frequency=self.config.update_frequency
+        )

@@ -8,15 +8,23 @@ active weights and regrows as many at the inactive positions with the largest gr
 ``initial_sparsity`` > 0 (e.g. 0.5 on ERK masks) this is GraNet-ST, sparse-to-sparse.
 """
 
-from raysparse.methods.gmp import GMP
+from dataclasses import dataclass
+
+from raysparse.methods.gmp import GMP, GMPOptions
 from raysparse.methods.registry import register
-from raysparse.methods.rigl import RegrowthMixin
+from raysparse.methods.rigl import GrowthOptions, RegrowthMixin
+
+
+@dataclass(frozen=True)
+class GraNetOptions(GrowthOptions, GMPOptions):
+    """GMP's schedule and RigL's regrowth."""
 
 
 @register
 class GraNet(RegrowthMixin, GMP):
     name = "granet"
     paper = "https://arxiv.org/abs/2106.10404"
+    Options = GraNetOptions
 
     def update_masks(self, step: int) -> None:
         pruned = self.is_prune_step(step)

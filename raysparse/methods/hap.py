@@ -15,11 +15,13 @@ latency are reported on the compact model.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from raysparse.methods.base import SparseMethod
+from raysparse.errors import require, require_choice
+from raysparse.methods.base import MethodOptions, SparseMethod
 from raysparse.methods.registry import register
 from raysparse.sparsity.masks import MaskSet, prunable_weights
 from raysparse.structured import apply_plan, channel_groups, channel_hessian_traces, group_importance, plan_pruning
@@ -27,21 +29,43 @@ from raysparse.structured import apply_plan, channel_groups, channel_hessian_tra
 BN_BATCHES = 50  # batches to re-estimate BatchNorm statistics after fine-tuning
 
 
+@dataclass(frozen=True)
+class HAPOptions(MethodOptions):
+    prune_unit: str = "params"  # final_sparsity is this fraction of 'params' or of 'channels'
+    layer_cap: float = 0.95  # at most this fraction of one layer's channels is removed
+    implant_ratio: float = 0.0  # this share of the channels chosen for removal get an implant
+    implant: str = "zero"  # 'zero' (the seed's zero-initialized 1x1 conv) or 'lowrank'
+    hessian_samples: int = 4  # Rademacher vectors per batch
+    hessian_tol: float = 0.01  # stop averaging batches when the total trace moves less than this
+    hessian_batches: int = 16  # at most this many shuffled batches
+    finetune_lr: float | None = None  # learning rate after the compaction; None: optimizer.lr
+
+    def check(self, *, epochs: int) -> None:
+        super().check(epochs=epochs)
+        require_choice("sparsity.prune_unit", "prune unit", self.prune_unit, ("params", "channels"))
+        require(0 < self.layer_cap < 1, "sparsity.layer_cap", self.layer_cap, "(0, 1)")
+        require(0 <= self.implant_ratio < 1, "sparsity.implant_ratio", self.implant_ratio, "[0, 1)")
+        require_choice("sparsity.implant", "implant", self.implant, ("zero", "lowrank"))
+        require(self.hessian_samples >= 1, "sparsity.hessian_samples", self.hessian_samples, "an integer >= 1")
+        require(self.hessian_tol >= 0, "sparsity.hessian_tol", self.hessian_tol, "a number >= 0")
+        require(self.hessian_batches >= 2, "sparsity.hessian_batches", self.hessian_batches, "an integer >= 2")
+        if self.finetune_lr is not None:
+            require(self.finetune_lr > 0, "sparsity.finetune_lr", self.finetune_lr, "a number > 0 or null")
+
+
 @register
 class HAP(SparseMethod):
     name = "hap"
     paper = "https://arxiv.org/abs/2101.08940"
+    Options = HAPOptions
     # whole channels: the kept fraction of Conv/Linear weights only approximates the target, which
     # counts every parameter a removed channel takes along (BatchNorm, biases, next-layer inputs)
     density_tolerance = 0.1
 
     def attach(self, model, optimizer, *, steps_per_epoch, total_steps):
         super().attach(model, optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-        epochs = total_steps // steps_per_epoch
-        end = self.config.prune_end
-        self.prune_epoch = round(end) if end is not None else epochs // 2
-        self.epochs = epochs
         self.plan: dict | None = None
+        self.restructured_epoch: int | None = None
         self.prunable_dense = sum(w.numel() for w in self.masks.weights.values())
         self.layer_sizes_dense = {n: w.numel() for n, w in self.masks.weights.items()}
 
@@ -49,21 +73,21 @@ class HAP(SparseMethod):
         pass  # nothing is masked: channels are removed, not zeroed
 
     def on_train_start(self) -> None:
-        if self.prune_epoch == 0:  # pruning a loaded network (init_from) before fine-tuning
+        if self.prune_end_epoch == 0:  # pruning a loaded network (init_from) before fine-tuning
             self.prune(epochs_done=0)
 
     def on_epoch_end(self, epoch: int) -> None:
-        if epoch + 1 == self.prune_epoch and self.plan is None:
+        if epoch + 1 == self.prune_end_epoch and self.plan is None:
             self.prune(epochs_done=epoch + 1)
         if epoch + 1 == self.epochs and self.plan is not None:
             recalibrate_batchnorm(self.model, self.train_batches(), BN_BATCHES)
 
     # ---- pruning ----------------------------------------------------------------------------
     def channel_importance(self) -> dict[str, torch.Tensor]:
-        cfg = self.config
+        opts = self.options
         traces = channel_hessian_traces(
-            self.model, self.loss_fn, self.train_batches(), samples=cfg.hessian_samples, tol=cfg.hessian_tol,
-            max_batches=cfg.hessian_batches, generator=torch.Generator().manual_seed(self.seed),
+            self.model, self.loss_fn, self.train_batches(), samples=opts.hessian_samples, tol=opts.hessian_tol,
+            max_batches=opts.hessian_batches, generator=torch.Generator().manual_seed(self.seed),
         )
         importance = {}
         for name, trace in traces.items():
@@ -73,17 +97,17 @@ class HAP(SparseMethod):
         return importance
 
     def prune(self, epochs_done: int) -> None:
-        cfg = self.config
+        opts = self.options
         example = self._example()
         groups = channel_groups(self.model, example, keep=[self._classifier()])
         scores = group_importance(groups, self.channel_importance())
         plan = plan_pruning(
-            groups, scores, ratio=cfg.final_sparsity, unit=cfg.prune_unit, layer_cap=cfg.layer_cap,
-            implant_ratio=cfg.implant_ratio, implant_kind=cfg.implant,
+            groups, scores, ratio=self.config.final_sparsity, unit=opts.prune_unit, layer_cap=opts.layer_cap,
+            implant_ratio=opts.implant_ratio, implant_kind=opts.implant,
         ).to_dict()
-        if cfg.implant_ratio > 0 and plan["channels_implanted"] == 0:
+        if opts.implant_ratio > 0 and plan["channels_implanted"] == 0:
             warnings.warn(
-                f"sparsity.implant_ratio={cfg.implant_ratio}: none of the {plan['channels_removed']} channels "
+                f"sparsity.implant_ratio={opts.implant_ratio}: none of the {plan['channels_removed']} channels "
                 "chosen for removal can take an implant (only plain convolutions can); the network has none",
                 stacklevel=2,
             )
@@ -93,7 +117,7 @@ class HAP(SparseMethod):
         """Compact the model by ``plan`` (plain data: it is also how a resumed run rebuilds)."""
         self.summary = apply_plan(self.model, self._example(), plan)
         self.plan, self.restructured_epoch = plan, epochs_done
-        self.structure_version += 1
+        self.restructured(epochs_done, lr=self.options.finetune_lr)  # the loop builds a fresh optimizer
         # a dense mask view of the compact model: density and FLOPs come from its real size
         self.masks = MaskSet(prunable_weights(self.model))
 
@@ -120,7 +144,7 @@ class HAP(SparseMethod):
         return {key: self.plan[key] for key in ("channels_total", "channels_removed", "channels_implanted")}
 
     def target_density(self) -> float:
-        return 1.0 - self.config.final_sparsity if self.config.prune_unit == "params" else float("nan")
+        return 1.0 - self.config.final_sparsity if self.options.prune_unit == "params" else float("nan")
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "plan": self.plan, "restructured_epoch": self.restructured_epoch}

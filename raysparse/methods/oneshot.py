@@ -12,11 +12,6 @@ class OneShot(SparseMethod):
     name = "oneshot"
     paper = "https://arxiv.org/abs/1506.02626"
 
-    def attach(self, model, optimizer, *, steps_per_epoch, total_steps):
-        end = self.config.prune_end
-        self.prune_step = round(end * steps_per_epoch) if end is not None else total_steps // 2
-        super().attach(model, optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-
     def update_masks(self, step: int) -> None:
-        if step == self.prune_step:
+        if step == self.prune_end_step:
             self.prune_by_magnitude(self.target_density(), step, reason="oneshot")

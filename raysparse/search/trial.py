@@ -23,6 +23,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysparse.config import load_config
 from raysparse.errors import ConfigError
+from raysparse.methods.registry import add_user_methods, user_methods
 from raysparse.search.spaces import Sweep
 from raysparse.tracking import TrialRun
 from raysparse.tracking.naming import trial_run_name
@@ -189,8 +190,12 @@ def run_name_for(trial_id: str, config: dict) -> str:
     return trial_run_name(trial_id, str(sparsity.get("method", "dense")), final)
 
 
-def trial_function(params: dict, *, sweep: Sweep, target: TrackingTarget, storage_path: str) -> None:
-    """The Tune trainable (function API)."""
+def trial_function(
+    params: dict, *, sweep: Sweep, target: TrackingTarget, storage_path: str, methods: bytes | None = None
+) -> None:
+    """The Tune trainable (function API); ``methods``: the user's methods the driver knew (pickled)."""
+    if methods is not None:
+        add_user_methods(methods)
     context = tune.get_context()
     config = sweep.trial_config(params)
     trial_id = context.get_trial_id()
@@ -225,6 +230,7 @@ def _already_done(target: TrackingTarget, trial_id: str) -> bool:
 def _worker_loop(loop_config: dict) -> None:
     """Runs in each Ray Train worker (torch.distributed is already set up, gloo or nccl)."""
     rank = ray.train.get_context().get_world_rank()
+    add_user_methods(loop_config["methods"])
     target, config = loop_config["target"], loop_config["config"]
     logger = _TrialLogger(target, loop_config["trial_id"], loop_config["trial_name"], config) if rank == 0 else None
 
@@ -256,7 +262,7 @@ def _run_data_parallel(
         _worker_loop,
         train_loop_config={
             "config": config, "target": target, "trial_id": trial_id, "trial_name": trial_name,
-            "checkpoint_interval": sweep.checkpoint_interval,
+            "checkpoint_interval": sweep.checkpoint_interval, "methods": ray.cloudpickle.dumps(user_methods()),
         },
         torch_config=TorchConfig(backend="nccl" if res.gpus_per_worker else "gloo"),
         scaling_config=ray.train.ScalingConfig(

@@ -21,6 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raysparse.config import get_dotted
 from raysparse.errors import ConfigError, unknown_choice
+from raysparse.methods.registry import user_methods
 from raysparse.report import report_sweep
 from raysparse.search.grid import GridSearcher
 from raysparse.search.layerwise import suggest_layer_densities
@@ -203,9 +204,12 @@ def _trainable(sweep: Sweep, target: TrackingTarget, storage_path: str):
     trial_resources = (
         {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker} if res.workers == 1 else {"cpu": 0.01}
     )
-    return tune.with_resources(
-        tune.with_parameters(trial_function, sweep=sweep, target=target, storage_path=storage_path), trial_resources
+    # the user's methods this driver knows (register_method, import paths) go with every trial
+    trainable = tune.with_parameters(
+        trial_function, sweep=sweep, target=target, storage_path=storage_path,
+        methods=ray.cloudpickle.dumps(user_methods()),  # unpickled in the trial, once its imports work
     )
+    return tune.with_resources(trainable, trial_resources)
 
 
 def _fit(tuner: tune.Tuner, sweep: Sweep, parent: SweepRun, progress: ProgressView, home: Path) -> SweepResult:

@@ -127,7 +127,6 @@ class _Run:
         # after attach: a method may add parameter groups (DST's thresholds) that the schedule must see
         self.schedule = build_lr_schedule(self.optimizer, cfg.lr_schedule, cfg.epochs)
         self.params_dense = count_params(self.net)
-        self.structure_version = 0
         self._measure_structure()
         self.flops_dense = self.flops_now  # of the network as built, before any structural change
         self.start_epoch, self.best = 0, {"best_val_accuracy": -1.0, "best_epoch": 0}
@@ -153,16 +152,16 @@ class _Run:
         self.trained = _data_parallel(self.net, device) if self.world > 1 else self.net
 
     def follow_structure(self) -> None:
-        """After a method rebuilt the model: a fresh optimizer (``finetune_lr``) and LR schedule
-        over the epochs left, and new cost figures."""
-        if self.method.structure_version == self.structure_version:
+        """After a method rebuilt the model: a fresh optimizer (at the learning rate the method
+        asks for) and LR schedule over the epochs left, and new cost figures."""
+        change = self.method.take_restructure()
+        if change is None:
             return
-        self.structure_version = self.method.structure_version
-        cfg, done = self.cfg, self.method.restructured_epoch
-        lr = cfg.sparsity.finetune_lr if cfg.sparsity.finetune_lr is not None else cfg.optimizer.lr
+        cfg = self.cfg
+        lr = change.lr if change.lr is not None else cfg.optimizer.lr
         self.optimizer = build_optimizer(self.net, dataclasses.replace(cfg.optimizer, lr=lr))
-        self.method.optimizer = self.optimizer
-        self.schedule = build_lr_schedule(self.optimizer, cfg.lr_schedule, max(1, cfg.epochs - done))
+        self.method.use_optimizer(self.optimizer)
+        self.schedule = build_lr_schedule(self.optimizer, cfg.lr_schedule, max(1, cfg.epochs - change.epochs_done))
         self._measure_structure()
         self.last_masks = self.method.masks.snapshot()
 

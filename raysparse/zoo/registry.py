@@ -1,62 +1,15 @@
-"""A name -> object registry, shared by models, datasets, methods and distributions."""
+"""The zoo's registries (one ``Registry`` type for every kind, in raysparse/registry.py) and the
+checks of a factory's keyword options."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Mapping
 
-from raysparse.errors import ConfigError, did_you_mean, unknown_choice
+from raysparse.errors import ConfigError, did_you_mean
+from raysparse.registry import Registry
 
-T = TypeVar("T")
-
-
-class Registry(Generic[T]):
-    """Objects registered under unique names; ``kind`` ("model", "method", ...) is used in errors.
-
-    >>> MODELS = Registry("model")
-    >>> @MODELS.register("mlp")
-    ... def mlp(input_shape, num_classes): ...
-    >>> MODELS.get("mlp", field="model.name") is mlp
-    True
-    """
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        self._entries: dict[str, T] = {}
-
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator that registers its target under ``name`` and returns it unchanged."""
-
-        def decorator(entry: T) -> T:
-            if name in self._entries:
-                # Two entries silently shadowing each other would be miserable to debug.
-                raise ValueError(f"{self.kind} {name!r} is already registered")
-            self._entries[name] = entry
-            return entry
-
-        return decorator
-
-    def get(self, name: object, field: str) -> T:
-        """The entry for ``name``; a ConfigError on ``field`` listing the choices otherwise."""
-        if not isinstance(name, str) or name not in self._entries:
-            raise unknown_choice(field, self.kind, name, self._entries)
-        return self._entries[name]
-
-    def names(self) -> list[str]:
-        return sorted(self._entries)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __repr__(self) -> str:
-        return f"Registry({self.kind!r}, {self.names()})"
+__all__ = ["Registry", "check_options", "keyword_options"]
 
 
 def keyword_options(factory: Callable, skip: Iterable[str] = ()) -> list[str] | None:

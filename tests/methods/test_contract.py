@@ -1,14 +1,68 @@
-"""The contract every registered method keeps (run over the registry, as Optuna tests samplers)."""
+"""The contract every registered method keeps (run over the registry, as Optuna tests samplers),
+and a user's method given by import path from a package outside raysparse."""
+
+import textwrap
 
 import pytest
 import torch
 
 from raysparse.config import load_config
-from raysparse.methods import METHODS
+from raysparse.imports import add_import_dirs
+from raysparse.methods import METHODS, get_method
 from raysparse.train import fit
 from tests.conftest import small_config
 
-ALL = sorted(METHODS)
+USER_METHOD = "mylab.pruning:IterativeMagnitude"
+ALL = [*sorted(METHODS), USER_METHOD]
+USER_PACKAGE = textwrap.dedent('''
+    """A lab's own method, written against raysparse's public API only."""
+    from dataclasses import dataclass
+
+    from raysparse import MethodOptions, SparseMethod
+    from raysparse.errors import require
+
+
+    @dataclass(frozen=True)
+    class RoundsOptions(MethodOptions):
+        rounds: int = 2  # magnitude-pruning rounds, evenly spaced up to prune_end
+
+        def check(self, *, epochs):
+            super().check(epochs=epochs)
+            require(self.rounds >= 1, "sparsity.rounds", self.rounds, "an integer >= 1")
+
+
+    class IterativeMagnitude(SparseMethod):
+        name = "iterative_magnitude"
+        Options = RoundsOptions
+
+        def update_masks(self, step):
+            rounds = self.options.rounds
+            for k in range(1, rounds + 1):
+                if step == self.prune_end_step * k // rounds:
+                    density = 1.0 - self.config.final_sparsity * k / rounds
+                    self.prune_by_magnitude(density, step, reason=f"round {k}")
+''')
+
+
+@pytest.fixture(scope="module", autouse=True)
+def user_package(tmp_path_factory):
+    """``mylab/pruning.py`` in a directory of its own, importable as a user's code is in a trial."""
+    root = tmp_path_factory.mktemp("user_code")
+    (root / "mylab").mkdir()
+    (root / "mylab" / "__init__.py").write_text("")
+    (root / "mylab" / "pruning.py").write_text(USER_PACKAGE)
+    add_import_dirs([root])
+    return root
+
+
+def build(cfg, model, optimizer, *, steps_per_epoch, total_steps, seed=0):
+    """A method as the loop sets it up: built from its config, bound to data, attached."""
+    method = get_method(cfg.sparsity.method)(cfg.sparsity, seed=seed)
+    x, y = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 10
+    method.bind(loss_fn=torch.nn.functional.cross_entropy, train_batches=lambda: iter([(x, y)] * 2),
+                input_shape=(1, 8, 8))
+    method.attach(model, optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    return method
 
 
 def effective_weight(model, name):
@@ -33,7 +87,7 @@ def test_density_reaches_target_and_same_seed_same_masks(method):
     final, seen = run(method)
     target = 1.0 if method == "dense" else 0.2
     layers = len(seen["masks"].masks)
-    tolerance = max(layers / seen["masks"].count()[1], METHODS[method].density_tolerance)
+    tolerance = max(layers / seen["masks"].count()[1], get_method(method).density_tolerance)
     assert abs(final["density"] - target) <= tolerance
     again, seen_again = run(method)
     assert seen_again["hash"] == seen["hash"]
@@ -51,8 +105,7 @@ def test_pruned_weights_stay_zero_after_optimizer_step(method, optimizer):
     from raysparse.train.optim import build_optimizer
 
     opt = build_optimizer(model, built.optimizer)
-    method_obj = METHODS[method](built.sparsity, seed=0)
-    method_obj.attach(model, opt, steps_per_epoch=4, total_steps=4)
+    method_obj = build(built, model, opt, steps_per_epoch=4, total_steps=4)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
     for step in range(4):
         opt.zero_grad()
@@ -73,8 +126,7 @@ def test_regrown_weights_start_at_zero_with_zero_momentum(method):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    m = METHODS[method](cfg.sparsity, seed=0)
-    m.attach(model, opt, steps_per_epoch=10, total_steps=100)
+    m = build(cfg, model, opt, steps_per_epoch=10, total_steps=100)
     x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
     for _step in range(3):  # build up momentum everywhere
         opt.zero_grad()
@@ -103,17 +155,23 @@ def test_state_dict_round_trips_through_a_weights_only_file(method, tmp_path):
     cfg = load_config(small_config(method, initial_sparsity=0.5))
     torch.manual_seed(0)
     model = mlp()
-    original = METHODS[method](cfg.sparsity, seed=0)
-    original.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), steps_per_epoch=10, total_steps=100)
+    original = build(cfg, model, torch.optim.SGD(model.parameters(), lr=0.1), steps_per_epoch=10, total_steps=100)
     if method != "dense":
         original.masks.update(original.random_masks(0.3), step=1, reason="test")
     torch.rand(5, generator=original.generator)  # advance the generator past its seed
     torch.save(original.state_dict(), tmp_path / "m.pt")
 
     twin_model = mlp()
-    twin = METHODS[method](cfg.sparsity, seed=123)
-    twin.attach(twin_model, torch.optim.SGD(twin_model.parameters(), lr=0.1), steps_per_epoch=10, total_steps=100)
+    twin = build(cfg, twin_model, torch.optim.SGD(twin_model.parameters(), lr=0.1), steps_per_epoch=10,
+                 total_steps=100, seed=123)
     twin_model.load_state_dict(model.state_dict())  # as a checkpoint restores it: after attach
     twin.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
     assert twin.masks.content_hash() == original.masks.content_hash()
     assert torch.equal(twin.generator.get_state(), original.generator.get_state())
+
+
+def test_a_user_method_by_import_path_reads_its_own_options():
+    events = []
+    fit(small_config(USER_METHOD, rounds=4), lambda m, ctx: events.extend(ctx.mask_events))
+    assert [e.reason for e in events] == ["round 1", "round 2", "round 3", "round 4"]
+    assert events[-1].density == pytest.approx(0.2, abs=0.002)

@@ -1,0 +1,166 @@
+"""Wanda: pruning by weights and activations (Sun et al. 2023, https://arxiv.org/abs/2306.11695).
+
+Weight W_ij (row i an output, column j an input of ``weight.flatten(1)``) scores
+|W_ij| * ||X_j||_2, X_j being input feature j over every example (and position) of the first
+``calibration_batches`` shuffled training batches, read by forward pre-hooks with the model in
+eval mode. Scores are compared per output row, as in the paper: each row of a layer keeps the
+same number of weights (where the layer's count does not divide by its rows, the rows whose next
+score is highest keep one more). How many a layer keeps follows ``distribution`` as for every
+method: ``uniform`` is the paper's rule, ``erk`` etc. allocate as elsewhere, ``global`` ranks the
+scores across layers as they are.
+
+Convolutions: column j of a Conv2d's ``weight.flatten(1)`` is (input channel c, kernel offset
+u, v) in that order, which is the order of ``F.unfold``'s rows. So the input is padded as the
+convolution pads it and unfolded with its kernel, dilation and stride; ||X_j|| then runs over
+examples and output positions, the entries that weight column j multiplies. A grouped
+convolution's row takes the norms of its own group's channels; a Conv1d is unfolded as a Conv2d
+of height 1. A weight whose input no hook sees (a Conv3d, a Linear its parent calls functionally,
+such as nn.MultiheadAttention's out_proj) is scored by |W| alone, and a warning names it.
+
+When: dense training for ``prune_end`` epochs (default half of training), one pruning step, then
+fine-tuning for the remaining epochs, like ``oneshot``. ``prune_end: 0`` prunes before the first
+step: with ``init_from`` that is post-training pruning of a loaded network; ``prune_end`` equal to
+``epochs`` prunes after the last step, so the final report is the pruned network as the paper
+evaluates it, without fine-tuning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raysparse.errors import require
+from raysparse.methods.base import MethodOptions, SparseMethod
+from raysparse.methods.registry import register
+
+
+@dataclass(frozen=True)
+class WandaOptions(MethodOptions):
+    calibration_batches: int = 8  # shuffled training batches whose inputs give ||X_j||
+
+    def check(self, *, epochs: int) -> None:
+        super().check(epochs=epochs)
+        require(self.calibration_batches >= 1, "sparsity.calibration_batches", self.calibration_batches,
+                "an integer >= 1")
+
+
+@register
+class Wanda(SparseMethod):
+    name = "wanda"
+    paper = "https://arxiv.org/abs/2306.11695"
+    Options = WandaOptions
+
+    def init_masks(self) -> None:
+        self.pruned = False
+
+    def on_train_start(self) -> None:
+        if self.prune_end_step == 0:  # a loaded network (init_from), pruned before any step
+            self.prune(step=0)
+
+    def update_masks(self, step: int) -> None:
+        if not self.pruned and step + 1 >= self.prune_end_step:
+            self.prune(step=step + 1)  # prune_end_step optimizer steps are done: the masks hold from the next
+
+    def prune(self, step: int) -> None:
+        weights = self.masks.weights
+        norms = input_norms(self.model, weights, self._calibration_inputs())
+        unseen = [n for n, norm in norms.items() if norm is None and n not in self.masks.dense_layers]
+        if unseen:
+            warnings.warn(f"wanda: no input seen for {', '.join(unseen)}; pruned by |W| alone", stacklevel=2)
+        scores = {n: wanda_score(w, norms[n]) for n, w in weights.items()}
+        counts = self.layer_targets(scores, self.target_density())
+        new = {n: keep_per_row(s, counts[n]) for n, s in scores.items() if n not in self.masks.dense_layers}
+        self.masks.update(new, step=step, reason="wanda", optimizer=self.optimizer)
+        self.pruned = True
+
+    def _calibration_inputs(self) -> Iterable[torch.Tensor]:
+        if self.train_batches is None:
+            raise RuntimeError("wanda needs calibration batches: bind(train_batches=...) before it prunes")
+        device = next(self.model.parameters()).device
+        for i, batch in enumerate(self.train_batches()):
+            if i >= self.options.calibration_batches:
+                break
+            yield (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "pruned": self.pruned}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.pruned = bool(state["pruned"])
+
+
+def wanda_score(weight: torch.Tensor, norms: torch.Tensor | None) -> torch.Tensor:
+    """|W_ij| * ||X_j||, shaped as ``weight``; |W| where no input norms were seen."""
+    magnitude = weight.detach().abs()
+    if norms is None:
+        return magnitude
+    return (magnitude.flatten(1) * norms.to(magnitude.dtype)).view_as(magnitude)
+
+
+@torch.no_grad()
+def input_norms(
+    model: nn.Module, weights: dict[str, torch.Tensor], inputs: Iterable[torch.Tensor]
+) -> dict[str, torch.Tensor | None]:
+    """||X_j||_2 per weight, shaped ``[rows or 1, columns]`` against ``weight.flatten(1)``; None
+    where no forward pass of a Linear/Conv1d/Conv2d owning the weight saw an input."""
+    owners = {id(m.weight): m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+    squares: dict[str, torch.Tensor] = {}
+
+    def accumulate_into(name: str):
+        def hook(module, args):
+            column_squares = _column_squares(module, args[0])
+            squares[name] = squares[name] + column_squares if name in squares else column_squares
+        return hook
+
+    hooked = {n: owners[id(w)] for n, w in weights.items() if id(w) in owners}
+    handles = [module.register_forward_pre_hook(accumulate_into(n)) for n, module in hooked.items()]
+    was_training = model.training
+    model.eval()  # BatchNorm's running statistics and dropout stay as they are
+    try:
+        for x in inputs:
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return {n: squares[n].sqrt() if n in squares else None for n in weights}
+
+
+def _column_squares(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Sum of squares of each input column that ``module.weight.flatten(1)`` multiplies."""
+    x = x.detach().float()
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1]).square().sum(0, keepdim=True)
+    padding = module._reversed_padding_repeated_twice  # the amounts for every padding spelling ('same' too)
+    if any(padding):
+        x = F.pad(x, padding, mode="constant" if module.padding_mode == "zeros" else module.padding_mode)
+    kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
+    if isinstance(module, nn.Conv1d):  # a Conv2d of height 1
+        x, kernel, dilation, stride = x.unsqueeze(2), (1, *kernel), (1, *dilation), (1, *stride)
+    columns = F.unfold(x, kernel, dilation=dilation, stride=stride)  # [batch, in_channels * kernel, positions]
+    per_column = columns.square().sum((0, 2))
+    groups, rows = module.groups, module.out_channels
+    return per_column.view(groups, -1).repeat_interleave(rows // groups, dim=0) if groups > 1 else per_column[None]
+
+
+def keep_per_row(score: torch.Tensor, count: int) -> torch.Tensor:
+    """Exactly ``count`` True entries, as evenly spread over the rows of ``score.flatten(1)`` as
+    they divide: each row keeps its ``count // rows`` best, and the ``count % rows`` rows whose
+    next-best score is highest keep one more."""
+    rows = score.detach().flatten(1).float()
+    n_rows, n_columns = rows.shape
+    each, extra = divmod(max(0, min(int(count), rows.numel())), n_rows)
+    order = torch.argsort(rows, dim=1, descending=True, stable=True)
+    keep = torch.full((n_rows,), each, device=rows.device)
+    if extra:
+        next_best = rows.gather(1, order[:, each:each + 1]).squeeze(1)
+        keep[torch.argsort(next_best, descending=True, stable=True)[:extra]] += 1
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(n_columns, device=rows.device).expand(n_rows, n_columns))
+    return (rank < keep[:, None]).view_as(score)
