@@ -88,9 +88,16 @@ def load_model(run, *, tracking_uri: str | None = None, model=None) -> nn.Module
     either, the run's torch.export program is loaded, with a warning. ``tracking_uri``
     defaults to ``MLFLOW_TRACKING_URI`` or the embedded server.
     """
-    from raysparse.search.result import load_trial_model
+    import os
+    import tempfile
 
-    return load_trial_model(run, tracking_uri=tracking_uri, model=model)
+    from raysparse.tracking import default_home, download_model, ensure_local_server
+    from raysparse.train.export import load_trained
+
+    run_id = run if isinstance(run, str) else run["run_id"]
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ensure_local_server(default_home())
+    with tempfile.TemporaryDirectory() as folder:
+        return load_trained(download_model(uri, run_id, folder), model=model)
 
 
 def layer_densities(

@@ -174,7 +174,7 @@ def _call(builder: Callable, options: dict, extras: dict, field: str, what: str)
     allowed = accepted_options(builder)
     if allowed is not None:
         block = field.split(".")[0]
-        check_options(options, allowed, block, f"{block} {what}")
+        check_options(options, allowed, block, f"{block} {'factory ' if field.endswith(FACTORY) else ''}{what}")
     try:
         named = set(inspect.signature(builder).parameters)
     except (TypeError, ValueError):
@@ -284,8 +284,9 @@ def check_user_code(config, *, model: object = None, data: object = None, search
         block, _, option = key.partition(".")
         spec, given = (config.model, model) if block == "model" else (config.data, data)
         if block in ("model", "data") and (given is not None or is_user_code(spec)) and option not in LOADER_KEYS:
-            builder, _, what = _builder(spec, block, given)
-            check_option(builder, option.split(".")[0], f"space.{block}", f"{block} {what}")
+            builder, field, what = _builder(spec, block, given)
+            kind = "factory " if field.endswith(FACTORY) else ""
+            check_option(builder, option.split(".")[0], f"space.{block}", f"{block} {kind}{what}")
     torch.manual_seed(config.seed)
     splits = build_splits(config.data, config.seed, given=data)
     network = build_network(config.model, splits.input_shape, splits.num_classes, given=model)
