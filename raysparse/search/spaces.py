@@ -93,6 +93,10 @@ class Sweep:
     def mode(self) -> str:
         return self.objectives[0][1]
 
+    def without_objects(self) -> Sweep:
+        """The sweep as its files hold it, for what plain pickle must store (Tune's experiment state)."""
+        return dataclasses.replace(self, objects=PythonObjects())
+
     def trial_config(self, params: dict[str, Any]) -> dict:
         """The base config with one trial's sampled values put in place."""
         from raysparse.search.layerwise import apply_layer_densities

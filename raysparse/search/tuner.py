@@ -132,17 +132,20 @@ def run_sweep(
     state.parent.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps({"sweep": sweep.raw, "tracking_uri": tracking_uri, "parent_run_id": parent.run_id,
                                  "python_objects": sweep.objects.names()}))
-    progress = ProgressView(sweep, enabled=verbose)
+    # what Tune pickles into its experiment state (searcher, callbacks) gets the sweep without the
+    # user's objects: plain pickle cannot hold a closure; only the trainable carries them (cloudpickle)
+    described = sweep.without_objects()
+    progress = ProgressView(described, enabled=verbose)
     tuner = tune.Tuner(
         _trainable(sweep, TrackingTarget(tracking_uri, parent.experiment_id, parent.run_id), storage_path),
         tune_config=tune.TuneConfig(
-            search_alg=_searcher(sweep), scheduler=_scheduler(sweep),
+            search_alg=_searcher(described), scheduler=_scheduler(sweep),
             num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent,
             reuse_actors=True,  # a new trial process re-imports torch & co: seconds per trial here
         ),
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=storage_path, verbose=0,
-            callbacks=[progress, TrialRunCloser(parent, sweep)],
+            callbacks=[progress, TrialRunCloser(parent, described)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # a trial whose process dies is retried from its last checkpoint, its MLflow run continued
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
@@ -182,7 +185,7 @@ def resume_sweep(
     trainable = _trainable(sweep, TrackingTarget(tracking_uri, parent.experiment_id, parent.run_id),
                            str(experiment_dir.parent))
     tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True)
-    return _fit(tuner, sweep, parent, ProgressView(sweep, enabled=verbose), home)
+    return _fit(tuner, sweep, parent, ProgressView(sweep.without_objects(), enabled=verbose), home)
 
 
 def check_before_start(sweep: Sweep, address: str | None) -> None:
