@@ -2,6 +2,7 @@
 package outside raysparse named by import path from a YAML sweep run through the CLI; a network
 given from Python as a class of this module and as a closure; a training loop of the user's."""
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import raysparse
+from raysparse.config import load_config
 from raysparse.errors import ConfigError
+from raysparse.search.result import typed_param
 from raysparse.tracking import download_lineage, download_masks, ensure_local_server, load_sweep, run_params
 
 MODELS_PY = '''
@@ -68,7 +71,8 @@ def test_yaml_sweep_over_a_user_package_through_the_cli(home, tmp_path):
     elsewhere = tmp_path / "elsewhere"  # the sweep file's directory, not the working directory, holds the package
     elsewhere.mkdir()
     # absolute: the CLI runs elsewhere, and must still import this raysparse
-    pythonpath = os.pathsep.join(str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)
+    entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    pythonpath = os.pathsep.join(str(Path(p).resolve()) for p in entries if p)
     env = {**os.environ, "RAYSPARSE_HOME": str(home), "RAY_ADDRESS": "local", "PYTHONPATH": pythonpath}
     cli = Path(sys.executable).parent / "raysparse"
     done = subprocess.run([str(cli), "sweep", str(project / "userpkg.yaml")], cwd=elsewhere, env=env,
@@ -90,6 +94,9 @@ def test_yaml_sweep_over_a_user_package_through_the_cli(home, tmp_path):
     assert sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values()) == pytest.approx(
         0.25, abs=0.01)
     folder = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", tracking_uri=uri)
+    logged = json.loads(Path(folder, "config.json").read_text())
+    assert logged == json.loads(json.dumps(load_config(logged).to_dict()))  # resolved: loading it adds nothing
+    assert logged["lr_schedule"]["name"] == "cosine" and logged["model"]["width"] == int(params["model.width"])
     program = torch.export.load(f"{folder}/model.pt2").module()
     x = torch.randn(4, 1, 8, 8)
     assert torch.allclose(program(x), network.eval()(x), atol=1e-5)
@@ -233,3 +240,14 @@ def test_a_sweep_over_a_loop_of_your_own(ray_runtime, home):
     assert "checkpoint at report 2" in reasons and reasons.index("resume at report 2") > reasons.index(
         "checkpoint at report 2")
     assert "resume at report 2" not in [row["reason"] for row in download_lineage(uri, trials.loc["gmp", "run_id"])]
+
+
+def test_params_read_back_as_the_values_they_were():
+    from raysparse.tracking import flatten_params
+
+    config = load_config({"model": {"name": "mlp", "hidden": [256, 128]}}).to_dict()
+    typed = {k: typed_param(v) for k, v in flatten_params(config).items()}
+    assert typed["model.hidden"] == [256, 128] and typed["optimizer.nesterov"] is False
+    assert typed["optimizer.betas"] == [0.9, 0.999] and typed["epochs"] == 30 and typed["optimizer.lr"] == 0.1
+    assert typed["init_from"] is None and typed["sparsity.method"] == "dense" and typed["device"] == "auto"
+    assert typed_param("/data/cifar10") == "/data/cifar10" and typed_param("pkg.nets:make") == "pkg.nets:make"
