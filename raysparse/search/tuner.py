@@ -268,4 +268,5 @@ def _sweep_params(sweep: Sweep) -> dict:
         "name": sweep.name, "objectives": dict(sweep.objectives), "num_samples": sweep.num_samples,
         "max_concurrent": sweep.max_concurrent, "seed": sweep.seed, "sampler": sweep.sampler,
         "space": sorted(sweep.space), "workers": sweep.resources.workers, "grace_period": sweep.grace_period(),
+        "python_objects": sweep.objects.names(),  # what the sweep file alone cannot rebuild: model=, data=, loop=
     }

@@ -44,8 +44,9 @@ class LoopTrial:
 
     def sparsifier(self, model, optimizer, *, steps_per_epoch: int, **options) -> Sparsifier:
         """The trial's Sparsifier over the config's ``sparsity`` block and ``epochs``; in a retried
-        trial it holds the masks and step count of the last checkpoint. ``options``: those of
-        ``Sparsifier`` (``train_batches``, ``loss_fn``, ``input_shape``)."""
+        trial it holds the masks and step count of the last checkpoint, so load your model's
+        state from ``restore()`` after this call (a method's initial masks zero weights).
+        ``options``: those of ``Sparsifier`` (``train_batches``, ``loss_fn``, ``input_shape``)."""
         if self._sparsifier is not None:
             raise RuntimeError("trial.sparsifier: a trial has one; its masks are what the run logs")
         sparsifier = Sparsifier(model, optimizer, self.config["sparsity"], steps_per_epoch=steps_per_epoch,
