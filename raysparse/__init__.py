@@ -29,13 +29,14 @@ _LAZY = {
     "prune_potential": "raysparse.robustness.potential",
     "channel_hessian_traces": "raysparse.structured",
     "MethodOptions": "raysparse.methods", "SparseMethod": "raysparse.methods", "register_method": "raysparse.methods",
+    "Sparsifier": "raysparse.train.sparsifier",
 }
 
 __all__ = [
     "channel_hessian_traces",
     "Config", "ConfigError", "EpochContext", "MaskSet", "TrainingDiverged", "fit", "gmp_sparsity",
-    "layer_densities", "load_config", "masks_hash", "pack_masks", "prune_potential", "resume_sweep", "sweep", "train",
-    "unpack_masks",
+    "layer_densities", "load_config", "load_model", "masks_hash", "pack_masks", "prune_potential", "resume_sweep",
+    "Sparsifier", "sweep", "train", "unpack_masks",
     "MethodOptions", "SparseMethod", "register_method",
 ]
 
@@ -52,38 +53,71 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-def sweep(space: str | Path | dict, **overrides):
+def sweep(space: str | Path | dict, *, model=None, data=None, loop=None, **overrides):
     """Run a sweep (a sweep file path or dict) with Ray Tune + Optuna, every trial in MLflow.
+
+    ``model`` (an nn.Module subclass or a callable building one, called with the base's model
+    options plus ``input_shape`` / ``num_classes`` when it names them) and ``data`` (a callable
+    returning ``{"train": Dataset, "test": Dataset, "val": ... (optional), "num_classes": ...
+    (optional)}``) replace the zoo's; ``loop`` is a training loop of yours, ``loop(trial)`` (see
+    ``raysparse.search.user_loop.LoopTrial``). They reach the trials by Ray's serialization, so
+    classes and closures from a notebook or ``__main__`` work; each trial builds a fresh model.
 
     ``overrides`` replace top-level sweep keys (``num_samples=4``, ``tracking_uri=...``,
     ``name=...``) or pass ``address=`` (an existing Ray cluster) and ``home=`` (where the
     embedded MLflow store and Ray results live). Returns a ``SweepResult`` with ``.best()``,
-    ``.pareto()``, ``.to_dataframe()``, ``.tracking_uri``, ``.experiment_name``,
-    ``.parent_run_id``.
+    ``.pareto()``, ``.to_dataframe()``, ``.load_model()``, ``.tracking_uri``,
+    ``.experiment_name``, ``.parent_run_id``.
     """
-    from raysparse.search import run_sweep  # Ray and Optuna load only when a sweep runs
+    from raysparse.search import PythonObjects, run_sweep  # Ray and Optuna load only when a sweep runs
 
-    return run_sweep(space, **overrides)
+    return run_sweep(space, objects=PythonObjects(model=model, data=data, loop=loop), **overrides)
 
 
-def resume_sweep(name: str, **options):
+def resume_sweep(name: str, *, model=None, data=None, loop=None, **options):
     """Continue sweep ``name`` after its driver stopped: finished trials are kept, the others go
     on from their last checkpoints in the same MLflow runs. ``options``: ``address=``, ``home=``,
-    ``storage_path=`` (if the sweep set one), ``verbose=``."""
+    ``storage_path=`` (if the sweep set one), ``verbose=``. A sweep started with Python objects
+    (``model=``, ``data=``, ``loop=``) needs them again: its files only record their names."""
+    from raysparse.search import PythonObjects
     from raysparse.search import resume_sweep as resume
 
-    return resume(name, **options)
+    return resume(name, objects=PythonObjects(model=model, data=data, loop=loop), **options)
 
 
-def train(config: Config | dict | str | Path, *, model: nn.Module | None = None, report=None) -> dict:
+def train(config: Config | dict | str | Path, *, model=None, data=None, report=None) -> dict:
     """Train one sparse network in this process; returns the final metrics.
 
-    ``config`` is a dict, a YAML path or a Config; ``model`` replaces the config's model with
-    any nn.Module of yours.
+    ``config`` is a dict, a YAML path or a Config. ``model`` is an nn.Module subclass or a
+    callable building one (the config's model block holds its options; an nn.Module instance
+    is trained as it is), ``data`` a zero-argument callable returning ``{"train": Dataset,
+    "test": Dataset, ...}``, as in ``sweep``. ``report(metrics, context)`` is called after
+    every epoch.
     """
     from raysparse.train.loop import fit
 
-    return fit(config, report, model=model)
+    return fit(config, report, model=model, data=data)
+
+
+def load_model(run, *, tracking_uri: str | None = None, model=None) -> nn.Module:
+    """A trial's final network, masks in its weights, rebuilt from what its MLflow run logged.
+
+    ``run`` is a run id or a row of ``best()`` / ``to_dataframe()``. The architecture comes
+    from the run's ``model/config.json`` (zoo models, factories and Python classes that import
+    here); ``model=`` gives it for one that does not (a closure, a loop's model). Without
+    either, the run's torch.export program is loaded, with a warning. ``tracking_uri``
+    defaults to ``MLFLOW_TRACKING_URI`` or the embedded server.
+    """
+    import os
+    import tempfile
+
+    from raysparse.tracking import default_home, download_model, ensure_local_server
+    from raysparse.train.export import load_trained
+
+    run_id = run if isinstance(run, str) else run["run_id"]
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ensure_local_server(default_home())
+    with tempfile.TemporaryDirectory() as folder:
+        return load_trained(download_model(uri, run_id, folder), model=model)
 
 
 def layer_densities(

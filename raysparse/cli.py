@@ -38,12 +38,16 @@ def _print_epoch(metrics: dict, context) -> None:
 
 def cmd_train(args) -> int:
     from raysparse.config import load_config, read_yaml
+    from raysparse.imports import add_import_dirs
     from raysparse.train import fit
+    from raysparse.zoo.user_code import check_user_code
 
     raw = _apply_overrides(read_yaml(args.config), args.set or [])
     config = load_config(raw)
+    add_import_dirs([Path(args.config).parent, Path.cwd()])  # where model.factory / data.factory are found
+    check_user_code(config)  # a broken factory is one line, before anything is printed
     print(
-        f"training {config.model['name']} on {config.data['name']} with {config.sparsity.method} "
+        f"training {_block_name(config.model)} on {_block_name(config.data)} with {config.sparsity.method} "
         f"to sparsity {config.sparsity.final_sparsity:.0%} for {config.epochs} epochs",
         flush=True,
     )
@@ -66,6 +70,11 @@ def cmd_train(args) -> int:
         names = ("mean_corrupted_accuracy", "ece", "mean_excess_error", "noise_agreement", "noise_softmax_distance")
         print("robustness: " + ", ".join(f"{n} {final[n]:.4f}" for n in names if n in final))
     return 0
+
+
+def _block_name(spec: dict) -> str:
+    """What a model or data block names: a zoo entry or a factory of the user's."""
+    return str(spec.get("name") or spec.get("factory"))
 
 
 def _sampled_lines(sweep, best: dict) -> list[str]:

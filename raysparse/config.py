@@ -61,6 +61,9 @@ class Config:
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     robustness: RobustnessConfig | None = None  # evaluated at the final epoch when set
+    # a training loop of the user's (raysparse.sweep(loop=fn), its module:qualname): it builds the
+    # model and data itself, so their blocks hold its options, unchecked
+    loop: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that ``load_config`` takes back (the sparsity block flat, as in YAML)."""
@@ -253,7 +256,8 @@ def _check_robustness(r: RobustnessConfig, data: dict) -> None:
     _choice("robustness.split", "split", r.split, ("test", "val"))
     if r.reference is not None and not Path(r.reference).expanduser().is_file():
         raise ConfigError("robustness.reference", f"got {r.reference!r}; allowed: an existing state_dict file")
-    _require(data["name"] != "imagefolder", "robustness", data["name"], "in-memory datasets (not imagefolder)")
+    _require(data.get("name") not in (None, "imagefolder"), "robustness", data.get("name") or data.get("factory")
+             or data.get("python"), "the zoo's in-memory datasets (not imagefolder, not data of your own)")
     if r.split == "val":
         _require(data.get("val_fraction", 0.1) > 0, "data.val_fraction", data.get("val_fraction"),
                  "> 0 when robustness.split is val")
@@ -333,20 +337,29 @@ def _check_blocks(c: Config) -> None:
 
     from raysparse.zoo import DATASETS, MODELS, build_model
     from raysparse.zoo.datasets import check_data_spec
+    from raysparse.zoo.user_code import check_user_block, is_user_code
 
+    if c.loop is not None:  # the user's loop builds both; their blocks are its options
+        return
     for block, registry, kind in (("model", MODELS, "model"), ("data", DATASETS, "dataset")):
         spec = getattr(c, block)
+        if is_user_code(spec):  # imported and called before a sweep starts, not here (check_user_code)
+            check_user_block(spec, block)
+            continue
         if "name" not in spec:
-            raise ConfigError(f"{block}.name", f"missing; available: {', '.join(registry.names())}")
+            raise ConfigError(f"{block}.name", f"missing; available: {', '.join(registry.names())} "
+                              f"(or {block}.factory: 'package.module:callable' for one of your own)")
         name = spec["name"]
         if not (isinstance(name, str) and (name in registry or (kind == "model" and name.startswith("torchvision:")))):
             raise unknown_choice(f"{block}.name", kind, name, registry.names())
-    check_data_spec(c.data)
-    with torch.device("meta"):  # every option of the model, checked without allocating it
-        build_model(c.model, (3, 32, 32), 10)
+    if not is_user_code(c.data):
+        check_data_spec(c.data)
+    if not is_user_code(c.model):
+        with torch.device("meta"):  # every option of the model, checked without allocating it
+            build_model(c.model, (3, 32, 32), 10)
     from raysparse.zoo.formats import FILE_DATASETS
 
-    if c.data["name"] in FILE_DATASETS:  # caught here, before a sweep starts, not in a trial
+    if c.data.get("name") in FILE_DATASETS:  # caught here, before a sweep starts, not in a trial
         root = c.data.get("root")
         if not isinstance(root, str) or not Path(root).expanduser().is_dir():
             raise ConfigError(

@@ -90,7 +90,10 @@ def test_bad_input_exits_2_with_one_line_naming_the_field(path, tmp_path, monkey
     assert out == "", f"printed before the error: {out!r}"
 
 
-SUBPROCESS_CASES = ["config_unknown_method", "sweep_objective_unknown_metric", "config_invalid_yaml_unclosed_bracket"]
+SUBPROCESS_CASES = [
+    "config_unknown_method", "sweep_objective_unknown_metric", "config_invalid_yaml_unclosed_bracket",
+    "config_model_factory_raises", "sweep_data_factory_float_labels",
+]
 
 
 def test_real_process_exits_2_without_traceback(tmp_path):

@@ -3,13 +3,33 @@ table ``raysparse report`` reads later), the best trial and the Pareto front."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pandas as pd
 
 from raysparse.report import finished, pareto_front, rank_trials
 from raysparse.search.spaces import Sweep
-from raysparse.tracking import SweepData, load_sweep
+from raysparse.tracking import SweepData, load_sweep, run_params
+
+
+def typed_param(text: str):
+    """A param as MLflow holds it (``str()`` of the value) back as the value: ``'True'`` -> True,
+    ``'[256, 128]'`` -> [256, 128], ``'None'`` -> None; names and paths stay text."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+    return _as_lists(value)
+
+
+def _as_lists(value):
+    """Config tuples (``betas``) are lists in a config file: the same value reads the same."""
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_lists(v) for k, v in value.items()}
+    return value
 
 
 def objective_columns(objectives) -> list[tuple[str, str]]:
@@ -47,7 +67,7 @@ class SweepResult:
         if ranked.empty or column not in ranked or ranked[column].isna().all():
             raise RuntimeError(self._why_no_best(trials))
         row = ranked.iloc[0]
-        params = {k.removeprefix("params."): v for k, v in row.items() if k.startswith("params.") and pd.notna(v)}
+        params = {k: typed_param(v) for k, v in run_params(self.tracking_uri, row["run_id"]).items()}
         metrics = {k.removeprefix("metrics."): v for k, v in row.items() if k.startswith("metrics.") and pd.notna(v)}
         return {
             "trial_id": row["trial_id"], "run_id": row["run_id"], "metrics": metrics,
@@ -68,6 +88,14 @@ class SweepResult:
             if result.metrics and result.metrics.get("trial_id") == trial_id:
                 return self.sweep.trial_config(result.config)
         return None
+
+    def load_model(self, run=None, *, model=None):
+        """A trial's final network (default: the best trial's), masks in its weights; see
+        ``raysparse.load_model``. A sweep's Python model builds it again."""
+        from raysparse import load_model
+
+        return load_model(run if run is not None else self.best()["run_id"], tracking_uri=self.tracking_uri,
+                          model=model if model is not None else self.sweep.objects.model)
 
     def pareto(self) -> pd.DataFrame:
         return pareto_front(self.to_dataframe(), objective_columns(self.sweep.objectives))

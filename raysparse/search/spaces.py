@@ -28,11 +28,12 @@ from raysparse.errors import ConfigError, did_you_mean
 from raysparse.search.domains import Domain, parse_domain
 from raysparse.search.settings import EarlyStopping, Resources, parse_early_stopping, parse_int, parse_resources
 from raysparse.train.loop import REPORTED_METRICS
+from raysparse.zoo.user_code import describe
 
 SWEEP_KEYS = (
     "name", "base", "space", "layer_sparsity", "objectives", "num_samples", "max_concurrent", "seed",
     "early_stopping", "resources", "storage_path", "tracking_uri", "experiment_name", "checkpoint_interval",
-    "sampler", "max_failures",
+    "sampler", "max_failures", "import_dirs",
 )
 SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")  # auto: TPE for one objective, NSGA-II for several
 MODES = ("max", "min")
@@ -44,6 +45,20 @@ class LayerSparsity:
 
     layers: dict[str, int]  # layer -> number of weights
     bounds: tuple[float, float] = (0.01, 1.0)
+
+
+@dataclass(frozen=True)
+class PythonObjects:
+    """What ``raysparse.sweep(model=, data=, loop=)`` was given. They travel to the trials with
+    the Sweep by Ray's own serialization (cloudpickle), so classes and closures defined in a
+    notebook, a test module or ``__main__`` work; the sweep's files only record their names."""
+
+    model: Any = None
+    data: Any = None
+    loop: Any = None
+
+    def names(self) -> dict[str, str]:
+        return {k: describe(v) for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,9 @@ class Sweep:
     max_failures: int = 2  # retries of a trial whose process dies, each from its last checkpoint
     raw: dict = field(default_factory=dict, repr=False)  # the sweep as parsed, base inlined: what --resume reloads
     source_text: str | None = None  # the sweep file as written, logged to the parent run
+    # importable in every trial: the sweep file's directory, the working directory, import_dirs
+    import_dirs: tuple[str, ...] = ()
+    objects: PythonObjects = field(default_factory=PythonObjects, repr=False, compare=False)
 
     @property
     def metric(self) -> str:
@@ -74,6 +92,10 @@ class Sweep:
     @property
     def mode(self) -> str:
         return self.objectives[0][1]
+
+    def without_objects(self) -> Sweep:
+        """The sweep as its files hold it, for what plain pickle must store (Tune's experiment state)."""
+        return dataclasses.replace(self, objects=PythonObjects())
 
     def trial_config(self, params: dict[str, Any]) -> dict:
         """The base config with one trial's sampled values put in place."""
@@ -102,9 +124,11 @@ class Sweep:
         return min(epochs, math.ceil(end) + 1)
 
 
-def load_sweep(source: str | Path | dict, **overrides: Any) -> Sweep:
+def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = None, **overrides: Any) -> Sweep:
     """Parse and validate a sweep file (path) or dict; ``overrides`` replace top-level keys
-    (``num_samples=4``, ``tracking_uri=...``, ``name=...``)."""
+    (``num_samples=4``, ``tracking_uri=...``, ``name=...``); ``objects`` are the model, data
+    or loop given from Python."""
+    objects = _checked_objects(objects or PythonObjects())
     text = None
     if isinstance(source, (str, Path)):
         raw = read_yaml(source, "sweep")
@@ -123,12 +147,15 @@ def load_sweep(source: str | Path | dict, **overrides: Any) -> Sweep:
     name = raw.get("name")
     if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError("name", f"got {name!r}; allowed: a non-empty name of letters, digits, '-' and '_'")
-    base = _base_config(raw.get("base"), base_dir)
+    import_dirs = _import_dirs(raw.get("import_dirs", []), base_dir)
+    raw["import_dirs"] = list(import_dirs)  # absolute: a resumed sweep imports from the same places
+    base = _base_config(raw.get("base"), base_dir, objects)
     space = _space(raw.get("space", {}), base)
     from raysparse.search.layerwise import parse_layer_sparsity
 
     layer_sparsity = parse_layer_sparsity(raw["layer_sparsity"], base, space) if "layer_sparsity" in raw else None
-    objectives = _objectives(raw.get("objectives", {"val_accuracy": "max"}))
+    # a loop of yours reports metrics of its own choosing: any name can be an objective
+    objectives = _objectives(raw.get("objectives", {"val_accuracy": "max"}), any_metric=objects.loop is not None)
     sampler = raw.get("sampler", "auto")
     if sampler not in SAMPLERS:
         allowed = ", ".join(SAMPLERS)
@@ -154,7 +181,12 @@ def load_sweep(source: str | Path | dict, **overrides: Any) -> Sweep:
         max_failures=parse_int(raw, "max_failures", 2, minimum=0),
         source_text=text,
         raw={**raw, "base": base},
+        import_dirs=import_dirs,
+        objects=objects,
     )
+    if objects.loop is not None and sweep.resources.workers != 1:
+        raise ConfigError("resources.workers", f"got {sweep.resources.workers}; a loop of yours trains in its "
+                          "trial's process, so 1")
     _check_space_values(sweep)
     _check_final_objectives(sweep)
     return sweep
@@ -218,7 +250,50 @@ def _check_final_objectives(sweep: Sweep) -> None:
         )
 
 
-def _base_config(base: Any, base_dir: Path) -> dict:
+def _checked_objects(objects: PythonObjects) -> PythonObjects:
+    from torch import nn
+
+    if isinstance(objects.model, nn.Module):
+        raise ConfigError("model", f"got an instance of {type(objects.model).__name__}: one network every trial "
+                          "would share; pass its class or a function building it (each trial builds a fresh one)")
+    for name, given in dataclasses.asdict(objects).items():
+        if given is not None and not callable(given):
+            raise ConfigError(name, f"got {type(given).__name__}; allowed: a class or a function")
+    if objects.loop is not None and (objects.model is not None or objects.data is not None):
+        raise ConfigError("loop", "builds its own model and data; give loop= alone (trial.config holds the "
+                          "base's model and data blocks as its options)")
+    return objects
+
+
+def _import_dirs(extra: Any, base_dir: Path) -> tuple[str, ...]:
+    if not isinstance(extra, list) or not all(isinstance(d, str) for d in extra):
+        raise ConfigError("import_dirs", f"got {extra!r}; allowed: a list of directories")
+    dirs = [str(Path(d).resolve()) for d in (base_dir, Path.cwd(), *(base_dir / d for d in extra))]
+    for directory in dirs:
+        if not Path(directory).is_dir():
+            raise ConfigError("import_dirs", f"{directory!r} is not a directory")
+    return tuple(dict.fromkeys(dirs))
+
+
+def _with_objects(base: dict, objects: PythonObjects) -> dict:
+    """The base config saying which Python objects build its model and data, or train in its loop."""
+    from raysparse.zoo.user_code import PYTHON, with_python_objects
+
+    base = with_python_objects(base, objects.model, objects.data)
+    if objects.loop is not None:
+        return {"model": {}, "data": {}, **base, "loop": describe(objects.loop)}
+    if base.get("loop") is not None:
+        raise ConfigError("loop", f"names a training loop of yours ({base['loop']!r}), which is not given: "
+                          "pass it, raysparse.sweep(space, loop=fn)")
+    for block in ("model", "data"):
+        spec = base.get(block)
+        if isinstance(spec, dict) and PYTHON in spec and getattr(objects, block) is None:
+            raise ConfigError(f"{block}.python", f"names the Python object {spec[PYTHON]!r}, which is not given: "
+                              f"pass it, raysparse.sweep(space, {block}=...)")
+    return base
+
+
+def _base_config(base: Any, base_dir: Path, objects: PythonObjects) -> dict:
     if base is None:
         raise ConfigError("base", "missing: a core config (mapping) or the path of a config YAML")
     if isinstance(base, str):
@@ -227,6 +302,7 @@ def _base_config(base: Any, base_dir: Path) -> dict:
     if not isinstance(base, dict):
         raise ConfigError("base", f"expected a mapping or a path, got {base!r}")
     try:
+        base = _with_objects(base, objects)
         load_config(base)
     except ConfigError as err:
         raise ConfigError(f"base.{err.field}", str(err).removeprefix(f"{err.field}: ")) from None
@@ -262,7 +338,7 @@ def _check_space_values(sweep: Sweep) -> None:
                 raise ConfigError(f"space.{key}", f"value {value!r} gives an invalid config: {err}") from None
 
 
-def _objectives(raw: Any) -> tuple[tuple[str, str], ...]:
+def _objectives(raw: Any, any_metric: bool = False) -> tuple[tuple[str, str], ...]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError("objectives", f"expected a mapping metric -> max|min, got {raw!r}")
     for metric, mode in raw.items():
@@ -273,7 +349,7 @@ def _objectives(raw: Any) -> tuple[tuple[str, str], ...]:
                 f"objectives.{metric}",
                 "test data is never used for selection; use the validation metric (val_accuracy, val_loss)",
             )
-        if metric not in REPORTED_METRICS:
+        if metric not in REPORTED_METRICS and not any_metric:
             raise ConfigError(
                 f"objectives.{metric}",
                 f"unknown metric; reported metrics: {', '.join(REPORTED_METRICS)}"

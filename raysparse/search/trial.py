@@ -18,13 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray.train
+import torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raysparse.config import load_config
 from raysparse.errors import ConfigError
+from raysparse.imports import add_import_dirs
 from raysparse.methods.registry import add_user_methods, user_methods
 from raysparse.search.spaces import Sweep
+from raysparse.search.user_loop import run_loop
 from raysparse.tracking import TrialRun
 from raysparse.tracking.naming import trial_run_name
 from raysparse.train.checkpoint import CHECKPOINT_FILE
@@ -60,14 +63,16 @@ class _TrialLogger:
     round trips (about 40 ms an epoch here); a logging error surfaces at the next epoch.
     """
 
-    def __init__(self, target: TrackingTarget, trial_id: str, trial_name: str, config: dict):
+    def __init__(self, target: TrackingTarget, trial_id: str, trial_name: str, config: dict,
+                 import_dirs: tuple[str, ...] = ()):
+        self.config = resolved_config(config)
         self.run = TrialRun.open(
             target.tracking_uri, target.experiment_id, target.parent_run_id, trial_id,
-            run_name=trial_name, params=config,
+            run_name=trial_name, params=self.config,
         )
         context = ray.get_runtime_context()  # where it ran (a retry may land on another node)
         self.run.set_tags({NODE_TAG: context.get_node_id(), "raysparse.host": socket.gethostname()})
-        self.config = config
+        self.import_dirs = import_dirs
         self.last: EpochContext | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raysparse-mlflow")
         self._pending: list[Future] = []
@@ -100,12 +105,15 @@ class _TrialLogger:
         self._collect(wait=True)
 
     def final(self) -> None:
-        self.flush()
-        masks, plain = self.last.masks, self.last.export_model()
+        masks, plain, shape = self.last.masks, self.last.export_model(), self.last.input_shape
+        self.log_events(masks.drain_events())  # updates after the last report (a loop of yours) end the lineage
         state = {k: v.detach().cpu() for k, v in plain.state_dict().items()}
+        build = {"import_dirs": list(self.import_dirs)}
+        if shape is not None:  # what load_model needs to build the architecture again
+            build.update(input_shape=list(shape), num_classes=_num_classes(plain, shape))
         self.run.log_final(
             packed_masks=masks.pack(), layer_density=masks.layer_density(), model_state=state, config=self.config,
-            write_program=lambda path: _export_or_skip(plain, self.last.input_shape, path),
+            write_program=lambda path: _export_or_skip(plain, shape, path), build_info=build,
         )
         self.run.finish()
         self._worker.shutdown()  # actors are reused across trials: leave no idle thread behind
@@ -114,6 +122,24 @@ class _TrialLogger:
         self.flush()
         self.run.fail(reason)
         self._worker.shutdown()
+
+
+def resolved_config(config: dict) -> dict:
+    """The config with every default filled in, as params and ``model/config.json`` record it: a
+    later change of a default cannot silently change a reproduction. A bad one is kept as given."""
+    try:
+        return load_config(config).to_dict()
+    except ConfigError:
+        return config
+
+
+@torch.no_grad()
+def _num_classes(model: torch.nn.Module, input_shape) -> int:
+    was_training, device = model.training, next(iter(model.parameters()), torch.empty(0)).device
+    try:
+        return int(model.eval()(torch.zeros(1, *input_shape, device=device)).shape[-1])
+    finally:
+        model.train(was_training)
 
 
 def _export_or_skip(model, input_shape, path) -> None:
@@ -133,19 +159,23 @@ def _restore_checkpoint(checkpoint, into: str) -> Path | None:
     return path if path.exists() else None
 
 
-def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, checkpoint_interval: float) -> None:
-    """The loop with a report that logs (rank 0) and reports every epoch, and checkpoints once
-    ``checkpoint_interval`` seconds have passed since the last checkpoint (0: every epoch).
+def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, checkpoint_interval: float,
+           sweep: Sweep) -> None:
+    """The loop (the built-in one, or the user's) with a report that logs (rank 0) and reports
+    every epoch, and checkpoints once ``checkpoint_interval`` seconds have passed since the last
+    checkpoint (0: every epoch); a loop of yours checkpoints when it passes a state.
     Every checkpoint makes Tune persist it and snapshot the experiment: per epoch, that cost
     more than training a digits trial."""
+    objects = sweep.objects
     last_saved, epochs = time.monotonic(), load_config(config).epochs
 
-    def report(metrics: dict, context: EpochContext) -> None:
+    def report(metrics: dict, context: EpochContext, checkpoint_now: bool | None = None) -> None:
         nonlocal last_saved
         if logger is not None:
             logger.epoch(metrics, context)
         # no checkpoint after the last epoch: a retry then redoes that epoch and the final logging
-        if time.monotonic() - last_saved < checkpoint_interval or metrics["epoch"] >= epochs:
+        due = time.monotonic() - last_saved >= checkpoint_interval and metrics["epoch"] < epochs
+        if not (due if checkpoint_now is None else checkpoint_now):
             report_to(tune_metrics(metrics, context), checkpoint=None)
             return
         with tempfile.TemporaryDirectory() as directory:
@@ -159,7 +189,11 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
 
     try:
         with tempfile.TemporaryDirectory() as restored:
-            fit(config, report, resume_from=_restore_checkpoint(checkpoint, restored))
+            resume_from = _restore_checkpoint(checkpoint, restored)
+            if objects.loop is not None:
+                run_loop(objects.loop, config, [m for m, _ in sweep.objectives], report, resume_from)
+            else:
+                fit(config, report, model=objects.model, data=objects.data, resume_from=resume_from)
     except Exception as err:  # the run ends FAILED with the reason; Tune retries what a retry can change
         if logger is not None:
             logger.fail(failure_reason(err))
@@ -194,6 +228,7 @@ def trial_function(
     params: dict, *, sweep: Sweep, target: TrackingTarget, storage_path: str, methods: bytes | None = None
 ) -> None:
     """The Tune trainable (function API); ``methods``: the user's methods the driver knew (pickled)."""
+    add_import_dirs(sweep.import_dirs)  # first: the user's modules import here as on the driver
     if methods is not None:
         add_user_methods(methods)
     context = tune.get_context()
@@ -203,8 +238,8 @@ def trial_function(
         return
     trial_name = run_name_for(trial_id, config)
     if sweep.resources.workers == 1:
-        logger = _TrialLogger(target, trial_id, trial_name, config)
-        _train(config, logger, tune.report, tune.get_checkpoint(), sweep.checkpoint_interval)
+        logger = _TrialLogger(target, trial_id, trial_name, config, sweep.import_dirs)
+        _train(config, logger, tune.report, tune.get_checkpoint(), sweep.checkpoint_interval, sweep)
         return
     _run_data_parallel(config, sweep, target, trial_id, trial_name, storage_path)
 
@@ -230,14 +265,16 @@ def _already_done(target: TrackingTarget, trial_id: str) -> bool:
 def _worker_loop(loop_config: dict) -> None:
     """Runs in each Ray Train worker (torch.distributed is already set up, gloo or nccl)."""
     rank = ray.train.get_context().get_world_rank()
+    target, config, sweep = loop_config["target"], loop_config["config"], loop_config["sweep"]
+    add_import_dirs(sweep.import_dirs)
     add_user_methods(loop_config["methods"])
-    target, config = loop_config["target"], loop_config["config"]
-    logger = _TrialLogger(target, loop_config["trial_id"], loop_config["trial_name"], config) if rank == 0 else None
+    logger = _TrialLogger(target, loop_config["trial_id"], loop_config["trial_name"], config,
+                          sweep.import_dirs) if rank == 0 else None
 
     def report_to(metrics, checkpoint):  # every rank reports (a barrier); only rank 0 uploads
         ray.train.report(metrics, checkpoint=checkpoint if rank == 0 else None)
 
-    _train(config, logger, report_to, ray.train.get_checkpoint(), loop_config["checkpoint_interval"])
+    _train(config, logger, report_to, ray.train.get_checkpoint(), sweep.checkpoint_interval, sweep)
 
 
 class _SameMasksOnAllRanks(TuneReportCallback):
@@ -261,8 +298,8 @@ def _run_data_parallel(
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={
-            "config": config, "target": target, "trial_id": trial_id, "trial_name": trial_name,
-            "checkpoint_interval": sweep.checkpoint_interval, "methods": ray.cloudpickle.dumps(user_methods()),
+            "config": config, "target": target, "trial_id": trial_id, "trial_name": trial_name, "sweep": sweep,
+            "methods": ray.cloudpickle.dumps(user_methods()),
         },
         torch_config=TorchConfig(backend="nccl" if res.gpus_per_worker else "gloo"),
         scaling_config=ray.train.ScalingConfig(

@@ -19,8 +19,9 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from raysparse.config import get_dotted
+from raysparse.config import get_dotted, load_config
 from raysparse.errors import ConfigError, unknown_choice
+from raysparse.imports import add_import_dirs
 from raysparse.methods.registry import user_methods
 from raysparse.report import report_sweep
 from raysparse.search.grid import GridSearcher
@@ -28,10 +29,11 @@ from raysparse.search.layerwise import suggest_layer_densities
 from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
 from raysparse.search.settings import check_local_resources
-from raysparse.search.spaces import Sweep, grid_points, load_sweep
+from raysparse.search.spaces import PythonObjects, Sweep, grid_points, load_sweep
 from raysparse.search.trial import TrackingTarget, trial_function
 from raysparse.tracking import SweepRun, check_tracking_uri, default_home, ensure_local_server
 from raysparse.tracking.naming import redact
+from raysparse.zoo.user_code import check_user_code
 
 
 class _DefineByRun:
@@ -112,10 +114,11 @@ def run_sweep(
     address: str | None = None,
     home: Path | None = None,
     verbose: bool = True,
+    objects: PythonObjects | None = None,
     **overrides,
 ) -> SweepResult:
     """Validate, then run the sweep; returns when every trial has finished or stopped."""
-    sweep = source if isinstance(source, Sweep) else load_sweep(source, **overrides)
+    sweep = source if isinstance(source, Sweep) else load_sweep(source, objects=objects, **overrides)
     check_before_start(sweep, address)
     home = Path(home) if home is not None else default_home()
     tracking_uri = _start_services(sweep, address, home)
@@ -128,18 +131,22 @@ def run_sweep(
     # what `raysparse sweep --resume NAME` needs, next to Tune's own experiment state
     state = Path(storage_path) / sweep.name / SWEEP_STATE
     state.parent.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({"sweep": sweep.raw, "tracking_uri": tracking_uri, "parent_run_id": parent.run_id}))
-    progress = ProgressView(sweep, enabled=verbose)
+    state.write_text(json.dumps({"sweep": sweep.raw, "tracking_uri": tracking_uri, "parent_run_id": parent.run_id,
+                                 "python_objects": sweep.objects.names()}))
+    # what Tune pickles into its experiment state (searcher, callbacks) gets the sweep without the
+    # user's objects: plain pickle cannot hold a closure; only the trainable carries them (cloudpickle)
+    described = sweep.without_objects()
+    progress = ProgressView(described, enabled=verbose)
     tuner = tune.Tuner(
         _trainable(sweep, TrackingTarget(tracking_uri, parent.experiment_id, parent.run_id), storage_path),
         tune_config=tune.TuneConfig(
-            search_alg=_searcher(sweep), scheduler=_scheduler(sweep),
+            search_alg=_searcher(described), scheduler=_scheduler(sweep),
             num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent,
             reuse_actors=True,  # a new trial process re-imports torch & co: seconds per trial here
         ),
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=storage_path, verbose=0,
-            callbacks=[progress, TrialRunCloser(parent, sweep)],
+            callbacks=[progress, TrialRunCloser(parent, described)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # a trial whose process dies is retried from its last checkpoint, its MLflow run continued
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
@@ -150,10 +157,12 @@ def run_sweep(
 
 def resume_sweep(
     name: str, *, address: str | None = None, home: Path | None = None, storage_path: str | None = None,
-    verbose: bool = True,
+    verbose: bool = True, objects: PythonObjects | None = None,
 ) -> SweepResult:
     """Continue a sweep whose driver stopped (killed, machine lost): finished trials stay as they
-    are, unfinished and failed ones continue from their last checkpoints, in the same MLflow runs."""
+    are, unfinished and failed ones continue from their last checkpoints, in the same MLflow runs.
+    Python objects the sweep started with (``objects``) must be given again: only their names
+    are in its files, and a resumed sweep must train what it trained."""
     home = Path(home) if home is not None else default_home()
     experiment_dir = Path(_storage_path(storage_path, home)) / name
     if not (experiment_dir / SWEEP_STATE).is_file():
@@ -162,7 +171,12 @@ def resume_sweep(
             raise ConfigError("--resume", f"no sweep {name!r} in {experiment_dir.parent}; there is none to resume")
         raise unknown_choice("--resume", f"sweep in {experiment_dir.parent}", name, found)
     state = json.loads((experiment_dir / SWEEP_STATE).read_text())
-    sweep = load_sweep(state["sweep"])
+    objects = objects or PythonObjects()
+    for kind, described in state.get("python_objects", {}).items():
+        if getattr(objects, kind) is None:
+            raise ConfigError(kind, f"sweep {name!r} was started with a Python {kind} ({described}), which its files "
+                              f"cannot give back: pass it again, raysparse.resume_sweep({name!r}, {kind}=...)")
+    sweep = load_sweep(state["sweep"], objects=objects)
     check_before_start(sweep, address)
     tracking_uri = _start_services(sweep, address, home)
     if tracking_uri != state["tracking_uri"]:
@@ -172,13 +186,23 @@ def resume_sweep(
     trainable = _trainable(sweep, TrackingTarget(tracking_uri, parent.experiment_id, parent.run_id),
                            str(experiment_dir.parent))
     tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True)
-    return _fit(tuner, sweep, parent, ProgressView(sweep, enabled=verbose), home)
+    return _fit(tuner, sweep, parent, ProgressView(sweep.without_objects(), enabled=verbose), home)
 
 
 def check_before_start(sweep: Sweep, address: str | None) -> None:
-    """What a valid sweep file can still get wrong on this machine: resources, the MLflow server."""
+    """What a valid sweep file can still get wrong on this machine: resources, the MLflow server,
+    and the user's model and data, imported, built and given one batch here on the driver."""
     if address is None:
         check_local_resources(sweep.resources)
+    add_import_dirs(sweep.import_dirs)
+    if sweep.objects.loop is None:
+        try:
+            check_user_code(load_config(sweep.base), model=sweep.objects.model, data=sweep.objects.data,
+                            searched=tuple(sweep.space))
+        except ConfigError as err:  # a factory is the sweep file's base.model.factory; an object is model=
+            if not err.field.startswith(("model.", "data.")):
+                raise
+            raise ConfigError(f"base.{err.field}", err.message) from None
     if sweep.tracking_uri is not None:
         check_tracking_uri(sweep.tracking_uri)
 
@@ -248,4 +272,5 @@ def _sweep_params(sweep: Sweep) -> dict:
         "name": sweep.name, "objectives": dict(sweep.objectives), "num_samples": sweep.num_samples,
         "max_concurrent": sweep.max_concurrent, "seed": sweep.seed, "sampler": sweep.sampler,
         "space": sorted(sweep.space), "workers": sweep.resources.workers, "grace_period": sweep.grace_period(),
+        "python_objects": sweep.objects.names(),  # what the sweep file alone cannot rebuild: model=, data=, loop=
     }

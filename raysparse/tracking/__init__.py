@@ -11,7 +11,15 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from raysparse.tracking.naming import flatten_metrics, flatten_params  # noqa: E402  (after the environment defaults)
-from raysparse.tracking.reading import SweepData, download_lineage, download_masks, download_plots, load_sweep
+from raysparse.tracking.reading import (
+    SweepData,
+    download_lineage,
+    download_masks,
+    download_model,
+    download_plots,
+    load_sweep,
+    run_params,
+)
 from raysparse.tracking.server import check_tracking_uri, default_home, ensure_local_server, stop_local_server
 from raysparse.tracking.sweep_run import ChildRun, SweepRun
 from raysparse.tracking.trial_run import TrialRun
@@ -25,10 +33,12 @@ __all__ = [
     "default_home",
     "download_lineage",
     "download_masks",
+    "download_model",
     "download_plots",
     "ensure_local_server",
     "flatten_metrics",
     "flatten_params",
     "load_sweep",
+    "run_params",
     "stop_local_server",
 ]

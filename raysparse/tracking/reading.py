@@ -75,6 +75,20 @@ def download_lineage(tracking_uri: str, run_id: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line]
 
 
+def download_model(tracking_uri: str, run_id: str, dst: str | Path) -> Path:
+    """A trial's ``model/`` folder (state_dict.pt, config.json, build.json, model.pt2) in ``dst``."""
+    client = MlflowClient(tracking_uri)
+    if not any(f.path == "model/state_dict.pt" for f in client.list_artifacts(run_id, "model")):
+        status = client.get_run(run_id).info.status
+        raise ConfigError("run", f"run {run_id} ({status}) logged no final model; only a finished trial has one")
+    return Path(client.download_artifacts(run_id, "model", str(dst)))
+
+
+def run_params(tracking_uri: str, run_id: str) -> dict[str, str]:
+    """A run's params as MLflow holds them (text)."""
+    return dict(MlflowClient(tracking_uri).get_run(run_id).data.params)
+
+
 def download_plots(tracking_uri: str, run_id: str, dst: str | Path) -> list[Path]:
     """A trial's ``plots/*.png`` copied into ``dst`` (none for a trial that did not finish)."""
     client = MlflowClient(tracking_uri)

@@ -116,10 +116,11 @@ class TrialRun:
             self._lineage.write_text("".join(row + "\n" for row in rows))
 
     def log_final(self, *, packed_masks: bytes, layer_density: dict[str, float], model_state: dict,
-                  config: dict, write_program=None) -> None:
+                  config: dict, write_program=None, build_info: dict | None = None) -> None:
         """Final masks, per-layer density table, state_dict (weights_only-loadable), config and
         ``plots/`` (density per layer, sparsity and accuracy over training); ``write_program(path)``
-        may add ``model/model.pt2`` (a torch.export program)."""
+        may add ``model/model.pt2`` (a torch.export program), ``build_info`` (input shape, number
+        of classes, import directories: what rebuilding the architecture needs) ``model/build.json``."""
         out = Path(self._workdir.name) / "final"
         for folder in ("masks", "model", "plots"):
             (out / folder).mkdir(parents=True, exist_ok=True)
@@ -134,6 +135,8 @@ class TrialRun:
         state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model_state.items()}
         torch.save(state, out / "model" / "state_dict.pt")
         (out / "model" / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        if build_info is not None:
+            (out / "model" / "build.json").write_text(json.dumps(build_info, indent=2))
         if write_program is not None:
             write_program(out / "model" / "model.pt2")
         plots.layer_density(layer_density, out / "plots" / "layer_density.png")

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from raysparse.config import Config, load_config
-from raysparse.errors import TrainingDiverged
+from raysparse.config import Config, load_config, read_yaml
+from raysparse.errors import ConfigError, TrainingDiverged
 from raysparse.methods import SparseMethod, get_method
 from raysparse.robustness.evaluate import FINAL_METRICS, robustness_metrics
 from raysparse.sparsity.masks import MaskEvent, MaskSet
@@ -25,7 +25,15 @@ from raysparse.train.checkpoint import capture_rng, load_checkpoint, restore_rng
 from raysparse.train.latency import count_params, inference_model, measure_latency
 from raysparse.train.metrics import evaluate, layer_flops, sparse_flops
 from raysparse.train.optim import build_lr_schedule, build_optimizer
-from raysparse.zoo import build_data, build_model, make_loader
+from raysparse.zoo import make_loader
+from raysparse.zoo.user_code import (
+    build_network,
+    build_splits,
+    check_model,
+    is_user_code,
+    model_field,
+    with_python_objects,
+)
 
 
 @dataclass
@@ -66,16 +74,20 @@ def fit(
     config: Config | dict | str | Path,
     report: Report | None = None,
     *,
-    model: nn.Module | None = None,
+    model: nn.Module | Callable | None = None,
+    data: Callable | None = None,
     checkpoint_dir: str | Path | None = None,
     resume_from: str | Path | None = None,
 ) -> dict:
     """Train one sparse network; returns the final metrics (plus the best validation epoch).
 
-    ``checkpoint_dir`` writes a checkpoint after every epoch; ``resume_from`` continues a run
-    from one, ending bit-identical to an uninterrupted run.
+    ``model`` (an nn.Module class or a callable building one, or an instance used as is) and
+    ``data`` (a callable returning ``{"train": ..., "test": ...}``) replace the config's zoo
+    entries (see ``raysparse.zoo.user_code``). ``checkpoint_dir`` writes a checkpoint after
+    every epoch; ``resume_from`` continues a run from one, ending bit-identical to an
+    uninterrupted run.
     """
-    run = _Run(load_config(config), model)
+    run = _Run(_config_with_objects(config, model, data), model, data)
     if resume_from is not None:
         run.restore(load_checkpoint(resume_from))
     else:
@@ -91,16 +103,33 @@ def fit(
     return metrics
 
 
+def _config_with_objects(config: Config | dict | str | Path, model, data) -> Config:
+    """The config, its model / data blocks marked as built by the given Python objects."""
+    if model is not None or data is not None:
+        raw = config.to_dict() if isinstance(config, Config) else config
+        raw = read_yaml(raw) if isinstance(raw, (str, Path)) else raw
+        config = with_python_objects(raw, model, data) if isinstance(raw, dict) else raw
+    cfg = load_config(config)
+    if cfg.loop is not None:
+        raise ConfigError("loop", f"names a training loop of yours ({cfg.loop}); it runs in "
+                          "raysparse.sweep(space, loop=fn), the built-in loop trains the model and data blocks")
+    return cfg
+
+
 class _Run:
     """Everything one training run holds. A method may rebuild the model's structure (HAP's
     channel compaction): then the optimizer, LR schedule, DDP wrapper and cost metrics follow
     (``follow_structure``), the same way whether it happens live or on resume."""
 
-    def __init__(self, cfg: Config, model: nn.Module | None):
+    def __init__(self, cfg: Config, model, data_source):
         self.cfg, self.device = cfg, pick_device(cfg.device)
         seed_everything(cfg.seed)
-        self.data = data = build_data(cfg.data, cfg.seed)
-        self.net = build_model(model if model is not None else cfg.model, data.input_shape, data.num_classes)
+        self.data = data = build_splits(cfg.data, cfg.seed, given=data_source)
+        # a class or factory builds a fresh network per run; an instance is trained as it is
+        self.model_source = None if isinstance(model, nn.Module) else model
+        self.net = build_network(cfg.model, data.input_shape, data.num_classes, given=model)
+        if model is not None or is_user_code(cfg.model) or is_user_code(cfg.data):
+            check_model(self.net, data, model_field(cfg.model, model))
         self.net.to(self.device)
         if cfg.init_from is not None:  # e.g. a pretrained network for one-shot or HAP pruning
             self.net.load_state_dict(torch.load(cfg.init_from, map_location=self.device, weights_only=True))
@@ -255,7 +284,8 @@ class _Run:
         """Corruptions, calibration and (with a reference) noise-ball agreement, once, at the end."""
         cfg, reference = self.cfg.robustness, None
         if cfg.reference is not None:
-            reference = build_model(self.cfg.model, self.data.input_shape, self.data.num_classes).to(self.device)
+            reference = build_network(self.cfg.model, self.data.input_shape, self.data.num_classes,
+                                      given=self.model_source).to(self.device)
             reference.load_state_dict(torch.load(cfg.reference, map_location=self.device, weights_only=True))
         split = self.data.val if cfg.split == "val" else self.data.test
         return robustness_metrics(self.net, split, cfg, self.device, reference)

@@ -1,0 +1,116 @@
+"""The contract through a Sparsifier: every registered method trains in a plain loop of the user's
+own (digits, an MLP, torch's DataLoader), or refuses with one line naming sparsity.method."""
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from raysparse import Sparsifier
+from raysparse.errors import ConfigError
+from raysparse.methods import METHODS
+
+ALL = sorted(METHODS)
+EPOCHS = 4
+
+
+def digits_loader(generator):
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images / 16.0).float().unsqueeze(1)
+    return DataLoader(TensorDataset(x, torch.from_numpy(bunch.target)), batch_size=64, shuffle=True,
+                      generator=generator)
+
+
+def mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def train(method, check_every_step=True, **options):
+    torch.manual_seed(0)
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    loader = digits_loader(torch.Generator().manual_seed(0))
+    sparsity = {"method": method, "final_sparsity": 0.8, "prune_end": 2, "update_frequency": 5, **options}
+    sparsifier = Sparsifier(model, optimizer, sparsity, steps_per_epoch=len(loader), epochs=EPOCHS)
+    for _ in range(EPOCHS):
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y) + sparsifier.penalty()
+            loss.backward()
+            optimizer.step()
+            sparsifier.step()
+            # DST's masks follow its trainable thresholds and are read at epoch ends; the others' always hold
+            if check_every_step and sparsifier.masks.apply_to_weights:
+                assert_pruned_weights_are_zero(model, sparsifier)
+        assert_pruned_weights_are_zero(model, sparsifier)
+    return model, sparsifier
+
+
+def assert_pruned_weights_are_zero(model, sparsifier):
+    for name, mask in sparsifier.masks.masks.items():  # what the network computes with (DST: the masked weight)
+        assert torch.all(model.get_submodule(name).weight[~mask] == 0), name
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_every_method_reaches_its_density_in_a_loop_of_your_own_or_refuses(method):
+    if getattr(METHODS[method], "rebuilds_model", False):
+        with pytest.raises(ConfigError, match=rf"^sparsity\.method: '{method}' rebuilds the model's structure"):
+            train(method)
+        return
+    model, sparsifier = train(method)
+    target = 1.0 if method == "dense" else 0.2
+    kept, total = sparsifier.masks.count()
+    tolerance = max(len(sparsifier.masks.masks) / total, METHODS[method].density_tolerance)
+    assert abs(sparsifier.density - target) <= tolerance
+    assert sparsifier.density == pytest.approx(kept / total)
+    assert set(sparsifier.layer_density()) == {"1", "3", "5"}
+    plain = sparsifier.export()
+    assert plain is not model and not any("parametrizations" in n for n, _ in plain.named_modules())
+    for name, mask in sparsifier.masks.masks.items():
+        weight = plain.get_submodule(name).weight
+        assert isinstance(weight, nn.Parameter) and torch.all(weight[~mask] == 0)
+    x = torch.randn(5, 1, 8, 8)
+    model.eval()
+    assert torch.allclose(plain.eval()(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["granet", "rigl", "dst"])
+def test_state_dict_round_trips_masks_and_the_step_count(method, tmp_path):
+    model, sparsifier = train(method, check_every_step=False)
+    torch.save(sparsifier.state_dict(), tmp_path / "s.pt")
+    twin_model = mlp()
+    optimizer = torch.optim.SGD(twin_model.parameters(), lr=0.05)
+    twin = Sparsifier(twin_model, optimizer, {"method": method, "final_sparsity": 0.8, "prune_end": 2,
+                                              "update_frequency": 5}, steps_per_epoch=29, epochs=EPOCHS)
+    assert twin.masks.content_hash() != sparsifier.masks.content_hash()
+    twin.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert twin.masks.content_hash() == sparsifier.masks.content_hash()
+    assert twin.steps == sparsifier.steps == 29 * EPOCHS
+
+
+def test_penalty_is_dst_s_term_and_zero_tensor_for_the_others():
+    _, dst = train("dst", check_every_step=False)
+    _, gmp = train("gmp", check_every_step=False)
+    assert dst.penalty().requires_grad and float(dst.penalty().detach()) > 0
+    assert isinstance(gmp.penalty(), torch.Tensor) and float(gmp.penalty()) == 0.0
+
+
+def test_input_shape_is_read_from_the_first_forward_pass():
+    model = mlp()
+    sparsifier = Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), {"method": "gmp"},
+                            steps_per_epoch=1, epochs=1)
+    assert sparsifier.input_shape is None
+    model(torch.zeros(3, 1, 8, 8))
+    assert sparsifier.input_shape == (1, 8, 8)
+
+
+def test_bad_arguments_name_the_field():
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match=r"^sparsity\.method: unknown method 'grant'.*did you mean 'granet'"):
+        Sparsifier(model, optimizer, {"method": "grant"}, steps_per_epoch=10, epochs=2)
+    with pytest.raises(ConfigError, match=r"^sparsity\.prune_end: got 5"):
+        Sparsifier(model, optimizer, {"method": "gmp", "prune_end": 5}, steps_per_epoch=10, epochs=2)
+    with pytest.raises(ConfigError, match=r"^steps_per_epoch: got 0; allowed: an integer >= 1"):
+        Sparsifier(model, optimizer, {"method": "gmp"}, steps_per_epoch=0, epochs=2)
