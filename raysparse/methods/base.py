@@ -81,7 +81,8 @@ class SparseMethod:
         if not weights:
             from raysparse.errors import ConfigError
 
-            raise ConfigError("sparsity.include", "no Conv/Linear weight matches; nothing to prune")
+            raise ConfigError("sparsity.include", "no weight that does a matmul (Conv, Linear, attention) "
+                              "matches; nothing to prune")
         dense = resolve_dense_layers(list(weights), cfg.dense_layers)
         self.model, self.optimizer = model, optimizer
         self.masks = MaskSet(weights, dense)
