@@ -69,8 +69,8 @@ def train(config: Config | dict | str | Path, *, model: nn.Module | None = None,
 def layer_densities(
     model: nn.Module, density: float, distribution: str = "erk", dense_layers: Iterable[str] = ()
 ) -> dict[str, float]:
-    """Per-layer densities that ``distribution`` gives ``model``'s Conv/Linear weights at a
-    global ``density`` (layers in ``dense_layers`` kept at 1.0)."""
+    """Per-layer densities that ``distribution`` gives ``model``'s weights that do a matmul (Conv,
+    Linear, attention projections) at a global ``density`` (layers in ``dense_layers`` kept at 1.0)."""
     if not 0.0 <= density <= 1.0:
         raise ConfigError("density", f"got {density!r}; allowed: [0, 1]")
     weights = prunable_weights(model)
