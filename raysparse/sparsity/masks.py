@@ -63,6 +63,13 @@ def prunable_weights(
     return found
 
 
+def weights_outside(model: nn.Module, masked: Iterable[str]) -> dict[str, int]:
+    """Weights that do a matmul but are not among ``masked`` (left out by ``include`` / ``exclude``):
+    ``name -> number of weights``. They stay dense; an honest density counts them at 1."""
+    masked = set(masked)
+    return {n: w.numel() for n, w in prunable_weights(model).items() if n not in masked}
+
+
 def resolve_dense_layers(
     layer_names: list[str], patterns: Iterable[str], field: str = "sparsity.dense_layers"
 ) -> frozenset[str]:

@@ -20,7 +20,7 @@ from torch import nn
 from raysparse.config import Config, load_config
 from raysparse.methods import SparseMethod, get_method
 from raysparse.robustness.evaluate import FINAL_METRICS, robustness_metrics
-from raysparse.sparsity.masks import MaskEvent, MaskSet, prunable_weights
+from raysparse.sparsity.masks import MaskEvent, MaskSet, weights_outside
 from raysparse.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, state_hash
 from raysparse.train.latency import count_params, inference_model, measure_latency
 from raysparse.train.metrics import evaluate, layer_flops, sparse_flops
@@ -142,12 +142,11 @@ class _Run:
         """Weights that do a matmul but that the layer selection (``include`` / ``exclude``) leaves
         out of the method's masks: they stay dense, and ``density`` counts them, so a trial never
         reports 0.10 over part of the network when the whole is at 0.43. Said once, here."""
-        every = {n: w.numel() for n, w in prunable_weights(self.net).items()}
-        masked = self.method.masks.weights
-        self.outside = {n: size for n, size in every.items() if n not in masked}
-        self.masked_size = sum(size for n, size in every.items() if n in masked)  # before any compaction
+        self.outside = weights_outside(self.net, self.method.masks.weights)
+        self.masked_size = sum(w.numel() for w in self.method.masks.weights.values())  # before any compaction
         if self.outside and self.rank == 0:
-            outside, total = sum(self.outside.values()), sum(every.values())
+            outside = sum(self.outside.values())
+            total = outside + self.masked_size
             print(f"raysparse: {len(self.outside)} weight tensors that do a matmul ({outside:,} of {total:,} weights) "
                   f"are outside sparsity.include/exclude, stay dense and count in density: "
                   f"{_listing(list(self.outside))}", file=sys.stderr, flush=True)
