@@ -123,8 +123,8 @@ def load_model(run, *, tracking_uri: str | None = None, model=None) -> nn.Module
 def layer_densities(
     model: nn.Module, density: float, distribution: str = "erk", dense_layers: Iterable[str] = ()
 ) -> dict[str, float]:
-    """Per-layer densities that ``distribution`` gives ``model``'s Conv/Linear weights at a
-    global ``density`` (layers in ``dense_layers`` kept at 1.0)."""
+    """Per-layer densities that ``distribution`` gives ``model``'s weights that do a matmul (Conv,
+    Linear, attention projections) at a global ``density`` (layers in ``dense_layers`` kept at 1.0)."""
     from raysparse.sparsity.distributions import get_distribution
     from raysparse.sparsity.masks import prunable_weights, resolve_dense_layers
 

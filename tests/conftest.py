@@ -19,6 +19,15 @@ def small_config(method: str = "granet", **sparsity) -> dict:
     }
 
 
+def transformer_config(method: str = "gmp", **sparsity) -> dict:
+    """``small_config`` on a one-block ViT (``in_proj_weight``, ``out_proj``, MLP): a couple of seconds."""
+    cfg = small_config(method, **sparsity)
+    cfg["model"] = {"name": "vit", "depth": 1, "width": 16, "heads": 2}
+    cfg["optimizer"] = {"name": "adamw", "lr": 0.003, "weight_decay": 0.01}
+    cfg["epochs"], cfg["measure_latency"] = 3, False
+    return cfg
+
+
 @pytest.fixture
 def config():
     return copy.deepcopy(small_config())

@@ -118,7 +118,8 @@ class SparseMethod:
         cfg = self.config
         weights = prunable_weights(model, include=cfg.include, exclude=cfg.exclude)
         if not weights:
-            raise ConfigError("sparsity.include", "no Conv/Linear weight matches; nothing to prune")
+            raise ConfigError("sparsity.include", "no weight that does a matmul (Conv, Linear, attention) "
+                              "matches; nothing to prune")
         return MaskSet(weights, resolve_dense_layers(list(weights), cfg.dense_layers))
 
     def bind(self, *, loss_fn, train_batches, input_shape: tuple[int, ...]) -> None:

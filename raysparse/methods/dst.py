@@ -1,7 +1,8 @@
 """DST: Dynamic Sparse Training with trainable masked layers (Liu et al. 2020,
 https://arxiv.org/abs/2005.06870).
 
-Each Conv/Linear weight gets a trainable threshold per output neuron / filter; the forward pass
+Each weight that does a matmul (Conv, Linear, nn.MultiheadAttention's ``in_proj_weight``) gets a
+trainable threshold per output neuron / filter (row); the forward pass
 uses W * step(|W| - t), so masked weights keep their values and their gradients (through the
 step's estimator) and can come back. The loss adds alpha * sum(exp(-t)); a layer whose keep
 ratio falls to 1% or less gets its thresholds reset to 0 (the seed's rule).
@@ -32,7 +33,7 @@ from raysparse.errors import require, require_choice
 from raysparse.methods.base import SparseMethod
 from raysparse.methods.gmp import GMPOptions
 from raysparse.methods.registry import register
-from raysparse.sparsity.masks import MaskSet, prunable_weights, resolve_dense_layers
+from raysparse.sparsity.masks import MaskSet, prunable_weights, resolve_dense_layers, weight_slots
 from raysparse.sparsity.schedules import gmp_sparsity
 from raysparse.sparsity.scores import topk_mask
 
@@ -107,16 +108,16 @@ class DST(SparseMethod):
         weights = prunable_weights(model, include=cfg.include, exclude=cfg.exclude)
         dense = resolve_dense_layers(list(weights), cfg.dense_layers)
         self.gates: dict[str, ThresholdMask] = {}
+        slots = weight_slots(model)  # a mask name's module and attribute: ``weight``, or ``in_proj_weight``
         originals = {}
         for name in weights:
+            module, attribute = slots[name]
             if name in dense:
+                originals[name] = getattr(module, attribute)
                 continue
-            module = model.get_submodule(name)
-            parametrize.register_parametrization(module, "weight", ThresholdMask(module.weight))
-            self.gates[name] = module.parametrizations.weight[0]
-            originals[name] = module.parametrizations.weight.original
-        for name in dense:
-            originals[name] = model.get_submodule(name).weight
+            parametrize.register_parametrization(module, attribute, ThresholdMask(getattr(module, attribute)))
+            self.gates[name] = module.parametrizations[attribute][0]
+            originals[name] = module.parametrizations[attribute].original
         self.dense_count = sum(originals[n].numel() for n in dense)
         thresholds = [g.threshold for g in self.gates.values()]
         self.optimizer.add_param_group({"params": thresholds, "weight_decay": 0.0})  # decay would fight alpha
@@ -167,8 +168,10 @@ class DST(SparseMethod):
     def export(self, model: nn.Module) -> nn.Module:
         """A plain copy of ``model``: masks multiplied into the weights, no parametrizations."""
         plain = copy.deepcopy(model)
-        for name in self.gates:
-            _unparametrize_copy(plain.get_submodule(name))
+        slots = weight_slots(plain)
+        owners = {id(slots[name][0]): slots[name][0] for name in self.gates}
+        for module in owners.values():  # once per module: an attention module may hold three gated weights
+            _unparametrize_copy(module)
         return plain
 
     def state_dict(self) -> dict:
@@ -216,12 +219,13 @@ class DST(SparseMethod):
 
 
 def _unparametrize_copy(module: nn.Module) -> None:
-    """Turn a deep-copied parametrized module back into its plain class with the masked weight.
+    """Turn a deep-copied parametrized module back into its plain class with the masked weights.
 
     Not ``remove_parametrizations``: a deep copy shares its injected ``Parametrized<Class>``
     with the original, and removing the property from that class would break the original.
     """
-    weight = module.weight.detach().clone()
+    masked = {attribute: getattr(module, attribute).detach().clone() for attribute in module.parametrizations}
     module.__class__ = module.__class__.__bases__[0]  # parametrize injects one subclass
     del module._modules["parametrizations"]
-    module.weight = nn.Parameter(weight)
+    for attribute, weight in masked.items():
+        setattr(module, attribute, nn.Parameter(weight))

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from raysparse.errors import require, require_choice
+from raysparse.errors import ConfigError, require, require_choice
 from raysparse.methods.base import MethodOptions, SparseMethod
 from raysparse.methods.registry import register
-from raysparse.sparsity.masks import MaskSet, prunable_weights
+from raysparse.sparsity.masks import MaskSet, prunable_weights, weight_slots
 from raysparse.structured import apply_plan, channel_groups, channel_hessian_traces, group_importance, plan_pruning
 
 BN_BATCHES = 50  # batches to re-estimate BatchNorm statistics after fine-tuning
@@ -65,6 +65,13 @@ class HAP(SparseMethod):
 
     def attach(self, model, optimizer, *, steps_per_epoch, total_steps):
         super().attach(model, optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+        # the layer selection says whose output channels may go; the mask view covers every weight that
+        # does a matmul, since removing a channel also shrinks the layers reading it, selected or not
+        selected, dense = self.masks.weights, self.masks.dense_layers
+        self.masks = MaskSet(prunable_weights(model))
+        self.kept_weights = [n for n in self.masks.weights if n not in selected or n in dense]
+        if hasattr(self, "input_shape"):  # bound by the loop: refuse a model torch-pruning cannot cut now,
+            self._compactable_groups()     # not at prune_end in the middle of a trial
         self.plan: dict | None = None
         self.restructured_epoch: int | None = None
         self.prunable_dense = sum(w.numel() for w in self.masks.weights.values())
@@ -86,21 +93,21 @@ class HAP(SparseMethod):
     # ---- pruning ----------------------------------------------------------------------------
     def channel_importance(self) -> dict[str, torch.Tensor]:
         opts = self.options
+        weights = prunable_weights(self.model)
         traces = channel_hessian_traces(
             self.model, self.loss_fn, self.train_batches(), samples=opts.hessian_samples, tol=opts.hessian_tol,
-            max_batches=opts.hessian_batches, generator=torch.Generator().manual_seed(self.seed),
+            max_batches=opts.hessian_batches, weights=weights, generator=torch.Generator().manual_seed(self.seed),
         )
         importance = {}
         for name, trace in traces.items():
-            weight = self.model.get_submodule(name).weight.detach().cpu()
-            per_channel = weight.flatten(1)
+            per_channel = weights[name].detach().cpu().flatten(1)
             importance[name] = trace * per_channel.pow(2).sum(1) / per_channel.shape[1]
         return importance
 
     def prune(self, epochs_done: int) -> None:
         opts = self.options
         example = self._example()
-        groups = channel_groups(self.model, example, keep=[self._classifier()])
+        groups = channel_groups(self.model, example, keep=self._kept_layers())
         scores = group_importance(groups, self.channel_importance())
         plan = plan_pruning(
             groups, scores, ratio=self.config.final_sparsity, unit=opts.prune_unit, layer_cap=opts.layer_cap,
@@ -126,9 +133,31 @@ class HAP(SparseMethod):
         device = next(self.model.parameters()).device
         return torch.zeros(1, *self.input_shape, device=device)
 
-    def _classifier(self) -> nn.Module:
-        *_, last = (m for m in self.model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
-        return last
+    def _kept_layers(self) -> list[nn.Module]:
+        """The classifier and the layers the selection leaves out or keeps dense: none loses an output."""
+        *_, classifier = (m for m in self.model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+        slots = weight_slots(self.model)
+        return [classifier, *(slots[name][0] for name in self.kept_weights)]
+
+    def _compactable_groups(self) -> list:
+        """The channel groups torch-pruning can remove; a ConfigError on ``sparsity.method`` when there
+        are none, a warning naming what stays whole when only some can go (a transformer's attention)."""
+        model, info = type(self.model).__name__, {}
+        try:
+            groups = channel_groups(self.model, self._example(), keep=self._kept_layers(), info=info)
+        except Exception as error:  # torch-pruning's tracer fails in many ways on models it cannot follow
+            raise ConfigError("sparsity.method", f"hap cannot compact {model}: torch-pruning's dependency graph "
+                              f"fails on it ({type(error).__name__}: {error})") from None
+        reasons = sorted({reason for _, reason in info["skipped"]})
+        if not groups:
+            why = f" ({'; '.join(reasons)})" if reasons else ""
+            raise ConfigError("sparsity.method", f"hap finds no channels that torch-pruning can remove in {model}"
+                              f"{why}; choose an unstructured method")
+        if reasons:
+            warnings.warn(f"hap removes channels from {len(groups)} of the {len(groups) + len(info['skipped'])} "
+                          f"channel groups of {model}; {len(info['skipped'])} stay whole: {'; '.join(reasons)}",
+                          stacklevel=3)
+        return groups
 
     # ---- reporting and checkpoints -------------------------------------------------------------
     def density(self) -> float:

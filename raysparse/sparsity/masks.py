@@ -19,7 +19,29 @@ from torch import nn
 from raysparse.errors import ConfigError
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# nn.MultiheadAttention's own projections: the packed q/k/v weight, or one per input when kdim/vdim differ
+# (its out_proj is an nn.Linear, found as one). Embeddings, norms and biases do no matmul with an input.
+ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 _OPTIMIZER_STATE_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def weight_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Every weight that does a matmul, by mask name: ``name -> (owning module, attribute)``.
+
+    A module's ``weight`` is named after the module (``layer1.0.conv1``, ``blocks.0.attn.out_proj``);
+    any other weight after the module and the attribute (``blocks.0.attn.in_proj_weight``). Torch
+    forbids a child module named like a parameter, so the names are unique. Order: the model's module
+    order, a module's own weights before its children's (``in_proj_weight`` before ``out_proj``).
+    """
+    slots = {}
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_TYPES) and module.weight is not None:
+            slots[name] = (module, "weight")
+        elif isinstance(module, nn.MultiheadAttention):
+            for attribute in ATTENTION_WEIGHTS:
+                if getattr(module, attribute, None) is not None:
+                    slots[f"{name}.{attribute}" if name else attribute] = (module, attribute)
+    return slots
 
 
 def prunable_weights(
@@ -28,18 +50,24 @@ def prunable_weights(
     include: Iterable[str] = (),
     exclude: Iterable[str] = (),
 ) -> dict[str, nn.Parameter]:
-    """Conv/Linear weights by module name (``layer1.0.conv1``), filtered by fnmatch patterns."""
+    """Weights that do a matmul (Conv, Linear, attention projections) by mask name
+    (:func:`weight_slots`), filtered by fnmatch patterns on that name."""
     include, exclude = list(include), list(exclude)
     found = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, PRUNABLE_TYPES) or module.weight is None:
-            continue
+    for name, (module, attribute) in weight_slots(model).items():
         if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
             continue
         if any(fnmatch.fnmatchcase(name, p) for p in exclude):
             continue
-        found[name] = module.weight
+        found[name] = getattr(module, attribute)
     return found
+
+
+def weights_outside(model: nn.Module, masked: Iterable[str]) -> dict[str, int]:
+    """Weights that do a matmul but are not among ``masked`` (left out by ``include`` / ``exclude``):
+    ``name -> number of weights``. They stay dense; an honest density counts them at 1."""
+    masked = set(masked)
+    return {n: w.numel() for n, w in prunable_weights(model).items() if n not in masked}
 
 
 def resolve_dense_layers(

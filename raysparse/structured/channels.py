@@ -53,19 +53,26 @@ class ChannelGroup:
 
 
 def channel_groups(
-    model: nn.Module, example_input: torch.Tensor, *, keep: Iterable[nn.Module] = ()
+    model: nn.Module, example_input: torch.Tensor, *, keep: Iterable[nn.Module] = (), info: dict | None = None
 ) -> list[ChannelGroup]:
     """The prunable channel groups of ``model``, traced on ``example_input``; the model's mode is kept.
 
-    Left out: groups holding an output channel of a module in ``keep``, and groups whose channels are
-    the model's outputs (so the classifier keeps its classes even if not named in ``keep``).
+    Left out: groups holding an output channel of a module in ``keep``, groups whose channels are the
+    model's outputs (so the classifier keeps its classes even if not named in ``keep``), and groups
+    that torch-pruning would not cut cleanly (:func:`_why_not_removable`: attention widths, bare
+    parameters). If ``info`` is a dict, it receives ``skipped``: ``[(layers, reason)]`` of the latter.
     """
     graph = _dependency_graph(model, example_input)
     names = {module: name for name, module in model.named_modules()}
-    groups = []
+    groups, skipped = [], []
     for group in graph.get_all_groups(ignored_layers=list(keep), root_module_types=list(ROOT_TYPES)):
         producers = [item for item in group if graph.is_out_channel_pruning_fn(item.dep.handler)]
         if any(not item.dep.target.outputs for item in producers):  # a graph sink: the model's output
+            continue
+        reason = _why_not_removable(group)
+        if reason:
+            layers = tuple(names[item.dep.target.module] for item in producers if item.dep.target.module in names)
+            skipped.append((layers, reason))
             continue
         channels = len(group[0].idxs)
         layers = [item for item in producers if isinstance(item.dep.target.module, ROOT_TYPES)]
@@ -80,7 +87,28 @@ def channel_groups(
             outputs[0], channels, outputs, sum(s.per_channel * math.prod(s.shape) // s.shape[s.dim] for s in slices),
             all(supports_implant(model.get_submodule(name)) for name in outputs), slices,
         ))
+    if info is not None:
+        info["skipped"] = skipped
     return groups
+
+
+def _why_not_removable(group) -> str:
+    """Why torch-pruning (1.6.1) cannot remove this group's channels without changing what the
+    network computes beyond losing them; '' when it can.
+
+    nn.MultiheadAttention: its pruner only shrinks ``embed_dim``, which is tied to the residual width
+    of every block, keeps ``num_heads`` and splits the rest into new, narrower heads, so removed
+    channels would move dimensions between heads; whole heads it cannot remove from the packed
+    ``in_proj_weight``. A bare nn.Parameter (a class token, position table): torch-pruning guesses
+    which of its dimensions to cut.
+    """
+    targets = [item.dep.target.module for item in group]
+    if any(isinstance(target, nn.MultiheadAttention) for target in targets):
+        return ("the width tied to an nn.MultiheadAttention's embed_dim (torch-pruning would re-split its heads "
+                "and cannot remove whole heads)")
+    if any(isinstance(target, nn.Parameter) for target in targets):
+        return "the width of a bare nn.Parameter (torch-pruning would guess which dimension to cut)"
+    return ""
 
 
 def group_importance(groups: Iterable[ChannelGroup], importance: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -164,9 +192,7 @@ def _dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.Depen
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
     for module, training in modes.items():
         module.training = training
-    if graph.unwrapped_parameters:
-        raise ValueError("parameters outside an nn.Module (unwrapped parameters) are not supported")
-    return graph
+    return graph  # bare parameters (torch-pruning's "unwrapped" ones): channel_groups leaves their groups out
 
 
 def _sliced_params(dep) -> list[tuple[str, tuple[int, ...], int]]:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from raysparse.sparsity.masks import prunable_weights
 
@@ -53,7 +54,7 @@ def channel_hessian_traces(
         raise ValueError(f"max_batches must be >= min_batches={min_batches}, got max_batches={max_batches}")
     weights = dict(prunable_weights(model) if weights is None else weights)
     if not weights:
-        raise ValueError("no weights to estimate: the model has no Conv/Linear weight and none were given")
+        raise ValueError("no weights to estimate: the model has no weight that does a matmul and none were given")
     frozen = [name for name, w in weights.items() if not w.requires_grad]
     if frozen:
         raise ValueError(f"weights without requires_grad have no Hessian: {', '.join(frozen)}")
@@ -67,7 +68,8 @@ def channel_hessian_traces(
     model.eval()
     try:
         for x, y in batches:
-            loss = loss_fn(model(x.to(device)), y.to(device))
+            with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no second derivative
+                loss = loss_fn(model(x.to(device)), y.to(device))
             grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             for draw in range(samples):
                 vectors = [_rademacher(w, generator) for w in params]

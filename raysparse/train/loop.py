@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from raysparse.config import Config, load_config, read_yaml
 from raysparse.errors import ConfigError, TrainingDiverged
 from raysparse.methods import SparseMethod, get_method
 from raysparse.robustness.evaluate import FINAL_METRICS, robustness_metrics
-from raysparse.sparsity.masks import MaskEvent, MaskSet
+from raysparse.sparsity.masks import MaskEvent, MaskSet, weights_outside
 from raysparse.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, state_hash
 from raysparse.train.latency import count_params, inference_model, measure_latency
 from raysparse.train.metrics import evaluate, layer_flops, sparse_flops
@@ -54,7 +55,7 @@ Report = Callable[[dict, EpochContext], None]
 REPORTED_METRICS = FINAL_METRICS + (
     "val_accuracy", "val_loss", "test_accuracy", "test_loss", "train_loss", "density", "flops_dense",
     "flops_sparse", "mask_churn", "epoch_seconds", "best_val_accuracy", "epoch", "lr", "params", "params_dense",
-    "latency_ms_b1", "latency_ms_b64",
+    "latency_ms_b1", "latency_ms_b64", "weights_outside_masks",
 )
 
 
@@ -153,6 +154,7 @@ class _Run:
         self.method.bind(loss_fn=self.criterion, train_batches=self._sample_batches, input_shape=data.input_shape)
         total_steps = self.steps_per_epoch * cfg.epochs
         self.method.attach(self.net, self.optimizer, steps_per_epoch=self.steps_per_epoch, total_steps=total_steps)
+        self._count_weights_outside_masks()
         # after attach: a method may add parameter groups (DST's thresholds) that the schedule must see
         self.schedule = build_lr_schedule(self.optimizer, cfg.lr_schedule, cfg.epochs)
         self.params_dense = count_params(self.net)
@@ -160,6 +162,27 @@ class _Run:
         self.flops_dense = self.flops_now  # of the network as built, before any structural change
         self.start_epoch, self.best = 0, {"best_val_accuracy": -1.0, "best_epoch": 0}
         self.last_masks = self.method.masks.snapshot()
+
+    def _count_weights_outside_masks(self) -> None:
+        """Weights that do a matmul but that the layer selection (``include`` / ``exclude``) leaves
+        out of the method's masks: they stay dense, and ``density`` counts them, so a trial never
+        reports 0.10 over part of the network when the whole is at 0.43. Said once, here."""
+        self.outside = weights_outside(self.net, self.method.masks.weights)
+        self.masked_size = sum(w.numel() for w in self.method.masks.weights.values())  # before any compaction
+        if self.outside and self.rank == 0:
+            outside = sum(self.outside.values())
+            total = outside + self.masked_size
+            print(f"raysparse: {len(self.outside)} weight tensors that do a matmul ({outside:,} of {total:,} weights) "
+                  f"are outside sparsity.include/exclude, stay dense and count in density: "
+                  f"{_listing(list(self.outside))}", file=sys.stderr, flush=True)
+
+    def density(self) -> float:
+        """Kept fraction of every weight that does a matmul: the method's masked weights at the
+        method's density, those outside its masks at 1."""
+        if not self.outside:
+            return self.method.density()
+        outside = sum(self.outside.values())
+        return (self.method.density() * self.masked_size + outside) / (self.masked_size + outside)
 
     def _sample_batches(self):
         """Shuffled training batches for a method's own estimates (HAP's Hessian), from a
@@ -266,7 +289,8 @@ class _Run:
             "val_loss": val_loss,
             "test_accuracy": test_accuracy,
             "test_loss": test_loss,
-            "density": method.density(),
+            "density": self.density(),
+            "weights_outside_masks": sum(self.outside.values()),
             "layer_density": layer_density,
             "flops_dense": self.flops_dense,
             "flops_sparse": sparse_flops(self.flops_now, self.flops_by_layer, method.masks.layer_density()),
@@ -296,6 +320,11 @@ class _Run:
             save_checkpoint=lambda path: self.save_for_retry(path, epoch),
             export_model=lambda: self.method.export(self.net), input_shape=self.data.input_shape,
         )
+
+
+def _listing(names: list[str], shown: int = 6) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _process_group() -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Models by name: MLPs, LeNets, CIFAR ResNets and VGGs, and any torchvision classifier.
+"""Models by name: MLPs, LeNets, CIFAR ResNets and VGGs, a small ViT, and any torchvision classifier.
 
 Every factory has the signature ``fn(input_shape, num_classes, **options) -> nn.Module`` with
 ``input_shape = (C, H, W)``; all of them work on 8x8 inputs and on any channel count, so the same
@@ -121,6 +121,66 @@ def lenet5(input_shape, num_classes) -> nn.Module:
     )
 
 
+def _positive_int(value: object, option: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(option, f"expected a positive integer, got {value!r}")
+    return value
+
+
+class ViT(nn.Module):
+    """A Vision Transformer (Dosovitskiy et al. 2021, https://arxiv.org/abs/2010.11929) on
+    nn.TransformerEncoderLayer: patches by a strided convolution, learned positions, pre-norm blocks
+    and the mean of the tokens as the image summary (no class token; Beyer et al. 2022,
+    https://arxiv.org/abs/2205.01580).
+
+    Positions are an nn.Embedding rather than a bare nn.Parameter: torch-pruning then knows which
+    dimension is the width, and embeddings are never masked. The head is registered last, so it is
+    the classifier HAP keeps and ``dense_layers: [last]`` names.
+    """
+
+    def __init__(self, input_shape, num_classes, *, patch_size, depth, width, heads, mlp_ratio, dropout):
+        super().__init__()
+        channels, height, side = input_shape
+        self.patches = nn.Conv2d(channels, width, patch_size, stride=patch_size)
+        tokens = (height // patch_size) * (side // patch_size)
+        self.position = nn.Embedding(tokens, width)
+        self.register_buffer("token_index", torch.arange(tokens), persistent=False)
+        block = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=round(mlp_ratio * width), dropout=dropout, activation="gelu",
+            batch_first=True, norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(block, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patches(x).flatten(2).transpose(1, 2) + self.position(self.token_index)
+        return self.head(self.norm(self.encoder(tokens)).mean(dim=1))
+
+
+@MODELS.register("vit")
+def vit(
+    input_shape, num_classes, *, patch_size: int = 2, depth: int = 2, width: int = 32, heads: int = 4,
+    mlp_ratio: float = 2.0, dropout: float = 0.0,
+) -> nn.Module:
+    """A small ViT: ``depth`` blocks of ``heads``-head self-attention and an MLP of
+    ``mlp_ratio * width`` hidden units over ``patch_size`` x ``patch_size`` patches (8x8 digits at
+    the defaults: 16 tokens, about 18k parameters)."""
+    patch_size, depth = _positive_int(patch_size, "patch_size"), _positive_int(depth, "depth")
+    width, heads = _positive_int(width, "width"), _positive_int(heads, "heads")
+    _, height, side = input_shape
+    if height % patch_size or side % patch_size:
+        raise ConfigError("patch_size", f"{patch_size} must divide the image sides ({height}x{side})")
+    if width % heads:
+        raise ConfigError("heads", f"{heads} must divide width={width} (each head gets width / heads dimensions)")
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or round(mlp_ratio * width) < 1:
+        raise ConfigError("mlp_ratio", f"expected a number > 0 giving at least one MLP unit, got {mlp_ratio!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError("dropout", f"expected a number in [0, 1), got {dropout!r}")
+    return ViT(input_shape, num_classes, patch_size=patch_size, depth=depth, width=width, heads=heads,
+               mlp_ratio=mlp_ratio, dropout=dropout)
+
+
 def _torchvision_factory(name: str, field: str):
     # torchvision costs ~2 s to import; only pay for it when a torchvision model is asked for.
     import torchvision.models
@@ -134,7 +194,13 @@ def _torchvision_factory(name: str, field: str):
         )
 
     def factory(input_shape, num_classes) -> nn.Module:
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        # torchvision's ViTs fix their image size at construction (224 unless told)
+        options = {"image_size": input_shape[-1]} if name.startswith("vit_") else {}
+        try:
+            model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
+        except AssertionError as error:  # torchvision checks image sizes with assertions
+            size = f"{input_shape[1]}x{input_shape[2]}"
+            raise ConfigError("name", f"torchvision:{name} on {size} inputs: {error}") from None
         if input_shape[0] != 3:
             _replace_first_conv(model, input_shape[0])
         return model

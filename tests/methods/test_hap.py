@@ -4,10 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from raysparse.errors import ConfigError
 from raysparse.structured.implants import ImplantedConv
 from raysparse.train import fit
 from raysparse.train.latency import count_params
-from tests.conftest import small_config
+from tests.conftest import small_config, transformer_config
 
 
 def hap_config(**sparsity):
@@ -103,3 +104,43 @@ def test_resume_after_the_restructure_is_bit_identical(tmp_path):
     part = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
     assert full["method"]["plan"] == part["method"]["plan"] and full["method"]["plan"] is not None
     assert all(torch.equal(full["model"][k], part["model"][k]) for k in full["model"])
+
+
+def test_vit_loses_mlp_channels_says_its_attention_stays_and_still_runs():
+    cfg = transformer_config("hap", final_sparsity=0.5, prune_unit="channels", prune_end=2, hessian_batches=2)
+    reports, models = [], []
+    with pytest.warns(UserWarning, match=r"hap removes channels from 1 of the 2 channel groups of ViT; 1 stay "
+                                         r"whole: the width tied to an nn.MultiheadAttention's embed_dim"):
+        fit(cfg, lambda m, ctx: (reports.append(m), models.append(ctx.export_model())))
+    before, after = reports[0], reports[-1]
+    assert before["params"] == before["params_dense"] and after["params"] < 0.85 * after["params_dense"]
+    assert after["params"] == count_params(models[-1]) and after["density"] < 0.9
+    block = models[-1].encoder.layers[0]
+    assert block.linear1.out_features < 32 and block.self_attn.embed_dim == 16  # MLP channels, not attention
+    assert models[-1](torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert after["val_accuracy"] > 0.3  # chance is 0.1
+
+
+class AttentionOnly(nn.Module):
+    """Rows of the image as tokens, one attention layer, a classifier: every channel group either holds
+    the attention width or the classes, so torch-pruning has nothing it can cut."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        tokens = self.embed(x.flatten(1, 2))
+        return self.head(self.attention(tokens, tokens, tokens, need_weights=False)[0].mean(1))
+
+
+def test_a_model_it_cannot_compact_is_refused_before_training_in_one_line():
+    reports = []
+    with pytest.raises(ConfigError) as excinfo:
+        fit(hap_config(), lambda m, ctx: reports.append(m), model=AttentionOnly())
+    assert excinfo.value.field == "sparsity.method" and reports == []
+    assert "\n" not in str(excinfo.value)
+    assert str(excinfo.value).startswith("sparsity.method: hap finds no channels that torch-pruning can remove "
+                                         "in AttentionOnly (the width tied to an nn.MultiheadAttention's embed_dim")

@@ -48,7 +48,7 @@ def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.fixture(scope="module", params=["resnet20", "vgg11", "torchvision:resnet18", "lenet5", "mlp"])
+@pytest.fixture(scope="module", params=["resnet20", "vgg11", "torchvision:resnet18", "lenet5", "mlp", "vit"])
 def pruned(request):
     """The model, its masked twin and its compact copy, for a plan removing 30% of the channels."""
     original = built(request.param)
@@ -104,3 +104,30 @@ def test_bad_arguments_are_named():
     overlapping = {**plan.to_dict(), "groups": {group_id: {**entry, "implants": entry["removed"][:1]}}}
     with pytest.raises(ValueError, match="distinct indices"):
         apply_plan(built("resnet20"), example(), overlapping)
+
+
+def test_transformers_lose_mlp_channels_and_keep_their_attention_width():
+    """torch-pruning shrinks nn.MultiheadAttention only by re-splitting its heads: that group is left out,
+    named with the reason; bare parameters (torchvision's class token and positions) are no refusal."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    models = {
+        "vit": build_model({"name": "vit", "depth": 2}, SHAPE, 10),
+        "torchvision": VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16,
+                                         mlp_dim=32, num_classes=10),
+    }
+    mlps = {"vit": ["encoder.layers.1.linear1", "encoder.layers.0.linear1"],
+            "torchvision": ["encoder.layers.encoder_layer_1.mlp.0", "encoder.layers.encoder_layer_0.mlp.0"]}
+    for kind, model in models.items():
+        info = {}
+        groups = channel_groups(model, example(), info=info)
+        assert sorted(group.id for group in groups) == sorted(mlps[kind])
+        (layers, reason), = info["skipped"]
+        assert "nn.MultiheadAttention" in reason and any(name.endswith("attention") or name.endswith("attn")
+                                                         for name in layers)
+        plan = plan_pruning(groups, {g.id: torch.rand(g.channels) for g in groups}, ratio=0.5)
+        before = params(model)
+        summary = apply_plan(model, example(), plan)
+        assert summary["params_after"] == params(model) < before
+        assert model(example()).shape == (2, 10)
