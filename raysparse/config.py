@@ -314,7 +314,8 @@ def _sparsity_from_dict(raw: Any, path: str) -> SparsityConfig:
 def _check_other_methods_options(raw: Any, sparsity: SparsityConfig, epochs: int) -> None:
     """Every key is checked before anything starts, even one this method does not use: it must be
     valid for at least one method that takes it (the one a sweep will sample it with)."""
-    own = {*SHARED_SPARSITY_KEYS, *_option_names(type(sparsity.options))}
+    options_type = type(sparsity.options) if sparsity.options is not None else get_method(sparsity.method).Options
+    own = {*SHARED_SPARSITY_KEYS, *_option_names(options_type)}
     foreign = {k: v for k, v in raw.items() if k not in own} if isinstance(raw, dict) else {}
     unproven, failures = set(foreign), []
     for options_type in dict.fromkeys(m.Options for m in known_methods()):
