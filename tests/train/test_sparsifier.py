@@ -32,7 +32,9 @@ def train(method, check_every_step=True, **options):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     loader = digits_loader(torch.Generator().manual_seed(0))
     sparsity = {"method": method, "final_sparsity": 0.8, "prune_end": 2, "update_frequency": 5, **options}
-    sparsifier = Sparsifier(model, optimizer, sparsity, steps_per_epoch=len(loader), epochs=EPOCHS)
+    calibration = digits_loader(torch.Generator().manual_seed(1))  # wanda's activation norms
+    sparsifier = Sparsifier(model, optimizer, sparsity, steps_per_epoch=len(loader), epochs=EPOCHS,
+                            train_batches=lambda: iter(calibration))
     for _ in range(EPOCHS):
         for x, y in loader:
             optimizer.zero_grad()
