@@ -327,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"raysparse: training stopped: {err}", file=sys.stderr)
         return 1
+    except RuntimeError as err:
+        server = sys.modules.get("raysparse.tracking.server")  # loaded by whichever command started one
+        if server is None or not isinstance(err, server.ServerStartError):
+            raise
+        print(f"raysparse: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -129,5 +129,5 @@ def _shown(name: str) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")  # "... was not an allowed global", "... whose module is blocked"
 _NOT_TORCH = "truncated, damaged or of another format"
