@@ -118,23 +118,22 @@ def fit(
 CHECKPOINT_KEYS = ("model", "optimizer", "lr_schedule", "method", "rng", "epoch", "best")
 
 
+class NothingLeftToTrain(ConfigError):
+    """Resuming a run that already finished: not a failure, but nothing to do."""
+
+
 def resumable_checkpoint(path: str | Path, epochs: int, field: str = "resume_from") -> dict:
     """The checkpoint at ``path`` (fingerprints checked) if a run of ``epochs`` can continue from
     it; a ConfigError naming ``field`` and the file if not, e.g. when it holds the last epoch."""
     state = load_checkpoint(path, field)
-    missing = [key for key in CHECKPOINT_KEYS if key not in state or (key == "epoch" and not isinstance(
-        state[key], int))]
-    if missing:
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing or not isinstance(state["epoch"], int):
         raise ConfigError(field, f"{str(path)!r} is not a checkpoint of raysparse's loop (it has no "
-                          f"{', '.join(missing)})")
+                          f"{', '.join(missing) or 'epoch number'})")
     if state["epoch"] >= epochs:
         raise NothingLeftToTrain(field, f"{str(path)!r} holds epoch {state['epoch']} of {epochs}: nothing left "
                                  "to train")
     return state
-
-
-class NothingLeftToTrain(ConfigError):
-    """Resuming a run that already finished: not a failure, but nothing to do."""
 
 
 def _config_with_objects(config: Config | dict | str | Path, model, data) -> Config:
