@@ -40,12 +40,21 @@ def cmd_train(args) -> int:
     from raysparse.config import load_config, read_yaml
     from raysparse.imports import add_import_dirs
     from raysparse.train import fit
+    from raysparse.train.loop import NothingLeftToTrain, resumable_checkpoint
+    from raysparse.train.preflight import check_before_training
     from raysparse.zoo.user_code import check_user_code
 
     raw = _apply_overrides(read_yaml(args.config), args.set or [])
     config = load_config(raw)
     add_import_dirs([Path(args.config).parent, Path.cwd()])  # where model.factory / data.factory are found
     check_user_code(config)  # a broken factory is one line, before anything is printed
+    check_before_training(config)  # init_from / robustness.reference files, memory
+    if args.resume:
+        try:
+            resumable_checkpoint(args.resume, config.epochs, "--resume")
+        except NothingLeftToTrain as done:  # the run is complete: what was asked for is there
+            print(f"raysparse: {done.message}", flush=True)
+            return 0
     print(
         f"training {_block_name(config.model)} on {_block_name(config.data)} with {config.sparsity.method} "
         f"to sparsity {config.sparsity.final_sparsity:.0%} for {config.epochs} epochs",
@@ -317,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except TrainingDiverged as err:
         print(f"raysparse: training stopped: {err}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:
+        server = sys.modules.get("raysparse.tracking.server")  # loaded by whichever command started one
+        if server is None or not isinstance(err, server.ServerStartError):
+            raise
+        print(f"raysparse: error: {err}", file=sys.stderr)
         return 1
 
 

@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray.exceptions
 import ray.train
 import torch
 from ray import tune
@@ -36,6 +37,7 @@ from raysparse.train.loop import EpochContext, TrainingDiverged, fit
 
 # failures a retry cannot change: their reasons start so, and a retry fails again at once
 DIVERGED, BAD_CONFIG = "diverged: ", "bad config: "
+OUT_OF_MEMORY = "out of memory: "
 NOT_RETRIED = (DIVERGED, BAD_CONFIG)
 NODE_TAG = "raysparse.node_id"
 
@@ -209,7 +211,22 @@ def failure_reason(err: BaseException) -> str:
         return DIVERGED + str(err)
     if isinstance(err, ConfigError):
         return BAD_CONFIG + str(err)
-    return f"{type(err).__name__}: {err}"
+    return _memory_reason(err) or f"{type(err).__name__}: {err}"
+
+
+def _memory_reason(err: BaseException) -> str | None:
+    """A trial that ran out of memory, said in words (Ray's own text points into its logs)."""
+    text = str(err)
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text:
+        return (f"{OUT_OF_MEMORY}the trial's process could not allocate memory ({type(err).__name__}); "
+                "train a smaller model or batch, or run fewer trials at once (max_concurrent)")
+    if isinstance(err, ray.exceptions.OutOfMemoryError) or "low on memory" in text:
+        return (f"{OUT_OF_MEMORY}Ray killed the trial's process because its node ran low on memory; train a "
+                "smaller model or batch, or run fewer trials at once (max_concurrent)")
+    if isinstance(err, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)) and "OOM" in text:
+        return ("the trial's process died without a Python error (killed by a signal: most often the kernel's "
+                "OOM killer, when the node runs out of memory; its kernel log, dmesg, says)")
+    return None
 
 
 def is_retryable(err: BaseException) -> bool:

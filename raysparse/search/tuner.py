@@ -33,6 +33,9 @@ from raysparse.search.spaces import PythonObjects, Sweep, grid_points, load_swee
 from raysparse.search.trial import TrackingTarget, trial_function
 from raysparse.tracking import SweepRun, check_tracking_uri, default_home, ensure_local_server
 from raysparse.tracking.naming import redact
+from raysparse.tracking.store import check_store
+from raysparse.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_state_dict_file
+from raysparse.train.preflight import check_before_training
 from raysparse.zoo.user_code import check_user_code
 
 
@@ -119,8 +122,8 @@ def run_sweep(
 ) -> SweepResult:
     """Validate, then run the sweep; returns when every trial has finished or stopped."""
     sweep = source if isinstance(source, Sweep) else load_sweep(source, objects=objects, **overrides)
-    check_before_start(sweep, address)
     home = Path(home) if home is not None else default_home()
+    check_before_start(sweep, address, home)
     tracking_uri = _start_services(sweep, address, home)
     storage_path = _storage_path(sweep.storage_path, home)
     experiment = sweep.experiment_name or sweep.name
@@ -170,14 +173,14 @@ def resume_sweep(
         if not found:
             raise ConfigError("--resume", f"no sweep {name!r} in {experiment_dir.parent}; there is none to resume")
         raise unknown_choice("--resume", f"sweep in {experiment_dir.parent}", name, found)
-    state = json.loads((experiment_dir / SWEEP_STATE).read_text())
+    state = _sweep_state(experiment_dir / SWEEP_STATE)
     objects = objects or PythonObjects()
     for kind, described in state.get("python_objects", {}).items():
         if getattr(objects, kind) is None:
             raise ConfigError(kind, f"sweep {name!r} was started with a Python {kind} ({described}), which its files "
                               f"cannot give back: pass it again, raysparse.resume_sweep({name!r}, {kind}=...)")
     sweep = load_sweep(state["sweep"], objects=objects)
-    check_before_start(sweep, address)
+    check_before_start(sweep, address, home)
     tracking_uri = _start_services(sweep, address, home)
     if tracking_uri != state["tracking_uri"]:
         print(f"raysparse: the MLflow server moved from {redact(state['tracking_uri'])} to {redact(tracking_uri)}",
@@ -189,22 +192,48 @@ def resume_sweep(
     return _fit(tuner, sweep, parent, ProgressView(sweep.without_objects(), enabled=verbose), home)
 
 
-def check_before_start(sweep: Sweep, address: str | None) -> None:
-    """What a valid sweep file can still get wrong on this machine: resources, the MLflow server,
-    and the user's model and data, imported, built and given one batch here on the driver."""
+def _sweep_state(path: Path) -> dict:
+    """What run_sweep saved for a resume, and every trial checkpoint Tune would restore, checked:
+    a truncated or tampered file is one line naming it, before Ray or MLflow start."""
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError("--resume", f"{str(path)!r} is damaged (not the JSON raysparse wrote: {err})") from None
+    missing = [key for key in ("sweep", "tracking_uri", "parent_run_id") if key not in state] \
+        if isinstance(state, dict) else ["mapping"]
+    if missing:
+        raise ConfigError("--resume", f"{str(path)!r} is damaged (no {', '.join(missing)})")
+    for checkpoint in sorted(path.parent.glob(f"*/checkpoint_*/{CHECKPOINT_FILE}")):
+        load_checkpoint(checkpoint, "--resume")
+    return state
+
+
+def check_before_start(sweep: Sweep, address: str | None, home: Path | None = None) -> None:
+    """What a valid sweep file can still get wrong on this machine: resources, the MLflow server
+    (or the embedded one's store), the user's model and data, imported, built and given one
+    batch here on the driver, the state_dict files it names, and a zoo model's memory (on a
+    cluster each trial checks its own node when it starts)."""
     if address is None:
         check_local_resources(sweep.resources)
     add_import_dirs(sweep.import_dirs)
     if sweep.objects.loop is None:
+        base = load_config(sweep.base)
         try:
-            check_user_code(load_config(sweep.base), model=sweep.objects.model, data=sweep.objects.data,
-                            searched=tuple(sweep.space))
+            check_user_code(base, model=sweep.objects.model, data=sweep.objects.data, searched=tuple(sweep.space))
         except ConfigError as err:  # a factory is the sweep file's base.model.factory; an object is model=
             if not err.field.startswith(("model.", "data.")):
                 raise
             raise ConfigError(f"base.{err.field}", err.message) from None
+        check_before_training(base, memory=address is None, data=sweep.objects.data, prefix="base.")
+        for key in ("init_from", "robustness.reference"):
+            if key in sweep.space and sweep.space[key].kind == "choice":
+                for path in sweep.space[key].values:
+                    if path is not None:
+                        load_state_dict_file(path, f"space.{key}")
     if sweep.tracking_uri is not None:
         check_tracking_uri(sweep.tracking_uri)
+    else:
+        check_store(Path(home or default_home()).expanduser().resolve() / "mlflow")
 
 
 def _start_services(sweep: Sweep, address: str | None, home: Path) -> str:

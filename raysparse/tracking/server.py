@@ -24,6 +24,7 @@ from pathlib import Path
 
 from raysparse.errors import ConfigError
 from raysparse.tracking.naming import redact
+from raysparse.tracking.store import check_store
 
 _HEALTH_TIMEOUT = 2.0
 # Popen objects of servers this process started: polling them reaps an exited child, so a
@@ -61,6 +62,7 @@ def ensure_local_server(
                                                 f"{record['port']}; stop it (raysparse ui --stop) to bind it to {host}")
                 return _uri(record)
             _stop_group(record["pid"])  # alive but not answering (the starter holds the lock): hung
+        check_store(state_dir)  # a damaged store: one line now, not a server that exits with a traceback
         host = host or "127.0.0.1"
         # the same port as last time when it is free: a resumed sweep's callbacks hold that URI
         previous = record["port"] if record and record.get("host") == host else None
@@ -78,9 +80,10 @@ def ensure_local_server(
         (state_dir / "server.json").write_text(json.dumps(record))
         try:
             _wait_until_healthy(proc, _uri(record), timeout, log_path)
-        except RuntimeError:
+        except ServerStartError:
             _stop_group(proc.pid)
             (state_dir / "server.json").unlink(missing_ok=True)
+            check_store(state_dir, thorough=True, log=log_path)  # the likeliest cause, named
             raise
         return _uri(record)
 
@@ -213,19 +216,22 @@ def _free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
+class ServerStartError(RuntimeError):
+    """The embedded server did not come up; the message is one line with its log's path (the
+    log holds the details: tracebacks, not for a terminal)."""
+
+
 def _wait_until_healthy(proc: subprocess.Popen, uri: str, timeout: float, log_path: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with code {proc.returncode}:\n{_tail(log_path)}")
+            raise ServerStartError(f"the embedded mlflow server exited with code {proc.returncode} at start-up; "
+                                   f"its log: {log_path}")
         if _healthy(uri):
             return
         time.sleep(0.25)
-    raise RuntimeError(f"mlflow server did not answer {uri}/health within {timeout:g} s:\n{_tail(log_path)}")
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    raise ServerStartError(f"the embedded mlflow server did not answer {uri}/health within {timeout:g} s; "
+                           f"its log: {log_path}")
 
 
 def _stop_group(pid: int, grace: float = 15) -> bool:

@@ -22,8 +22,16 @@ from raysparse.errors import ConfigError, TrainingDiverged
 from raysparse.methods import SparseMethod, get_method
 from raysparse.robustness.evaluate import FINAL_METRICS, robustness_metrics
 from raysparse.sparsity.masks import MaskEvent, MaskSet, weights_outside
-from raysparse.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, state_hash
+from raysparse.train.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    load_state_dict_file,
+    restore_rng,
+    save_checkpoint,
+    state_hash,
+)
 from raysparse.train.latency import count_params, inference_model, measure_latency
+from raysparse.train.memory import check_fits_in_memory
 from raysparse.train.metrics import evaluate, layer_flops, sparse_flops
 from raysparse.train.optim import build_lr_schedule, build_optimizer
 from raysparse.zoo import make_loader
@@ -33,6 +41,7 @@ from raysparse.zoo.user_code import (
     check_model,
     is_user_code,
     model_field,
+    one_line,
     with_python_objects,
 )
 
@@ -88,9 +97,11 @@ def fit(
     every epoch; ``resume_from`` continues a run from one, ending bit-identical to an
     uninterrupted run.
     """
-    run = _Run(_config_with_objects(config, model, data), model, data)
-    if resume_from is not None:
-        run.restore(load_checkpoint(resume_from))
+    cfg = _config_with_objects(config, model, data)
+    state = None if resume_from is None else resumable_checkpoint(resume_from, cfg.epochs)
+    run = _Run(cfg, model, data)
+    if state is not None:
+        run.restore(state)
     else:
         run.method.on_train_start()
         run.follow_structure()
@@ -102,6 +113,27 @@ def fit(
         if report is not None:
             report(metrics, run.context(epoch + 1))
     return metrics
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "lr_schedule", "method", "rng", "epoch", "best")
+
+
+class NothingLeftToTrain(ConfigError):
+    """Resuming a run that already finished: not a failure, but nothing to do."""
+
+
+def resumable_checkpoint(path: str | Path, epochs: int, field: str = "resume_from") -> dict:
+    """The checkpoint at ``path`` (fingerprints checked) if a run of ``epochs`` can continue from
+    it; a ConfigError naming ``field`` and the file if not, e.g. when it holds the last epoch."""
+    state = load_checkpoint(path, field)
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing or not isinstance(state["epoch"], int):
+        raise ConfigError(field, f"{str(path)!r} is not a checkpoint of raysparse's loop (it has no "
+                          f"{', '.join(missing) or 'epoch number'})")
+    if state["epoch"] >= epochs:
+        raise NothingLeftToTrain(field, f"{str(path)!r} holds epoch {state['epoch']} of {epochs}: nothing left "
+                                 "to train")
+    return state
 
 
 def _config_with_objects(config: Config | dict | str | Path, model, data) -> Config:
@@ -128,12 +160,14 @@ class _Run:
         self.data = data = build_splits(cfg.data, cfg.seed, given=data_source)
         # a class or factory builds a fresh network per run; an instance is trained as it is
         self.model_source = None if isinstance(model, nn.Module) else model
+        if model is None and not is_user_code(cfg.model):  # before allocating: a trial's own node decides
+            check_fits_in_memory(cfg, data.input_shape, data.num_classes)
         self.net = build_network(cfg.model, data.input_shape, data.num_classes, given=model)
         if model is not None or is_user_code(cfg.model) or is_user_code(cfg.data):
             check_model(self.net, data, model_field(cfg.model, model))
         self.net.to(self.device)
         if cfg.init_from is not None:  # e.g. a pretrained network for one-shot or HAP pruning
-            self.net.load_state_dict(torch.load(cfg.init_from, map_location=self.device, weights_only=True))
+            load_into(self.net, cfg.init_from, "init_from", self.device)
         self.rank, self.world = _process_group()
         # data.batch_size is the global batch: steps per epoch, and so every schedule in steps,
         # are the same whether a trial runs on one worker or several
@@ -310,7 +344,7 @@ class _Run:
         if cfg.reference is not None:
             reference = build_network(self.cfg.model, self.data.input_shape, self.data.num_classes,
                                       given=self.model_source).to(self.device)
-            reference.load_state_dict(torch.load(cfg.reference, map_location=self.device, weights_only=True))
+            load_into(reference, cfg.reference, "robustness.reference", self.device)
         split = self.data.val if cfg.split == "val" else self.data.test
         return robustness_metrics(self.net, split, cfg, self.device, reference)
 
@@ -320,6 +354,17 @@ class _Run:
             save_checkpoint=lambda path: self.save_for_retry(path, epoch),
             export_model=lambda: self.method.export(self.net), input_shape=self.data.input_shape,
         )
+
+
+def load_into(net: nn.Module, path: str, field: str, device: torch.device | str = "cpu", *,
+              assign: bool = False) -> None:
+    """A state_dict file into ``net``: a file that is unsafe, damaged or for another architecture
+    is a ConfigError naming ``field``. ``assign``: take the file's tensors (into a meta network)."""
+    state = load_state_dict_file(path, field, map_location=device)
+    try:
+        net.load_state_dict(state, assign=assign)
+    except RuntimeError as err:  # missing / unexpected keys, other shapes
+        raise ConfigError(field, f"{path!r} does not fit the model: {one_line(err)}") from None
 
 
 def _listing(names: list[str], shown: int = 6) -> str:

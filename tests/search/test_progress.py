@@ -38,3 +38,32 @@ def test_only_errors_a_retry_cannot_change_skip_retries():
 
     assert is_retryable(ValueError("x")) and is_retryable(OSError("lost node"))  # ConfigError is a ValueError
     assert not is_retryable(ConfigError("model.name", "unknown")) and not is_retryable(TrainingDiverged("nan"))
+
+
+def runs_out_of_memory(params):
+    import os
+    import signal
+
+    if params["how"] == "allocation":
+        bytearray(1 << 50)  # a petabyte: the allocation fails, as a too large model's does
+    os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does to a process
+
+
+def test_a_trial_that_runs_out_of_memory_fails_with_a_reason_in_words(ray_runtime, home, tmp_path):
+    sweep = load_sweep(tiny_sweep("oom", num_samples=2))
+    parent = SweepRun.start(ensure_local_server(home), "oom", "oom", params={})
+    tuner = tune.Tuner(
+        runs_out_of_memory, param_space={"how": tune.grid_search(["allocation", "killed"])},
+        run_config=tune.RunConfig(name="oom", storage_path=str(tmp_path), verbose=0,
+                                  callbacks=[TrialRunCloser(parent, sweep)],
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    assert all(result.error is not None for result in tuner.fit())
+    children = parent.child_runs()
+    assert [child.status for child in children] == ["FAILED", "FAILED"]
+    allocation, killed = sorted((parent._client.get_run(c.run_id).data.tags["raysparse.failure_reason"]
+                                 for c in children), key=lambda reason: not reason.startswith("out of memory"))
+    assert allocation.startswith("out of memory: the trial's process could not allocate memory (MemoryError); "
+                                 "train a smaller model or batch")
+    assert killed.startswith("the trial's process died without a Python error (killed by a signal: most often "
+                             "the kernel's OOM killer")

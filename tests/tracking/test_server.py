@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import threading
 import urllib.request
@@ -86,9 +87,29 @@ def test_server_is_started_once_reused_and_stopped(tmp_path, monkeypatch):
 
 
 def test_server_that_does_not_come_up_in_time_is_killed_with_its_log(tmp_path):
-    with pytest.raises(RuntimeError, match="did not answer .*/health within 0.5 s"):
+    with pytest.raises(RuntimeError, match="did not answer .*/health within 0.5 s") as caught:
         ensure_local_server(tmp_path, timeout=0.5)
+    assert str(caught.value).endswith(f"; its log: {tmp_path.resolve() / 'mlflow' / 'server.log'}")
+    assert "\n" not in str(caught.value)  # the log's path, not its tail: one line for the terminal
     assert not (tmp_path / "mlflow" / "server.json").exists()
+    assert server_processes(tmp_path) == []
+
+
+def test_a_server_that_exits_at_start_up_is_one_line_with_its_logs_path(tmp_path, capsys, monkeypatch):
+    from raysparse.cli import main
+
+    monkeypatch.setenv("RAYSPARSE_HOME", str(tmp_path))
+    with socket.socket() as taken:  # the port asked for is in use: mlflow server exits at once
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        capsys.readouterr()
+        status = main(["ui", "--port", str(taken.getsockname()[1])])
+    err = capsys.readouterr().err
+    log = tmp_path.resolve() / "mlflow" / "server.log"
+    assert status == 1 and len(err.splitlines()) == 1, err
+    assert re.fullmatch(rf"raysparse: error: the embedded mlflow server exited with code \d+ at start-up; its log: "
+                        rf"{re.escape(str(log))}\n", err)
+    assert "address already in use" in log.read_text().lower()  # the details stay in the log
     assert server_processes(tmp_path) == []
 
 

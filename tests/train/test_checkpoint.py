@@ -1,9 +1,12 @@
 """A run stopped after epoch k and resumed from its checkpoint ends bit-identical to an
 uninterrupted run: masks, weights and optimizer state."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from raysparse.errors import ConfigError
 from raysparse.train import fit
 from raysparse.train.checkpoint import load_checkpoint
 from tests.conftest import small_config
@@ -92,8 +95,49 @@ def test_a_checkpoint_that_gives_back_other_weights_is_refused(tmp_path):
     state["model"][weight].view(-1)[0] += 1.0  # a torn or tampered file: the bytes no longer match
     torch.save(state, tmp_path / "checkpoint.pt")
     cfg["epochs"] = 3
-    with pytest.raises(RuntimeError, match="the checkpoint gave back other weights than it saved"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.pt': its weights differ from the sha256 fingerprints"):
+        fit(cfg, resume_from=tmp_path)  # refused as it is read, before a network is built
+
+
+def test_a_truncated_checkpoint_or_one_of_a_finished_run_is_one_config_error(tmp_path):
+    cfg = small_config("gmp")
+    cfg["epochs"] = 2
+    fit(cfg, checkpoint_dir=tmp_path)
+    with pytest.raises(ConfigError, match="holds epoch 2 of 2: nothing left to train") as caught:
         fit(cfg, resume_from=tmp_path)
+    assert caught.value.field == "resume_from"
+    whole = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "torn.pt").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ConfigError, match=r"'.*torn\.pt' is not a torch\.save file \(truncated"):
+        fit({**cfg, "epochs": 3}, resume_from=tmp_path / "torn.pt")
+
+
+class RunsCode:
+    """What a hostile file carries: unpickling it would call ``touch``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_state_dict_file_with_code_in_it_is_refused_without_running_it_or_advising_weights_only_false(tmp_path):
+    from raysparse.train.checkpoint import load_state_dict_file
+
+    marker = tmp_path / "code_ran"
+    torch.save({"0.weight": torch.zeros(2), "payload": RunsCode(marker)}, tmp_path / "hostile.pt")
+    with pytest.raises(ConfigError) as caught:
+        load_state_dict_file(tmp_path / "hostile.pt", "init_from")
+    assert not marker.exists()
+    assert caught.value.field == "init_from" and "holds objects other than tensors" in caught.value.message
+    assert "refused for safety" in caught.value.message and "weights_only" not in str(caught.value)
+    (tmp_path / "notes.pt").write_text("not a torch file")
+    with pytest.raises(ConfigError, match="is not a torch.save file"):
+        load_state_dict_file(tmp_path / "notes.pt", "init_from")
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(ConfigError, match="holds a list, not a state_dict"):
+        load_state_dict_file(tmp_path / "list.pt", "init_from")
 
 
 def test_state_hash_sees_names_values_and_dtypes():
