@@ -3,6 +3,7 @@ raylet, object manager, workers, dashboard and runtime-env agents, metrics) and 
 server listen on is a loopback address, and Ray's token auth stays on. The one exception, named
 by its own test: the rendezvous store of a data-parallel (workers > 1) trial."""
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -33,12 +34,19 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback
 
 
+def title_of(process: psutil.Process) -> str:
+    try:
+        return (process.cmdline() or [process.name()])[0]
+    except psutil.Error:  # it ended while we looked
+        return ""
+
+
 def listening(processes) -> dict[tuple[str, int], str]:
     """(address, port) -> the title of the process listening there."""
     found = {}
     for process in processes:
         try:
-            title = (process.cmdline() or [process.name()])[0]
+            title = title_of(process)
             for conn in process.net_connections(kind="inet"):
                 if conn.status == psutil.CONN_LISTEN:
                     found[(conn.laddr.ip, conn.laddr.port)] = title
@@ -57,16 +65,17 @@ def tree(pid: int) -> list[psutil.Process]:
 
 
 def test_a_local_sweep_listens_on_loopback_only(home, tmp_path):
-    raw = tiny_sweep("loopback", sampler="grid", max_concurrent=1)
+    raw = tiny_sweep("loopback", sampler="grid", max_concurrent=1)  # one worker: no DDP rendezvous store
     raw["space"] = {"sparsity.final_sparsity": {"choice": [0.8]}}
     del raw["num_samples"]
     path = tmp_path / "loopback.yaml"
     path.write_text(yaml.safe_dump(raw))
     server = ensure_local_server(home)  # the sweep's, started here so the sweep reuses it
     # the CLI, as a user runs it: the driver starts the local Ray runtime itself, in its own process tree
-    driver = subprocess.Popen([sys.executable, "-m", "raysparse.cli", "sweep", str(path)],
-                              env={**os.environ, "RAYSPARSE_HOME": str(home)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"  # files: a full pipe would stall the driver
+    with out.open("w") as stdout, err.open("w") as stderr:
+        driver = subprocess.Popen([sys.executable, "-m", "raysparse.cli", "sweep", str(path)],
+                                  env={**os.environ, "RAYSPARSE_HOME": str(home)}, stdout=stdout, stderr=stderr)
     seen: dict[tuple[str, int], str] = {}
     auth_modes = set()
     deadline = time.monotonic() + 300
@@ -74,16 +83,12 @@ def test_a_local_sweep_listens_on_loopback_only(home, tmp_path):
         assert time.monotonic() < deadline, "the sweep did not end within 300 s"
         processes = tree(driver.pid)
         seen.update(listening(processes))
-        for process in processes:
-            try:
-                if process.cmdline()[:1] and RAY_PARTS["gcs_server"](process.cmdline()[0]):
-                    auth_modes.add(process.environ().get("RAY_AUTH_MODE"))
-            except psutil.Error:
-                continue
+        for gcs in (p for p in processes if RAY_PARTS["gcs_server"](title_of(p))):
+            with contextlib.suppress(psutil.Error):
+                auth_modes.add(gcs.environ().get("RAY_AUTH_MODE", "unset"))
         time.sleep(0.2)
-    out, err = driver.communicate()
-    assert driver.returncode == 0, err[-3000:]
-    assert "1 finished" in out
+    assert driver.returncode == 0, err.read_text()[-3000:]
+    assert "1 finished" in out.read_text()
 
     titles = set(seen.values())
     missing = [part for part, matches in RAY_PARTS.items() if not any(matches(t) for t in titles)]
