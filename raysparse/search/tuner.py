@@ -26,6 +26,7 @@ from raysparse.methods.registry import user_methods
 from raysparse.report import report_sweep
 from raysparse.search.grid import GridSearcher
 from raysparse.search.layerwise import suggest_layer_densities
+from raysparse.search.local_ray import start_local_ray
 from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
 from raysparse.search.settings import check_local_resources
@@ -106,7 +107,7 @@ def _start_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     if address is None:  # a local runtime bound to loopback; Ray's token auth stays on
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False, configure_logging=False)
+        start_local_ray(include_dashboard=False, log_to_driver=False, configure_logging=False)
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
 

@@ -19,7 +19,9 @@ def ray_runtime():
     """A real local Ray runtime with 2 CPUs, bound to loopback, token auth on (Ray's default)."""
     import ray
 
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    from raysparse.search.local_ray import start_local_ray
+
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
