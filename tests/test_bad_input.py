@@ -29,7 +29,8 @@ assert len(CASES) >= 30, f"the bad-input corpus needs at least 30 cases, found {
 
 
 def expected_pattern(path: Path) -> str:
-    first = next(iter(path.read_text().splitlines()), "")
+    # bytes: a case may be a file that is not UTF-8 past its first line
+    first = next(iter(path.read_bytes().decode("utf-8", "replace").splitlines()), "")
     assert first.startswith("# expect: "), f"{path.name}: the first line must be '# expect: <regex>'"
     return first.removeprefix("# expect: ").strip()
 

@@ -75,7 +75,8 @@ class ProgressView(Callback):
             statuses = result.to_dataframe()["status"].value_counts().to_dict()
             counts = ", ".join(f"{statuses.get(s, 0)} {word}" for s, word in
                                (("FINISHED", "finished"), ("KILLED", "stopped early"), ("FAILED", "failed")))
-            print(f"sweep {self.sweep.name!r} done in {result.seconds:.0f}s: {counts}", flush=True)
+            outcome = "failed: every trial failed" if result.every_trial_failed() else "done"
+            print(f"sweep {self.sweep.name!r} {outcome} in {result.seconds:.0f}s: {counts}", flush=True)
 
 
 class TrialRunCloser(Callback):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,15 @@ from typing import Any
 from raysparse.config import (
     PATH_KEYS,
     absolute_path,
+    check_dotted_key,
     get_dotted,
     load_config,
     read_yaml,
+    read_yaml_with_text,
     set_dotted,
     with_absolute_paths,
 )
-from raysparse.errors import ConfigError, did_you_mean
+from raysparse.errors import ConfigError, did_you_mean, shown
 from raysparse.search.domains import Domain, parse_domain
 from raysparse.search.settings import EarlyStopping, Resources, parse_early_stopping, parse_int, parse_resources
 from raysparse.train.loop import REPORTED_METRICS
@@ -93,6 +96,14 @@ class Sweep:
     def mode(self) -> str:
         return self.objectives[0][1]
 
+    @property
+    def report_command(self) -> str:
+        """The command that redraws this sweep's report: it names the experiment when the sweep's
+        is not the default (the sweep's name), where ``raysparse report NAME`` looks."""
+        if self.experiment_name in (None, self.name):
+            return f"raysparse report {self.name}"
+        return f"raysparse report {self.name} --experiment {self.experiment_name}"
+
     def without_objects(self) -> Sweep:
         """The sweep as its files hold it, for what plain pickle must store (Tune's experiment state)."""
         return dataclasses.replace(self, objects=PythonObjects())
@@ -131,8 +142,7 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
     objects = _checked_objects(objects or PythonObjects())
     text = None
     if isinstance(source, (str, Path)):
-        raw = read_yaml(source, "sweep")
-        text = Path(source).read_text()
+        raw, text = read_yaml_with_text(source, "sweep")
         base_dir = Path(source).parent
     elif isinstance(source, dict):
         raw, base_dir = copy.deepcopy(source), Path.cwd()
@@ -144,9 +154,7 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
         allowed = ", ".join(SWEEP_KEYS)
         raise ConfigError(unknown[0], f"unknown sweep key; allowed: {allowed}{did_you_mean(unknown[0], SWEEP_KEYS)}")
 
-    name = raw.get("name")
-    if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError("name", f"got {name!r}; allowed: a non-empty name of letters, digits, '-' and '_'")
+    name = check_name("name", raw.get("name"))
     import_dirs = _import_dirs(raw.get("import_dirs", []), base_dir)
     raw["import_dirs"] = list(import_dirs)  # absolute: a resumed sweep imports from the same places
     base = _base_config(raw.get("base"), base_dir, objects)
@@ -174,9 +182,10 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
         early_stopping=parse_early_stopping(raw.get("early_stopping", {} if len(objectives) == 1 else False)),
         resources=parse_resources(raw.get("resources", {})),
         layer_sparsity=layer_sparsity,
-        storage_path=_optional_str(raw, "storage_path"),
+        storage_path=_storage_path(raw),
         tracking_uri=_optional_str(raw, "tracking_uri"),
-        experiment_name=_optional_str(raw, "experiment_name"),
+        experiment_name=None if raw.get("experiment_name") is None else check_name("experiment_name",
+                                                                                   raw["experiment_name"]),
         checkpoint_interval=_seconds(raw, "checkpoint_interval", 60.0),
         max_failures=parse_int(raw, "max_failures", 2, minimum=0),
         source_text=text,
@@ -189,7 +198,43 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
                           "trial's process, so 1")
     _check_space_values(sweep)
     _check_final_objectives(sweep)
+    _check_plain_data(sweep.raw, "")
     return sweep
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_plain_data(value: Any, path: str) -> None:
+    """The sweep goes into its resume state as JSON: a value YAML gives as another type (a date,
+    ``!!binary``, ``!!set``) where no check looks at its type (a ``when`` value, a factory's
+    option) would otherwise fail there, after Ray and MLflow started."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str):
+                raise ConfigError(where, f"got key {shown(key)}; allowed: keys that are text")
+            _check_plain_data(item, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_plain_data(item, f"{path}[{index}]")
+    elif not isinstance(value, _PLAIN):
+        raise ConfigError(path, f"got {shown(value)} (a {type(value).__name__}); allowed: text, numbers, true/false, "
+                          "null, lists and mappings (a sweep's state is JSON)")
+
+
+MAX_NAME_LENGTH = 100  # a name becomes directory, file and run names, with suffixes, within 255 bytes
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def check_name(field_name: str, name: Any) -> str:
+    """A sweep or experiment name: ASCII letters, digits, '-' and '_', at most 100 of them. It
+    names directories (Ray results, reports), an MLflow experiment and runs, so no '/', '..',
+    NUL, newline or non-ASCII letter (``str.isalnum`` takes 'é' and '²') gets through."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(field_name, f"got {shown(name)}; allowed: 1 to {MAX_NAME_LENGTH} ASCII letters, digits, "
+                          "'-' and '_'")
+    return name
 
 
 def grid_points(space: dict[str, Domain], base: dict) -> list[dict[str, Any]]:
@@ -314,10 +359,12 @@ def _space(raw: Any, base: dict) -> dict[str, Domain]:
         raise ConfigError("space", f"expected a mapping of config keys to domains, got {raw!r}")
     space: dict[str, Domain] = {}
     for key, spec in raw.items():
+        check_dotted_key("space", key)
         domain = parse_domain(spec, f"space.{key}")
         if key in PATH_KEYS and domain.kind == "choice":  # as in base: trials run in directories of their own
             domain = dataclasses.replace(domain, values=tuple(absolute_path(v) for v in domain.values))
         for cond_key in domain.when:
+            check_dotted_key(f"space.{key}.when", cond_key)
             if cond_key not in space and get_dotted(base, cond_key) is None:
                 raise ConfigError(
                     f"space.{key}.when", f"{cond_key!r} is neither an earlier space key nor set in base"
@@ -365,6 +412,18 @@ def _seconds(raw: dict, key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
         raise ConfigError(key, f"got {value!r}; allowed: seconds >= 0")
     return float(value)
+
+
+def _storage_path(raw: dict) -> str | None:
+    """A local storage path must be a directory or creatable as one (a file in the way would be
+    found after Ray and MLflow started); a URI (s3://, gs://) is Tune's to check."""
+    value = _optional_str(raw, "storage_path")
+    if value is not None and "://" not in value:
+        path = Path(value).expanduser().resolve()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError("storage_path", f"got {shown(value)}; {str(existing)!r} is a file, not a directory")
+    return value
 
 
 def _optional_str(raw: dict, key: str) -> str | None:
