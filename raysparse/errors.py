@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-
 MAX_FIELD_LENGTH, MAX_MESSAGE_LENGTH, MAX_VALUE_LENGTH = 200, 1000, 120
 
 

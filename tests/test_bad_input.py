@@ -8,8 +8,10 @@ is wrongly accepted fails at once with ``WorkStarted`` instead of running a swee
 """
 
 import glob
+import json
 import os
 import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +117,40 @@ def test_real_process_exits_2_without_traceback(tmp_path):
         assert re.search(expected_pattern(path), err), f"{path.name}: {err!r}"
         assert ray_sessions_of(process.pid, sessions) == [], path.name
     assert not home.exists() or not any(home.iterdir()), f"files in RAYSPARSE_HOME: {sorted(home.rglob('*'))}"
+
+
+ALIAS_BOMBS = ["sweep_alias_bomb_in_when", "sweep_alias_bomb_in_base", "config_alias_bomb"]
+MEMORY_CAP = 2 * 2**30  # heap and other private memory; each bomb used to grow to 10 GB
+# the three cases through the CLI's main in one process (one start-up, not three): each case's
+# exit status and stderr, as JSON
+RUN_CASES = """
+import contextlib, io, json, sys
+from raysparse.cli import main
+results = []
+for command, path in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main([command, path])
+    results.append([status, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def _capped_memory():
+    # RLIMIT_DATA, not RLIMIT_AS: the CUDA build of torch maps ~5 GB of address space at import
+    resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_CAP, MEMORY_CAP))
+
+
+def test_yaml_alias_bombs_are_refused_as_read_in_a_memory_capped_process(tmp_path):
+    """A "billion laughs" (9 levels of 9 aliases) in a `when` value, a base config and a train
+    config: one line and exit 2 each, not a MemoryError after minutes (nor Ray started first)."""
+    paths = [CORPUS / f"{stem}.yaml" for stem in ALIAS_BOMBS]
+    env = {**os.environ, "RAYSPARSE_HOME": str(tmp_path / "home")}
+    cases = json.dumps([[command(p), str(p)] for p in paths])
+    done = subprocess.run([sys.executable, "-c", RUN_CASES, cases], env=env, capture_output=True, text=True,
+                          timeout=60, preexec_fn=_capped_memory)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for path, (status, err) in zip(paths, json.loads(done.stdout.splitlines()[-1])):
+        assert status == 2, f"{path.name}: exit status {status}; stderr: {err[-2000:]!r}"
+        assert err.count("\n") == 1 and re.search(expected_pattern(path), err), f"{path.name}: {err[-2000:]!r}"
+    assert not (tmp_path / "home").exists()
