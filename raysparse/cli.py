@@ -89,11 +89,13 @@ def _sampled_lines(sweep, best: dict) -> list[str]:
 
 def cmd_sweep(args) -> int:
     from raysparse.search import check_before_start, load_sweep, resume_sweep, run_sweep
+    from raysparse.search.spaces import check_name
     from raysparse.tracking.naming import redact
 
     if (args.space is None) == (args.resume is None):
         raise ConfigError("sweep", "give a sweep file, or --resume NAME to continue a stopped sweep (not both)")
     if args.resume is not None:
+        check_name("--resume", args.resume)
         print(f"resuming sweep {args.resume!r}", flush=True)
         name, start = args.resume, lambda: resume_sweep(args.resume, address=args.address,
                                                         storage_path=args.storage_path)

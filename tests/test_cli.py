@@ -121,11 +121,13 @@ BAD_ARGUMENTS = [
      r"^raysparse: error: --set: got key 'optimizer\.\.lr'; allowed: a dotted config key"),
     (["train", "{dir}"], r"^raysparse: error: config: '[^']*' is a directory; allowed: a YAML file$"),
     (["sweep", "{dir}"], r"^raysparse: error: sweep: '[^']*' is a directory; allowed: a YAML file$"),
+    (["sweep", "--resume", "../elsewhere"],
+     r"^raysparse: error: --resume: got '\.\./elsewhere'; allowed: 1 to 100 ASCII letters, digits, '-' and '_'$"),
 ]
 
 
 @pytest.mark.parametrize(("argv", "expected"), BAD_ARGUMENTS, ids=["set_unclosed", "set_dots", "set_empty_part",
-                                                                  "train_dir", "sweep_dir"])
+                                                                  "train_dir", "sweep_dir", "resume_path"])
 def test_bad_arguments_exit_2_with_one_line(argv, expected, tmp_path, monkeypatch, capsys):
     """What is not a file of the corpus: --set values and keys, a directory for a file. In this
     process (``main``), for speed: a traceback would fail the test as an exception."""

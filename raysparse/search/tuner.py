@@ -29,7 +29,7 @@ from raysparse.search.layerwise import suggest_layer_densities
 from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
 from raysparse.search.settings import check_local_resources
-from raysparse.search.spaces import PythonObjects, Sweep, grid_points, load_sweep
+from raysparse.search.spaces import PythonObjects, Sweep, check_name, grid_points, load_sweep
 from raysparse.search.trial import TrackingTarget, trial_function
 from raysparse.tracking import SweepRun, check_tracking_uri, default_home, ensure_local_server
 from raysparse.tracking.naming import redact
@@ -188,6 +188,7 @@ def resume_sweep(
     are, unfinished and failed ones continue from their last checkpoints, in the same MLflow runs.
     Python objects the sweep started with (``objects``) must be given again: only their names
     are in its files, and a resumed sweep must train what it trained."""
+    check_name("--resume", name)  # a directory under the storage path, not a path of its own
     home = Path(home) if home is not None else default_home()
     experiment_dir = Path(_storage_path(storage_path, home)) / name
     if not (experiment_dir / SWEEP_STATE).is_file():
