@@ -89,7 +89,7 @@ def _sampled_lines(sweep, best: dict) -> list[str]:
 
 def cmd_sweep(args) -> int:
     from raysparse.search import check_before_start, load_sweep, resume_sweep, run_sweep
-    from raysparse.search.spaces import check_name
+    from raysparse.search.disk_safety import check_name
     from raysparse.tracking.naming import redact
 
     if (args.space is None) == (args.resume is None):

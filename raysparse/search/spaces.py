@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ from raysparse.config import (
     set_dotted,
     with_absolute_paths,
 )
-from raysparse.errors import ConfigError, did_you_mean, shown
+from raysparse.errors import ConfigError, did_you_mean
+from raysparse.search.disk_safety import check_name, check_plain_data, check_storage_path
 from raysparse.search.domains import Domain, parse_domain
 from raysparse.search.settings import EarlyStopping, Resources, parse_early_stopping, parse_int, parse_resources
 from raysparse.train.loop import REPORTED_METRICS
@@ -172,6 +172,9 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
     num_samples = parse_int(raw, "num_samples", len(grid) if grid else 8, minimum=1)
     if grid is not None and num_samples > len(grid):
         raise ConfigError("num_samples", f"got {num_samples}; the grid has {len(grid)} points, so at most {len(grid)}")
+    experiment_name = raw.get("experiment_name")  # the MLflow experiment's: the sweep name's rule
+    if experiment_name is not None:
+        check_name("experiment_name", experiment_name)
     sweep = Sweep(
         name=name, base=base, space=space, objectives=objectives, sampler=sampler,
         num_samples=num_samples,
@@ -182,10 +185,9 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
         early_stopping=parse_early_stopping(raw.get("early_stopping", {} if len(objectives) == 1 else False)),
         resources=parse_resources(raw.get("resources", {})),
         layer_sparsity=layer_sparsity,
-        storage_path=_storage_path(raw),
+        storage_path=check_storage_path(_optional_str(raw, "storage_path")),
         tracking_uri=_optional_str(raw, "tracking_uri"),
-        experiment_name=None if raw.get("experiment_name") is None else check_name("experiment_name",
-                                                                                   raw["experiment_name"]),
+        experiment_name=experiment_name,
         checkpoint_interval=_seconds(raw, "checkpoint_interval", 60.0),
         max_failures=parse_int(raw, "max_failures", 2, minimum=0),
         source_text=text,
@@ -198,43 +200,8 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
                           "trial's process, so 1")
     _check_space_values(sweep)
     _check_final_objectives(sweep)
-    _check_plain_data(sweep.raw, "")
+    check_plain_data(sweep.raw, "")
     return sweep
-
-
-_PLAIN = (str, int, float, bool, type(None))
-
-
-def _check_plain_data(value: Any, path: str) -> None:
-    """The sweep goes into its resume state as JSON: a value YAML gives as another type (a date,
-    ``!!binary``, ``!!set``) where no check looks at its type (a ``when`` value, a factory's
-    option) would otherwise fail there, after Ray and MLflow started."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if not isinstance(key, str):
-                raise ConfigError(where, f"got key {shown(key)}; allowed: keys that are text")
-            _check_plain_data(item, where)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_plain_data(item, f"{path}[{index}]")
-    elif not isinstance(value, _PLAIN):
-        raise ConfigError(path, f"got {shown(value)} (a {type(value).__name__}); allowed: text, numbers, true/false, "
-                          "null, lists and mappings (a sweep's state is JSON)")
-
-
-MAX_NAME_LENGTH = 100  # a name becomes directory, file and run names, with suffixes, within 255 bytes
-_NAME = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def check_name(field_name: str, name: Any) -> str:
-    """A sweep or experiment name: ASCII letters, digits, '-' and '_', at most 100 of them. It
-    names directories (Ray results, reports), an MLflow experiment and runs, so no '/', '..',
-    NUL, newline or non-ASCII letter (``str.isalnum`` takes 'é' and '²') gets through."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
-        raise ConfigError(field_name, f"got {shown(name)}; allowed: 1 to {MAX_NAME_LENGTH} ASCII letters, digits, "
-                          "'-' and '_'")
-    return name
 
 
 def grid_points(space: dict[str, Domain], base: dict) -> list[dict[str, Any]]:
@@ -412,18 +379,6 @@ def _seconds(raw: dict, key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
         raise ConfigError(key, f"got {value!r}; allowed: seconds >= 0")
     return float(value)
-
-
-def _storage_path(raw: dict) -> str | None:
-    """A local storage path must be a directory or creatable as one (a file in the way would be
-    found after Ray and MLflow started); a URI (s3://, gs://) is Tune's to check."""
-    value = _optional_str(raw, "storage_path")
-    if value is not None and "://" not in value:
-        path = Path(value).expanduser().resolve()
-        existing = next(p for p in (path, *path.parents) if p.exists())
-        if not existing.is_dir():
-            raise ConfigError("storage_path", f"got {shown(value)}; {str(existing)!r} is a file, not a directory")
-    return value
 
 
 def _optional_str(raw: dict, key: str) -> str | None:

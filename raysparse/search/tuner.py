@@ -24,12 +24,13 @@ from raysparse.errors import ConfigError, unknown_choice
 from raysparse.imports import add_import_dirs
 from raysparse.methods.registry import user_methods
 from raysparse.report import report_sweep
+from raysparse.search.disk_safety import check_name
 from raysparse.search.grid import GridSearcher
 from raysparse.search.layerwise import suggest_layer_densities
 from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
 from raysparse.search.settings import check_local_resources
-from raysparse.search.spaces import PythonObjects, Sweep, check_name, grid_points, load_sweep
+from raysparse.search.spaces import PythonObjects, Sweep, grid_points, load_sweep
 from raysparse.search.trial import TrackingTarget, trial_function
 from raysparse.tracking import SweepRun, check_tracking_uri, default_home, ensure_local_server
 from raysparse.tracking.naming import redact
