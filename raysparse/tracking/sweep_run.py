@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 from raysparse.errors import ConfigError
 from raysparse.tracking._client import _children, _experiment_id, _log_metrics, _log_params, _set_failure_reason
 from raysparse.tracking.naming import (
+    FAILURE_TAG,
     PARENT_TAG,
     ROLE_TAG,
     SWEEP_TAG,
@@ -74,6 +75,8 @@ class SweepRun:
             raise ConfigError("run_id", f"run {run_id!r} is not a sweep run of experiment {experiment_name!r}")
         if resume:
             client.update_run(run_id, status="RUNNING")
+            if FAILURE_TAG in run.data.tags:  # why its driver stopped last time: no longer so
+                client.delete_tag(run_id, FAILURE_TAG)
         return cls(tracking_uri, run.info.experiment_id, experiment_name, run_id)
 
     def log_metrics(self, metrics: dict, step: int = 0) -> None:

@@ -245,3 +245,4 @@ def test_a_sweep_failing_on_the_driver_after_start_closes_its_run_and_can_be_res
     assert resumed.parent_run_id == failed.parent_run_id
     done = load_sweep(uri, "unsendable")
     assert done.parent_status == "FINISHED" and list(done.trials["status"]) == ["FINISHED"]
+    assert "raysparse.failure_reason" not in MlflowClient(uri).get_run(done.parent_run_id).data.tags
