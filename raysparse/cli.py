@@ -13,16 +13,17 @@ from raysparse.errors import ConfigError, TrainingDiverged
 
 
 def _apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """``--set optimizer.lr=0.05``: values parsed as YAML scalars/lists."""
-    import yaml
-
-    from raysparse.config import set_dotted
+    """``--set optimizer.lr=0.05``: values parsed as YAML scalars/lists, as a config file's are."""
+    from raysparse.config import check_dotted_key, set_dotted
+    from raysparse.errors import shown
+    from raysparse.yaml_input import load_yaml_text
 
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ConfigError("--set", f"expected KEY=VALUE, got {item!r}")
-        set_dotted(raw, key, yaml.safe_load(text))
+            raise ConfigError("--set", f"expected KEY=VALUE, got {shown(item)}")
+        check_dotted_key("--set", key)
+        set_dotted(raw, key, load_yaml_text(text, f"--set {key}", f"the value {shown(text)}"))
     return raw
 
 
@@ -97,11 +98,13 @@ def _sampled_lines(sweep, best: dict) -> list[str]:
 
 def cmd_sweep(args) -> int:
     from raysparse.search import check_before_start, load_sweep, resume_sweep, run_sweep
+    from raysparse.search.disk_safety import check_name
     from raysparse.tracking.naming import redact
 
     if (args.space is None) == (args.resume is None):
         raise ConfigError("sweep", "give a sweep file, or --resume NAME to continue a stopped sweep (not both)")
     if args.resume is not None:
+        check_name("--resume", args.resume)
         print(f"resuming sweep {args.resume!r}", flush=True)
         name, start = args.resume, lambda: resume_sweep(args.resume, address=args.address,
                                                         storage_path=args.storage_path)
@@ -137,8 +140,8 @@ def cmd_sweep(args) -> int:
     print(f"results: MLflow {redact(result.tracking_uri)}, experiment {result.experiment_name!r}")
     if result.report:
         print(f"report: {result.report['html']}  (also in the sweep's MLflow run, under report/)")
-    print(f"browse them:  raysparse ui     |  redraw the report:  raysparse report {sweep.name}")
-    return 0
+    print(f"browse them:  raysparse ui     |  redraw the report:  {sweep.report_command}")
+    return 1 if result.every_trial_failed() else 0  # a partly failed sweep still found something
 
 
 def cmd_report(args) -> int:

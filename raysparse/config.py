@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raysparse.errors import ConfigError, did_you_mean, unknown_choice
+from raysparse.errors import ConfigError, did_you_mean, shown, unknown_choice
 from raysparse.errors import require as _require
 from raysparse.errors import require_choice as _choice
 from raysparse.methods import SparsityConfig, get_method, known_methods
@@ -81,6 +81,13 @@ def set_dotted(tree: dict, key: str, value: Any) -> None:
     node[leaf] = value
 
 
+def check_dotted_key(field_name: str, key: Any) -> str:
+    """A key for ``set_dotted``: names between the dots (``...`` or ``a..b`` names no field)."""
+    if not isinstance(key, str) or not all(key.split(".")):
+        raise ConfigError(field_name, f"got key {shown(key)}; allowed: a dotted config key such as optimizer.lr")
+    return key
+
+
 def get_dotted(tree: dict, key: str, default: Any = None) -> Any:
     node = tree
     for part in key.split("."):
@@ -110,28 +117,20 @@ def with_absolute_paths(raw: dict) -> dict:
 
 
 def read_yaml(path: str | Path, field_name: str = "config") -> dict:
-    """A YAML mapping from a file (safe_load), with clear errors for a missing or bad file."""
-    import yaml
+    """A YAML mapping from a file, with clear errors for a missing, non-UTF-8 or bad file, or one
+    whose aliases would expand it without bound (raysparse.yaml_input)."""
+    return read_yaml_with_text(path, field_name)[0]
+
+
+def read_yaml_with_text(path: str | Path, field_name: str = "config") -> tuple[dict, str]:
+    """``read_yaml``, and the file's text as written (a sweep logs it to its parent run)."""
+    from raysparse.yaml_input import read_yaml_file
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(field_name, f"file not found: {str(path)!r}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(field_name, f"invalid YAML in {str(path)!r}: {_one_line(err)}") from None
+    raw, text = read_yaml_file(path, field_name)
     if not isinstance(raw, dict):
         raise ConfigError(field_name, f"{str(path)!r} must hold a mapping, got {type(raw).__name__}")
-    return raw
-
-
-def _one_line(err) -> str:
-    """PyYAML's problem and where it is, without its multi-line excerpt of the file."""
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    context = getattr(err, "context", None)
-    mark = getattr(err, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{context + ': ' if context else ''}{problem}{where}"
+    return raw, text
 
 
 def load_config(source: Config | dict | str | Path) -> Config:

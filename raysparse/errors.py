@@ -5,15 +5,35 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+MAX_FIELD_LENGTH, MAX_MESSAGE_LENGTH, MAX_VALUE_LENGTH = 200, 1000, 120
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` at most ``limit`` characters: its start and its end (where "allowed: ..." is), the
+    middle replaced by how much was left out. A message never prints megabytes of a bad value."""
+    if len(text) <= limit:
+        return text
+    keep = limit - 40
+    head, tail = text[: keep * 2 // 3], text[len(text) - keep // 3:]
+    return f"{head}...[{len(text) - len(head) - len(tail)} characters cut]...{tail}"
+
+
+def shown(value: object) -> str:
+    """A bad value as an error message shows it: its repr, cut to a readable length."""
+    return cut(repr(value), MAX_VALUE_LENGTH)
+
 
 class ConfigError(ValueError):
     """Bad user input, found before anything starts.
 
     ``field`` is the dotted config path (``sparsity.method``), so a CLI or a sweep validator can
-    show exactly where the problem is.
+    show exactly where the problem is. Both are cut to a bounded length and kept on one line
+    (the CLI's promise), whatever value or other error's text went into them.
     """
 
     def __init__(self, field: str, message: str):
+        field = cut(" ".join(str(field).splitlines()), MAX_FIELD_LENGTH)
+        message = cut(" ".join(str(message).splitlines()), MAX_MESSAGE_LENGTH)
         self.field, self.message = field, message
         super().__init__(f"{field}: {message}" if field else message)
 
@@ -38,7 +58,7 @@ def unknown_choice(field: str, kind: str, value: object, choices: Iterable[str])
     choices = sorted(choices)
     return ConfigError(
         field,
-        f"unknown {kind} {value!r}; available: {', '.join(choices)}{did_you_mean(value, choices)}",
+        f"unknown {kind} {shown(value)}; available: {', '.join(choices)}{did_you_mean(value, choices)}",
     )
 
 
@@ -46,7 +66,7 @@ def require(ok: bool, field: str, value: object, allowed: str) -> None:
     """``sparsity.layer_cap: got 1.5; allowed: (0, 1)`` unless ``ok``: the check every config
     block (and every method's options) writes its ranges with."""
     if not ok:
-        raise ConfigError(field, f"got {value!r}; allowed: {allowed}")
+        raise ConfigError(field, f"got {shown(value)}; allowed: {allowed}")
 
 
 def require_choice(field: str, kind: str, value: object, choices: Iterable[str]) -> None:

@@ -8,8 +8,10 @@ is wrongly accepted fails at once with ``WorkStarted`` instead of running a swee
 """
 
 import glob
+import json
 import os
 import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +31,8 @@ assert len(CASES) >= 30, f"the bad-input corpus needs at least 30 cases, found {
 
 
 def expected_pattern(path: Path) -> str:
-    first = next(iter(path.read_text().splitlines()), "")
+    # bytes: a case may be a file that is not UTF-8 past its first line
+    first = next(iter(path.read_bytes().decode("utf-8", "replace").splitlines()), "")
     assert first.startswith("# expect: "), f"{path.name}: the first line must be '# expect: <regex>'"
     return first.removeprefix("# expect: ").strip()
 
@@ -114,3 +117,45 @@ def test_real_process_exits_2_without_traceback(tmp_path):
         assert re.search(expected_pattern(path), err), f"{path.name}: {err!r}"
         assert ray_sessions_of(process.pid, sessions) == [], path.name
     assert not home.exists() or not any(home.iterdir()), f"files in RAYSPARSE_HOME: {sorted(home.rglob('*'))}"
+
+
+ALIAS_BOMBS = ["sweep_alias_bomb_in_when", "sweep_alias_bomb_in_base", "config_alias_bomb"]
+# the same 9 levels of 9 aliases as a --set value, in YAML's flow style
+SET_BOMB = "[&a [1,1,1,1,1,1,1,1,1], " + ", ".join(f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in
+                                                 zip("abcdefgh", "bcdefghi")) + "]"
+MEMORY_CAP = 2 * 2**30  # heap and other private memory; each bomb used to grow to 10 GB
+# the cases through the CLI's main in one process (one start-up, not four): each case's exit
+# status and stderr, as JSON
+RUN_CASES = """
+import contextlib, io, json, sys
+from raysparse.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main(argv)
+    results.append([status, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def _capped_memory():
+    # RLIMIT_DATA, not RLIMIT_AS: the CUDA build of torch maps ~5 GB of address space at import
+    resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_CAP, MEMORY_CAP))
+
+
+def test_yaml_alias_bombs_are_refused_as_read_in_a_memory_capped_process(tmp_path):
+    """A "billion laughs" (9 levels of 9 aliases) in a `when` value, a base config, a train config
+    and a --set value: one line and exit 2 each, not a MemoryError after minutes (nor Ray started)."""
+    cases = [([command(p), str(p)], expected_pattern(p)) for p in (CORPUS / f"{s}.yaml" for s in ALIAS_BOMBS)]
+    cases.append((["train", str(CORPUS / "parts" / "base_small.yaml"), "--set", f"epochs={SET_BOMB}"],
+                  r"^raysparse: error: --set epochs: the value '\[&a .*\.\.\.\[\d+ characters cut\]\.\.\..*\]': "
+                  r"its aliases expand it past 10000 values"))
+    env = {**os.environ, "RAYSPARSE_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-c", RUN_CASES, json.dumps([argv for argv, _ in cases])], env=env,
+                          capture_output=True, text=True, timeout=60, preexec_fn=_capped_memory)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for (argv, pattern), (status, err) in zip(cases, json.loads(done.stdout.splitlines()[-1])):
+        assert status == 2, f"{argv[:2]}: exit status {status}; stderr: {err[-2000:]!r}"
+        assert err.count("\n") == 1 and re.search(pattern, err), f"{argv[:2]}: {err[-2000:]!r}"
+    assert not (tmp_path / "home").exists()

@@ -1,8 +1,10 @@
 """The CLI as a user runs it: a subprocess, its exit status and what it prints."""
 
+import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import small_config
@@ -108,3 +110,34 @@ def test_bad_sweep_file_exits_2_and_starts_nothing(tmp_path):
     expected = "raysparse: error: space.optimizer.lr.loguniform: got [0.2, 0.01]; allowed: low < high"
     assert done.stderr.strip() == expected
     assert not home.exists()  # no MLflow store, no Ray results
+
+
+BAD_ARGUMENTS = [
+    (["train", "{good}", "--set", "model.hidden=[32"],
+     r"^raysparse: error: --set model\.hidden: invalid YAML in the value '\[32': .*expected ',' or '\]'"),
+    (["train", "{good}", "--set", "...=3"],
+     r"^raysparse: error: --set: got key '\.\.\.'; allowed: a dotted config key such as optimizer\.lr$"),
+    (["train", "{good}", "--set", "optimizer..lr=0.1"],
+     r"^raysparse: error: --set: got key 'optimizer\.\.lr'; allowed: a dotted config key"),
+    (["train", "{dir}"], r"^raysparse: error: config: '[^']*' is a directory; allowed: a YAML file$"),
+    (["sweep", "{dir}"], r"^raysparse: error: sweep: '[^']*' is a directory; allowed: a YAML file$"),
+    (["sweep", "--resume", "../elsewhere"],
+     r"^raysparse: error: --resume: got '\.\./elsewhere'; allowed: 1 to 100 ASCII letters, digits, '-' and '_'$"),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), BAD_ARGUMENTS, ids=["set_unclosed", "set_dots", "set_empty_part",
+                                                                  "train_dir", "sweep_dir", "resume_path"])
+def test_bad_arguments_exit_2_with_one_line(argv, expected, tmp_path, monkeypatch, capsys):
+    """What is not a file of the corpus: --set values and keys, a directory for a file. In this
+    process (``main``), for speed: a traceback would fail the test as an exception."""
+    from raysparse.cli import main
+
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(small_config()))
+    monkeypatch.setenv("RAYSPARSE_HOME", str(tmp_path / "home"))
+    status = main([arg.format(good=good, dir=tmp_path) for arg in argv])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    assert len(err.splitlines()) == 1 and re.search(expected, err), err
+    assert not (tmp_path / "home").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 
-from raysparse.errors import ConfigError
+from raysparse.errors import ConfigError, shown
 from raysparse.imports import import_object, is_import_path
 from raysparse.methods.base import MethodOptions, SparseMethod, SparsityConfig
 from raysparse.registry import Registry
@@ -26,9 +26,11 @@ def register_method(cls: type, field: str = "sparsity.method") -> type[SparseMet
     """Make a user's SparseMethod subclass available as ``sparsity.method: <cls.name>``."""
     _check_method_class(cls, "register_method got", field)
     name = cls.name
-    if not isinstance(name, str) or not name.isidentifier() or name == SparseMethod.name:
-        raise ConfigError(field, f"{cls.__qualname__}.name is {name!r}; a method needs a name of its own "
-                          "(letters, digits and '_', e.g. name = 'my_pruning')")
+    # it goes into run names and files: ASCII (isidentifier alone takes 'é') and bounded
+    if (not isinstance(name, str) or not name.isidentifier() or not name.isascii() or len(name) > 100
+            or name == SparseMethod.name):
+        raise ConfigError(field, f"{cls.__qualname__}.name is {shown(name)}; a method needs a name of its own "
+                          "(1 to 100 ASCII letters, digits and '_', e.g. name = 'my_pruning')")
     if name in METHODS and METHODS[name] is not cls and name not in _USER:
         raise ConfigError(field, f"{cls.__qualname__}.name {name!r} is taken by a built-in method")
     # a user's earlier class of that name is replaced: a notebook cell run again defines a new one

@@ -75,7 +75,9 @@ class ProgressView(Callback):
             statuses = result.to_dataframe()["status"].value_counts().to_dict()
             counts = ", ".join(f"{statuses.get(s, 0)} {word}" for s, word in
                                (("FINISHED", "finished"), ("KILLED", "stopped early"), ("FAILED", "failed")))
-            print(f"sweep {self.sweep.name!r} done in {result.seconds:.0f}s: {counts}", flush=True)
+            took = f"{result.seconds:.0f}s"
+            outcome = f"failed in {took}, every trial failed" if result.every_trial_failed() else f"done in {took}"
+            print(f"sweep {self.sweep.name!r} {outcome}: {counts}", flush=True)
 
 
 class TrialRunCloser(Callback):

@@ -97,6 +97,12 @@ class SweepResult:
         return load_model(run if run is not None else self.best()["run_id"], tracking_uri=self.tracking_uri,
                           model=model if model is not None else self.sweep.objects.model)
 
+    def every_trial_failed(self) -> bool:
+        """True when the sweep has trials and none of them ended other than FAILED: nothing was
+        found, which the CLI's exit status says (a partly failed sweep still found something)."""
+        statuses = self.to_dataframe()["status"]
+        return len(statuses) > 0 and bool((statuses == "FAILED").all())
+
     def pareto(self) -> pd.DataFrame:
         return pareto_front(self.to_dataframe(), objective_columns(self.sweep.objectives))
 

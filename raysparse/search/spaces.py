@@ -18,13 +18,16 @@ from typing import Any
 from raysparse.config import (
     PATH_KEYS,
     absolute_path,
+    check_dotted_key,
     get_dotted,
     load_config,
     read_yaml,
+    read_yaml_with_text,
     set_dotted,
     with_absolute_paths,
 )
 from raysparse.errors import ConfigError, did_you_mean
+from raysparse.search.disk_safety import check_name, check_plain_data, check_storage_path
 from raysparse.search.domains import Domain, parse_domain
 from raysparse.search.settings import EarlyStopping, Resources, parse_early_stopping, parse_int, parse_resources
 from raysparse.train.loop import REPORTED_METRICS
@@ -93,6 +96,14 @@ class Sweep:
     def mode(self) -> str:
         return self.objectives[0][1]
 
+    @property
+    def report_command(self) -> str:
+        """The command that redraws this sweep's report: it names the experiment when the sweep's
+        is not the default (the sweep's name), where ``raysparse report NAME`` looks."""
+        if self.experiment_name in (None, self.name):
+            return f"raysparse report {self.name}"
+        return f"raysparse report {self.name} --experiment {self.experiment_name}"
+
     def without_objects(self) -> Sweep:
         """The sweep as its files hold it, for what plain pickle must store (Tune's experiment state)."""
         return dataclasses.replace(self, objects=PythonObjects())
@@ -131,8 +142,7 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
     objects = _checked_objects(objects or PythonObjects())
     text = None
     if isinstance(source, (str, Path)):
-        raw = read_yaml(source, "sweep")
-        text = Path(source).read_text()
+        raw, text = read_yaml_with_text(source, "sweep")
         base_dir = Path(source).parent
     elif isinstance(source, dict):
         raw, base_dir = copy.deepcopy(source), Path.cwd()
@@ -144,9 +154,7 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
         allowed = ", ".join(SWEEP_KEYS)
         raise ConfigError(unknown[0], f"unknown sweep key; allowed: {allowed}{did_you_mean(unknown[0], SWEEP_KEYS)}")
 
-    name = raw.get("name")
-    if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError("name", f"got {name!r}; allowed: a non-empty name of letters, digits, '-' and '_'")
+    name = check_name("name", raw.get("name"))
     import_dirs = _import_dirs(raw.get("import_dirs", []), base_dir)
     raw["import_dirs"] = list(import_dirs)  # absolute: a resumed sweep imports from the same places
     base = _base_config(raw.get("base"), base_dir, objects)
@@ -164,6 +172,9 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
     num_samples = parse_int(raw, "num_samples", len(grid) if grid else 8, minimum=1)
     if grid is not None and num_samples > len(grid):
         raise ConfigError("num_samples", f"got {num_samples}; the grid has {len(grid)} points, so at most {len(grid)}")
+    experiment_name = raw.get("experiment_name")  # the MLflow experiment's: the sweep name's rule
+    if experiment_name is not None:
+        check_name("experiment_name", experiment_name)
     sweep = Sweep(
         name=name, base=base, space=space, objectives=objectives, sampler=sampler,
         num_samples=num_samples,
@@ -174,9 +185,9 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
         early_stopping=parse_early_stopping(raw.get("early_stopping", {} if len(objectives) == 1 else False)),
         resources=parse_resources(raw.get("resources", {})),
         layer_sparsity=layer_sparsity,
-        storage_path=_optional_str(raw, "storage_path"),
+        storage_path=check_storage_path(_optional_str(raw, "storage_path")),
         tracking_uri=_optional_str(raw, "tracking_uri"),
-        experiment_name=_optional_str(raw, "experiment_name"),
+        experiment_name=experiment_name,
         checkpoint_interval=_seconds(raw, "checkpoint_interval", 60.0),
         max_failures=parse_int(raw, "max_failures", 2, minimum=0),
         source_text=text,
@@ -189,6 +200,7 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
                           "trial's process, so 1")
     _check_space_values(sweep)
     _check_final_objectives(sweep)
+    check_plain_data(sweep.raw, "")
     return sweep
 
 
@@ -314,10 +326,12 @@ def _space(raw: Any, base: dict) -> dict[str, Domain]:
         raise ConfigError("space", f"expected a mapping of config keys to domains, got {raw!r}")
     space: dict[str, Domain] = {}
     for key, spec in raw.items():
+        check_dotted_key("space", key)
         domain = parse_domain(spec, f"space.{key}")
         if key in PATH_KEYS and domain.kind == "choice":  # as in base: trials run in directories of their own
             domain = dataclasses.replace(domain, values=tuple(absolute_path(v) for v in domain.values))
         for cond_key in domain.when:
+            check_dotted_key(f"space.{key}.when", cond_key)
             if cond_key not in space and get_dotted(base, cond_key) is None:
                 raise ConfigError(
                     f"space.{key}.when", f"{cond_key!r} is neither an earlier space key nor set in base"

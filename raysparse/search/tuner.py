@@ -24,6 +24,7 @@ from raysparse.errors import ConfigError, unknown_choice
 from raysparse.imports import add_import_dirs
 from raysparse.methods.registry import user_methods
 from raysparse.report import report_sweep
+from raysparse.search.disk_safety import check_name
 from raysparse.search.grid import GridSearcher
 from raysparse.search.layerwise import suggest_layer_densities
 from raysparse.search.local_ray import start_local_ray
@@ -127,36 +128,61 @@ def run_sweep(
     check_before_start(sweep, address, home)
     tracking_uri = _start_services(sweep, address, home)
     storage_path = _storage_path(sweep.storage_path, home)
-    experiment = sweep.experiment_name or sweep.name
-    parent = SweepRun.start(
-        tracking_uri, experiment, sweep.name,
-        params={"sweep": _sweep_params(sweep)}, sweep_text=sweep.source_text,
-    )
-    # what `raysparse sweep --resume NAME` needs, next to Tune's own experiment state
+    # the resume state before the parent run: a driver that dies from here on leaves no run
+    # RUNNING, and a sweep that `raysparse sweep --resume NAME` starts again or continues
+    _write_state(storage_path, sweep, tracking_uri, parent_run_id=None)
+    parent = _start_parent(sweep, tracking_uri)
+    return _launch(sweep, parent, storage_path, home, verbose)
+
+
+def _start_parent(sweep: Sweep, tracking_uri: str) -> SweepRun:
+    return SweepRun.start(tracking_uri, sweep.experiment_name or sweep.name, sweep.name,
+                          params={"sweep": _sweep_params(sweep)}, sweep_text=sweep.source_text)
+
+
+def _write_state(storage_path: str, sweep: Sweep, tracking_uri: str, *, parent_run_id: str | None) -> None:
+    """What `raysparse sweep --resume NAME` needs, next to Tune's own experiment state; replaced
+    whole (a driver killed while writing it leaves the previous one)."""
     state = Path(storage_path) / sweep.name / SWEEP_STATE
     state.parent.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({"sweep": sweep.raw, "tracking_uri": tracking_uri, "parent_run_id": parent.run_id,
-                                 "python_objects": sweep.objects.names()}))
-    # what Tune pickles into its experiment state (searcher, callbacks) gets the sweep without the
-    # user's objects: plain pickle cannot hold a closure; only the trainable carries them (cloudpickle)
-    described = sweep.without_objects()
-    progress = ProgressView(described, enabled=verbose)
-    tuner = tune.Tuner(
-        _trainable(sweep, TrackingTarget(tracking_uri, parent.experiment_id, parent.run_id), storage_path),
-        tune_config=tune.TuneConfig(
-            search_alg=_searcher(described), scheduler=_scheduler(sweep),
-            num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent,
-            reuse_actors=True,  # a new trial process re-imports torch & co: seconds per trial here
-        ),
-        run_config=tune.RunConfig(
-            name=sweep.name, storage_path=storage_path, verbose=0,
-            callbacks=[progress, TrialRunCloser(parent, described)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            # a trial whose process dies is retried from its last checkpoint, its MLflow run continued
-            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-        ),
-    )
-    return _fit(tuner, sweep, parent, progress, home)
+    written = state.with_name(f".{SWEEP_STATE}.tmp")
+    written.write_text(json.dumps({"sweep": sweep.raw, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
+                                   "python_objects": sweep.objects.names()}))
+    written.replace(state)
+
+
+def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbose: bool, *,
+            restore: Path | None = None) -> SweepResult:
+    """Tune over the sweep in its parent run (a new Tuner, or Tune's saved one from ``restore``).
+    Whatever raises on the driver from here on closes the parent run, FAILED with the reason."""
+    with parent.closed_on_error(stopped=f"stopped with the sweep (raysparse sweep --resume {sweep.name})",
+                                failed=f"continue it with: raysparse sweep --resume {sweep.name}"):
+        _write_state(storage_path, sweep, parent.tracking_uri, parent_run_id=parent.run_id)
+        # what Tune pickles into its experiment state (searcher, callbacks) gets the sweep without the
+        # user's objects: plain pickle cannot hold a closure; only the trainable carries them (cloudpickle)
+        described = sweep.without_objects()
+        progress = ProgressView(described, enabled=verbose)
+        trainable = _trainable(sweep, TrackingTarget(parent.tracking_uri, parent.experiment_id, parent.run_id),
+                               storage_path)
+        if restore is not None:
+            tuner = tune.Tuner.restore(str(restore), trainable, resume_unfinished=True, resume_errored=True)
+            return _fit(tuner, sweep, parent, progress, home)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(described), scheduler=_scheduler(sweep),
+                num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent,
+                reuse_actors=True,  # a new trial process re-imports torch & co: seconds per trial here
+            ),
+            run_config=tune.RunConfig(
+                name=sweep.name, storage_path=storage_path, verbose=0,
+                callbacks=[progress, TrialRunCloser(parent, described)],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # a trial whose process dies is retried from its last checkpoint, its MLflow run continued
+                failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            ),
+        )
+        return _fit(tuner, sweep, parent, progress, home)
 
 
 def resume_sweep(
@@ -167,6 +193,7 @@ def resume_sweep(
     are, unfinished and failed ones continue from their last checkpoints, in the same MLflow runs.
     Python objects the sweep started with (``objects``) must be given again: only their names
     are in its files, and a resumed sweep must train what it trained."""
+    check_name("--resume", name)  # a directory under the storage path, not a path of its own
     home = Path(home) if home is not None else default_home()
     experiment_dir = Path(_storage_path(storage_path, home)) / name
     if not (experiment_dir / SWEEP_STATE).is_file():
@@ -186,11 +213,14 @@ def resume_sweep(
     if tracking_uri != state["tracking_uri"]:
         print(f"raysparse: the MLflow server moved from {redact(state['tracking_uri'])} to {redact(tracking_uri)}",
               file=sys.stderr)
-    parent = SweepRun.attach(tracking_uri, sweep.experiment_name or sweep.name, state["parent_run_id"], resume=True)
-    trainable = _trainable(sweep, TrackingTarget(tracking_uri, parent.experiment_id, parent.run_id),
-                           str(experiment_dir.parent))
-    tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True)
-    return _fit(tuner, sweep, parent, ProgressView(sweep.without_objects(), enabled=verbose), home)
+    if state.get("parent_run_id") is None:  # its driver stopped before the parent run was created
+        parent = _start_parent(sweep, tracking_uri)
+    else:
+        parent = SweepRun.attach(tracking_uri, sweep.experiment_name or sweep.name, state["parent_run_id"],
+                                 resume=True)
+    # a driver that stopped before Tune saved its first state leaves nothing to restore: start afresh
+    restore = experiment_dir if tune.Tuner.can_restore(str(experiment_dir)) else None
+    return _launch(sweep, parent, str(experiment_dir.parent), home, verbose, restore=restore)
 
 
 def _sweep_state(path: Path) -> dict:
@@ -293,7 +323,7 @@ def _write_report(result: SweepResult, out: Path) -> dict[str, Path] | None:
         return report_sweep(result.tracking_uri, result.data(), out)
     except Exception as err:  # plotting and artifact uploads raise many types; the sweep itself is done
         print(f"raysparse: the sweep's report was not written ({type(err).__name__}: {err}); "
-              f"run: raysparse report {result.sweep.name}", file=sys.stderr)
+              f"run: {result.sweep.report_command}", file=sys.stderr)
         return None
 
 

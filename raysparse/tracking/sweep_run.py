@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from mlflow.exceptions import MlflowException
 from raysparse.errors import ConfigError
 from raysparse.tracking._client import _children, _experiment_id, _log_metrics, _log_params, _set_failure_reason
 from raysparse.tracking.naming import (
+    FAILURE_TAG,
     PARENT_TAG,
     ROLE_TAG,
     SWEEP_TAG,
@@ -51,10 +54,12 @@ class SweepRun:
         client = MlflowClient(tracking_uri)
         experiment_id = _experiment_id(client, experiment_name)
         run = client.create_run(experiment_id, run_name=sweep_name, tags={ROLE_TAG: "sweep", SWEEP_TAG: sweep_name})
-        _log_params(client, run.info.run_id, flatten_params(params))
-        if sweep_text is not None:
-            client.log_text(run.info.run_id, redact(sweep_text), "sweep.yaml")
-        return cls(tracking_uri, experiment_id, experiment_name, run.info.run_id)
+        sweep_run = cls(tracking_uri, experiment_id, experiment_name, run.info.run_id)
+        with sweep_run.closed_on_error(stopped="stopped while the sweep started", failed="the sweep did not start"):
+            _log_params(client, run.info.run_id, flatten_params(params))
+            if sweep_text is not None:
+                client.log_text(run.info.run_id, redact(sweep_text), "sweep.yaml")
+        return sweep_run
 
     @classmethod
     def attach(cls, tracking_uri: str, experiment_name: str, run_id: str, *, resume: bool = False) -> SweepRun:
@@ -70,6 +75,8 @@ class SweepRun:
             raise ConfigError("run_id", f"run {run_id!r} is not a sweep run of experiment {experiment_name!r}")
         if resume:
             client.update_run(run_id, status="RUNNING")
+            if FAILURE_TAG in run.data.tags:  # why its driver stopped last time: no longer so
+                client.delete_tag(run_id, FAILURE_TAG)
         return cls(tracking_uri, run.info.experiment_id, experiment_name, run_id)
 
     def log_metrics(self, metrics: dict, step: int = 0) -> None:
@@ -134,3 +141,30 @@ class SweepRun:
 
     def finish(self, status: str = "FINISHED") -> None:
         self._client.set_terminated(self.run_id, status)
+
+    @contextmanager
+    def closed_on_error(self, *, stopped: str, failed: str):
+        """Whatever raises inside leaves the run closed: KILLED with ``stopped`` as its reason on
+        Ctrl-C / SIGTERM, else FAILED with the error and ``failed`` (what to do next). A run that
+        is already closed keeps its status and gains the reason; a FINISHED one is left as it is."""
+        try:
+            yield self
+        except (KeyboardInterrupt, SystemExit):
+            self._close_after_error("KILLED", stopped)
+            raise
+        except BaseException as error:
+            described = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            self._close_after_error("FAILED", f"the sweep's driver failed: {described}; {failed}")
+            raise
+
+    def _close_after_error(self, status: str, reason: str) -> None:
+        try:
+            current = self._client.get_run(self.run_id).info.status
+            if current == "FINISHED":
+                return
+            _set_failure_reason(self._client, self.run_id, reason)
+            if current == "RUNNING":
+                self._client.set_terminated(self.run_id, status)
+        except Exception as error:  # the server is gone too: say so, and let the first error through
+            print(f"raysparse: the sweep's MLflow run {self.run_id} could not be closed ({type(error).__name__}: "
+                  f"{error}); it may show RUNNING", file=sys.stderr)

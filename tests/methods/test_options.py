@@ -107,6 +107,9 @@ def test_register_method_refuses_what_is_not_a_method_of_its_own():
         raysparse.register_method(type("MyGMP", (get_method("gmp"),), {}))
     with pytest.raises(ConfigError, match=r"^sparsity\.method: Nameless\.name is 'base'"):
         raysparse.register_method(type("Nameless", (SparseMethod,), {}))
+    for bad in ("élagage", "x" * 101):  # it names runs and files: ASCII, bounded
+        with pytest.raises(ConfigError, match=r"a method needs a name of its own \(1 to 100 ASCII letters"):
+            raysparse.register_method(type("Odd", (SparseMethod,), {"name": bad}))
 
     @dataclass(frozen=True)
     class Clashing(MethodOptions):

@@ -2,6 +2,7 @@
 and ends as if never interrupted; a diverging trial fails with its reason and is not retrained;
 a sweep whose driver is killed is resumed with `raysparse sweep --resume NAME`."""
 
+import json
 import os
 import re
 import signal
@@ -208,3 +209,40 @@ def test_a_sweep_whose_every_trial_fails_says_why(ray_runtime, home):
     with pytest.raises(RuntimeError, match=r"reported val_accuracy \(1 trials: 1 failed\); the first failure: bad "
                                            r"config: optimizer\.nesterov"):
         result.best()
+
+
+def small_mlp(input_shape, num_classes):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, num_classes))
+
+
+def test_a_sweep_failing_on_the_driver_after_start_closes_its_run_and_can_be_resumed(ray_runtime, home):
+    """A model factory that builds and trains on the driver (checked before start) but cannot be
+    sent to the trials: it guards a cache with a lock, which no pickle can carry. That fails after
+    the parent run was created; the run must not stay RUNNING, and the sweep resumes in it."""
+    cache_lock = threading.Lock()
+
+    def locked_mlp(input_shape, num_classes):
+        with cache_lock:
+            return small_mlp(input_shape, num_classes)
+
+    raw = tiny_sweep("unsendable", sampler="grid", max_concurrent=1)
+    raw["space"] = {"sparsity.final_sparsity": {"choice": [0.8]}}
+    raw["base"].update(epochs=1, model={})
+    raw["base"]["sparsity"].update(prune_end=1)
+    del raw["num_samples"]
+    with pytest.raises(Exception, match="lock"):
+        raysparse.sweep(raw, model=locked_mlp, home=home, verbose=False)
+    uri = ensure_local_server(home)
+    failed = load_sweep(uri, "unsendable")
+    assert failed.parent_status == "FAILED" and failed.trials.empty
+    reason = MlflowClient(uri).get_run(failed.parent_run_id).data.tags["raysparse.failure_reason"]
+    assert "lock" in reason and reason.endswith("continue it with: raysparse sweep --resume unsendable")
+    state = json.loads((home / "ray_results" / "unsendable" / "raysparse_sweep.json").read_text())
+    assert state["parent_run_id"] == failed.parent_run_id  # written before Tune, which never saved a thing
+
+    resumed = raysparse.resume_sweep("unsendable", model=small_mlp, home=home, verbose=False)
+    assert resumed.parent_run_id == failed.parent_run_id
+    done = load_sweep(uri, "unsendable")
+    assert done.parent_status == "FINISHED" and list(done.trials["status"]) == ["FINISHED"]
+    assert "raysparse.failure_reason" not in MlflowClient(uri).get_run(done.parent_run_id).data.tags

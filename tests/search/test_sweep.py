@@ -150,3 +150,40 @@ def test_grid_sweep_with_a_dense_reference_measures_prune_potential(ray_runtime,
         assert table.loc[distribution, "gmp"] == pytest.approx(expected)
     page = result.report["html"].read_text()
     assert "The largest sparsity whose accuracy" in page and "Not measured" not in page and "contrast_5" in done.stdout
+
+
+def test_exit_status_says_whether_any_trial_succeeded_and_the_report_hint_works(ray_runtime, home, tmp_path,
+                                                                              monkeypatch, capsys):
+    """The CLI (in this process, on the shared Ray runtime and MLflow server), two sweeps in one MLflow
+    experiment (``experiment_name``) from one file: every trial failing exits 1 with a summary
+    saying so; one trial of two failing exits 0. The printed ``raysparse report`` command finds a
+    sweep whose experiment has another name than the sweep."""
+    import yaml
+
+    from raysparse.cli import main
+
+    raw = tiny_sweep("partial", sampler="grid", max_concurrent=1, experiment_name="shared")
+    raw["base"]["epochs"] = 1
+    raw["base"]["sparsity"].update(prune_end=1)
+    raw["base"]["optimizer"]["nesterov"] = False
+    # adam with nesterov is a bad config, and the grid's first point: --num-samples 1 is that one alone
+    raw["space"] = {"optimizer.nesterov": {"choice": [True, False]}, "optimizer.name": {"choice": ["adam", "sgd"]}}
+    del raw["num_samples"]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("RAYSPARSE_HOME", str(home))
+    capsys.readouterr()
+
+    assert main(["sweep", str(path), "--name", "allfailed", "--num-samples", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert "sweep 'allfailed' failed in" in out
+    assert "s, every trial failed: 0 finished, 0 stopped early, 1 failed" in out
+    assert "failed trial" in err and "optimizer.nesterov" in err
+
+    assert main(["sweep", str(path), "--name", "partial", "--num-samples", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "sweep 'partial' done in" in out and "1 finished, 0 stopped early, 1 failed" in out
+    hint = out.strip().splitlines()[-1].split("redraw the report:")[1].split()
+    assert hint == ["raysparse", "report", "partial", "--experiment", "shared"]
+    assert main([*hint[1:], "--out", str(tmp_path / "report")]) == 0
+    assert capsys.readouterr().out.startswith("sweep 'partial' (FINISHED), 2 trials")
