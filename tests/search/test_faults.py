@@ -46,9 +46,16 @@ def pareto_of(data):
 
 
 def trial_processes():
-    """Ray's trial actors: their process title is `ray::ImplicitFunc...`."""
-    titles = ((p, (p.info["cmdline"] or [""])[0]) for p in psutil.process_iter(["cmdline"]))
-    return [p for p, title in titles if title.startswith("ray::ImplicitFunc")]
+    """This test's Ray trial actors (its Ray runtime's workers, not another sweep's on this machine):
+    their process title is `ray::ImplicitFunc...`."""
+    return [p for p in psutil.Process().children(recursive=True) if _title(p).startswith("ray::ImplicitFunc")]
+
+
+def _title(process):
+    try:
+        return (process.cmdline() or [""])[0]
+    except psutil.Error:  # it ended meanwhile
+        return ""
 
 
 def one_trial(name, epochs):
