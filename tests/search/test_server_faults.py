@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 import raysparse
 from raysparse.tracking import download_lineage, ensure_local_server, load_sweep, stop_local_server
-from raysparse.tracking.server import _healthy
+from raysparse.tracking.server import answers
 from tests.search.conftest import logged_steps, tiny_sweep
 from tests.search.test_faults import child_runs, failures_recorded, wait_for
 
@@ -70,7 +70,7 @@ def test_embedded_server_killed_mid_sweep_is_restarted_and_nothing_is_lost(ray_r
     wait_for(training(uri, "serverkilled", epochs), what="both trials mid-way")
     killed = kill_server(home)
     killed_at = time.monotonic()
-    wait_for(lambda: _healthy(uri), timeout=60, what="the server restarted on its port")
+    wait_for(lambda: answers(uri), timeout=60, what="the server restarted on its port")
     sweep.join(timeout=180)
     assert not sweep.is_alive(), f"the sweep still runs {time.monotonic() - killed_at:.0f} s after the kill"
     (result,) = results
@@ -86,12 +86,12 @@ def test_embedded_server_killed_mid_sweep_is_restarted_and_nothing_is_lost(ray_r
         assert download_lineage(uri, run_id)  # the final artifacts were uploaded after the restart
 
 
-def test_a_server_we_do_not_own_stops_the_sweep_with_one_line_and_resume_continues_it(homes, tmp_path):
+def test_a_server_we_do_not_own_stops_the_sweep_with_one_line_and_resume_continues_it(ray_runtime, homes, tmp_path):
     # a server of the user's, whose URI (with credentials, which no line may show) the sweep is given
     theirs, home = homes("their_server"), homes("home")
     plain = ensure_local_server(theirs)
     uri = plain.replace("http://", "http://alice:hunter2@")
-    epochs, name = 20, "notours"
+    epochs, name = 16, "notours"
     raw = two_trials(name, epochs)
     raw["space"] = {"sparsity.final_sparsity": {"choice": [0.8]}}
     raw["tracking_uri"] = uri
@@ -115,9 +115,7 @@ def test_a_server_we_do_not_own_stops_the_sweep_with_one_line_and_resume_continu
     assert "hunter2" not in stderr
 
     ensure_local_server(theirs, port=killed["port"])  # the user brings their server back
-    resumed = subprocess.run([sys.executable, "-m", "raysparse.cli", "sweep", "--resume", name], env=env,
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    raysparse.resume_sweep(name, home=home, verbose=False)  # as `raysparse sweep --resume`, on this test's Ray
     data = load_sweep(plain, name)
     assert data.parent_status == "FINISHED" and list(data.trials["status"]) == ["FINISHED"]
     run_id = data.trials["run_id"].iloc[0]

@@ -7,7 +7,7 @@ import signal
 import socket
 import time
 
-from raysparse.tracking.server import _free_port, answers, ensure_local_server, stop_local_server
+from raysparse.tracking.server import answers, ensure_local_server, stop_local_server
 from raysparse.tracking.watchdog import ServerWatchdog
 
 
@@ -52,7 +52,9 @@ def _binds(sock, port):
 
 
 def test_a_server_we_do_not_own_is_lost_after_its_grace_and_never_restarted():
-    uri = f"http://alice:hunter2@127.0.0.1:{_free_port('127.0.0.1')}"  # nothing listens there
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        uri = f"http://alice:hunter2@127.0.0.1:{probe.getsockname()[1]}"
     started = time.monotonic()
     with ServerWatchdog(uri, None, poll=0.2, give_up=1) as watchdog:
         wait_for(lambda: watchdog.lost is not None, 10, "the server declared lost")
