@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from raysparse.errors import ConfigError, TrainingDiverged
+from raysparse.errors import ConfigError, TrackingServerLost, TrainingDiverged
 
 
 def _apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -121,6 +121,9 @@ def cmd_sweep(args) -> int:
         print(f"raysparse: sweep {name!r} stopped, its open runs closed as KILLED; continue it with: "
               f"raysparse sweep --resume {name}", file=sys.stderr)
         return 130
+    except TrackingServerLost as err:  # its one line names the server and the resume command
+        print(f"raysparse: {err}", file=sys.stderr)
+        return 1
     sweep = result.sweep
     trials = result.to_dataframe()
     reported = f"metrics.{sweep.metric}"

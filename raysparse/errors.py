@@ -47,6 +47,11 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf: the run stops with this reason instead of training on garbage."""
 
 
+class TrackingServerLost(RuntimeError):
+    """The sweep's MLflow server stopped answering and could not be restarted: the sweep stopped,
+    its runs left open for ``raysparse sweep --resume NAME``."""
+
+
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """A ' (did you mean 'x'?)' suffix when a close choice exists, else ''."""
     match = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)

@@ -12,6 +12,7 @@ from ray.tune import Callback
 
 from raysparse.config import load_config
 from raysparse.errors import ConfigError
+from raysparse.search.server_watch import server_lost
 from raysparse.search.trial import failure_reason, is_retryable, run_name_for
 from raysparse.tracking import SweepRun
 
@@ -84,7 +85,8 @@ class TrialRunCloser(Callback):
     """A trial that ASHA stops or that crashes is killed mid-run and cannot close its own MLflow
     run; the driver does it, so no child run is left RUNNING, and a trial that failed before it
     opened a run gets one, FAILED with its reason. A failure that a retry cannot change (a bad
-    config, a divergence) is not retried."""
+    config, a divergence) is not retried. With the MLflow server lost it writes nothing (each
+    call would wait out its retries): the runs stay open for ``--resume``."""
 
     def __init__(self, parent: SweepRun, sweep):
         self.parent, self.sweep = parent, sweep
@@ -102,9 +104,12 @@ class TrialRunCloser(Callback):
             trial.max_failures = trial.run_metadata.num_failures
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.parent.close_trial(trial.trial_id, "KILLED")  # no-op when the trial finished itself
+        if server_lost(self.sweep.name) is None:
+            self.parent.close_trial(trial.trial_id, "KILLED")  # no-op when the trial finished itself
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        if server_lost(self.sweep.name) is not None:
+            return
         error = _trial_error(trial)
         where = f" (traceback: {trial.error_file})" if getattr(trial, "error_file", None) else ""
         reason = (failure_reason(error) if error is not None else "the trial raised an error") + where
@@ -116,6 +121,8 @@ class TrialRunCloser(Callback):
                                             params=config, reason=reason)
 
     def on_experiment_end(self, trials, **info):
+        if server_lost(self.sweep.name) is not None:
+            return
         discarded = self.parent.discard_unknown(
             {t.trial_id for t in trials}, reason="its trial was lost with the stopped driver (it started after "
             "Tune's last snapshot); the resumed sweep ran another trial in its place")

@@ -192,6 +192,8 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
     try:
         with tempfile.TemporaryDirectory() as restored:
             resume_from = _restore_checkpoint(checkpoint, restored)
+            if logger is not None and resume_from is None:
+                logger.run.start_over()  # no checkpoint is one at epoch 0: a retry's lost rows go
             if objects.loop is not None:
                 run_loop(objects.loop, config, [m for m, _ in sweep.objectives], report, resume_from)
             else:

@@ -20,7 +20,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from raysparse.config import get_dotted, load_config
-from raysparse.errors import ConfigError, unknown_choice
+from raysparse.errors import ConfigError, TrackingServerLost, unknown_choice
 from raysparse.imports import add_import_dirs
 from raysparse.methods.registry import user_methods
 from raysparse.report import report_sweep
@@ -30,6 +30,7 @@ from raysparse.search.layerwise import suggest_layer_densities
 from raysparse.search.local_ray import start_local_ray
 from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
+from raysparse.search.server_watch import StopWhenServerLost, watch_tracking_server
 from raysparse.search.settings import check_local_resources
 from raysparse.search.spaces import PythonObjects, Sweep, grid_points, load_sweep
 from raysparse.search.trial import TrackingTarget, trial_function
@@ -176,7 +177,7 @@ def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbo
             ),
             run_config=tune.RunConfig(
                 name=sweep.name, storage_path=storage_path, verbose=0,
-                callbacks=[progress, TrialRunCloser(parent, described)],
+                callbacks=[progress, TrialRunCloser(parent, described), StopWhenServerLost(sweep.name)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 # a trial whose process dies is retried from its last checkpoint, its MLflow run continued
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
@@ -298,19 +299,30 @@ def _trainable(sweep: Sweep, target: TrackingTarget, storage_path: str):
 
 def _fit(tuner: tune.Tuner, sweep: Sweep, parent: SweepRun, progress: ProgressView, home: Path) -> SweepResult:
     started = time.monotonic()
-    status = "FAILED"
-    try:
-        grid = tuner.fit()
-        result = SweepResult(sweep, grid, parent.tracking_uri, parent.experiment_name, parent.run_id,
-                             time.monotonic() - started)
-        parent.log_metrics({"num_trials": len(grid), "sweep_seconds": result.seconds})  # MLflow is read after finish
-        status = "FINISHED"
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (raysparse job stop; Ray makes it SystemExit)
-        status = "KILLED"  # the trials' processes go with the driver: close their runs for them
-        parent.close_running("KILLED", reason=f"stopped with the sweep (raysparse sweep --resume {sweep.name})")
-        raise
-    finally:
-        parent.finish(status)
+    status, lost = "FAILED", None
+    embedded_home = home if sweep.tracking_uri is None else None
+    with watch_tracking_server(sweep.name, parent.tracking_uri, embedded_home) as watchdog:
+        try:
+            grid = tuner.fit()
+            result = SweepResult(sweep, grid, parent.tracking_uri, parent.experiment_name, parent.run_id,
+                                 time.monotonic() - started)
+            parent.log_metrics({"num_trials": len(grid), "sweep_seconds": result.seconds})  # read after finish
+            status = "FINISHED"
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (raysparse job stop; Ray makes it SystemExit)
+            status = "KILLED"  # the trials' processes go with the driver: close their runs for them
+            if watchdog.lost is None:
+                parent.close_running("KILLED", reason=f"stopped with the sweep (raysparse sweep --resume {sweep.name})")
+            raise
+        except Exception:  # with the server lost, whatever failed failed for that
+            if watchdog.lost is None:
+                raise
+        finally:
+            lost = watchdog.lost
+            if lost is None:  # a lost server's runs stay open: nothing can close them, --resume continues them
+                parent.finish(status)
+    if lost is not None:
+        raise TrackingServerLost(f"sweep {sweep.name!r} stopped: {lost}; once it answers, continue the sweep with: "
+                                 f"raysparse sweep --resume {sweep.name}")
     result.report = _write_report(result, home / "reports" / sweep.name)
     progress.summary(result)
     return result

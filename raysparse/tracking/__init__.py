@@ -9,6 +9,15 @@ import os
 # trials run unattended: no "View run at" line per run end, no progress bar per download
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# A dead server must not hold a trial for minutes (MLflow's default: 7 retries, backoff factor 2,
+# 120 s per attempt: about 4 minutes when refused, far more when hung). 6 retries 0, 2, 4, 8, 16
+# and 32 s apart outlast a restart of the embedded server (7-20 s here, see tracking/watchdog.py)
+# and give up after about a minute; 10 s per attempt. Every process that logs imports this package:
+# trial processes on any node get the same bounds, and a user's own settings win.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "6")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 from raysparse.tracking.naming import flatten_metrics, flatten_params  # noqa: E402  (after the environment defaults)
 from raysparse.tracking.reading import (

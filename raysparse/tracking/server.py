@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import http.client
 import json
 import os
 import signal
@@ -51,7 +52,7 @@ def ensure_local_server(
     by default 127.0.0.1 only; a ``host`` other than the running server's is an error (stop it
     first). A file lock makes concurrent callers start one server between them.
     """
-    state_dir = Path(home or default_home()).expanduser().resolve() / "mlflow"
+    state_dir = _state_dir(home)
     state_dir.mkdir(parents=True, exist_ok=True)
     with _locked(state_dir / "server.lock"):
         record = _read_record(state_dir)
@@ -88,9 +89,34 @@ def ensure_local_server(
         return _uri(record)
 
 
+def restart_local_server(home: Path | None, uri: str, timeout: float = 40) -> None:
+    """Start ``home``'s server again at ``uri``, on the same port and store, after it died or hung:
+    the trials of a running sweep hold that URI. RuntimeError when it cannot: it was stopped on
+    purpose (``raysparse ui --stop``), another one took its place, or it does not come up in
+    ``timeout`` s (the port taken meanwhile, say)."""
+    record = _read_record(_state_dir(home))
+    if record is None:
+        raise RuntimeError("it was stopped on purpose (raysparse ui --stop)")
+    if _uri(record) != uri:
+        raise RuntimeError(f"this home's server now runs at {_uri(record)}")
+    ensure_local_server(home, port=record["port"], host=record["host"], timeout=timeout)
+
+
+def local_server_alive(home: Path | None = None) -> bool:
+    """Whether the process of ``home``'s server runs (answering or not)."""
+    record = _read_record(_state_dir(home))
+    return bool(record) and _alive(record["pid"])
+
+
+def answers(uri: str) -> bool:
+    """Whether the MLflow server at ``uri`` answers ``/health`` now (credentials in the URI are sent)."""
+    loopback = urllib.parse.urlsplit(uri).hostname in ("127.0.0.1", "localhost", "::1")
+    return _health_ok(_LOOPBACK_OPENER if loopback else urllib.request.build_opener(), _health_request(uri))
+
+
 def stop_local_server(home: Path | None = None) -> bool:
     """Stop the server recorded for ``home`` (its whole process group); False if none was running."""
-    state_dir = Path(home or default_home()).expanduser().resolve() / "mlflow"
+    state_dir = _state_dir(home)
     if not state_dir.is_dir():
         return False
     with _locked(state_dir / "server.lock"):
@@ -138,6 +164,10 @@ def _health_request(uri: str) -> urllib.request.Request:
         token = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode()
         request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
     return request
+
+
+def _state_dir(home: Path | None) -> Path:
+    return Path(home or default_home()).expanduser().resolve() / "mlflow"
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -202,10 +232,14 @@ def _alive(pid: int) -> bool:
 
 
 def _healthy(uri: str) -> bool:
+    return _health_ok(_LOOPBACK_OPENER, uri + "/health")
+
+
+def _health_ok(opener: urllib.request.OpenerDirector, request: urllib.request.Request | str) -> bool:
     try:
-        with _LOOPBACK_OPENER.open(uri + "/health", timeout=_HEALTH_TIMEOUT) as response:
+        with opener.open(request, timeout=_HEALTH_TIMEOUT) as response:
             return response.status == 200
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException):  # a server killed mid-answer, too
         return False
 
 

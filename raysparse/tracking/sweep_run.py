@@ -10,7 +10,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from raysparse.errors import ConfigError
+from raysparse.errors import ConfigError, TrackingServerLost
 from raysparse.tracking._client import _children, _experiment_id, _log_metrics, _log_params, _set_failure_reason
 from raysparse.tracking.naming import (
     FAILURE_TAG,
@@ -151,6 +151,8 @@ class SweepRun:
             yield self
         except (KeyboardInterrupt, SystemExit):
             self._close_after_error("KILLED", stopped)
+            raise
+        except TrackingServerLost:  # nothing can reach the run: it stays open, and --resume continues it
             raise
         except BaseException as error:
             described = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

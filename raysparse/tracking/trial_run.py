@@ -45,6 +45,7 @@ class TrialRun:
         self._workdir = tempfile.TemporaryDirectory(prefix="raysparse-trial-")
         self._lineage = Path(self._workdir.name) / LINEAGE
         self._lineage.parent.mkdir(parents=True)
+        self._recorded: set[tuple[str, int]] = set()  # (metric, step) pairs an earlier attempt logged
 
     @classmethod
     def open(cls, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str, *,
@@ -67,6 +68,9 @@ class TrialRun:
         if existing and any(f.path == LINEAGE for f in client.list_artifacts(trial.run_id, "masks")):
             # keep the rows logged before the retry: later uploads overwrite the artifact whole
             Path(client.download_artifacts(trial.run_id, LINEAGE, trial._workdir.name)).replace(trial._lineage)
+        if existing:
+            history = client.get_metric_history
+            trial._recorded = {(key, m.step) for key in existing[0].data.metrics for m in history(trial.run_id, key)}
         return trial
 
     @staticmethod
@@ -83,8 +87,15 @@ class TrialRun:
             self._client.set_tag(self.run_id, key, value)
 
     def log_epoch(self, metrics: dict, step: int) -> None:
-        """All numbers of one epoch at ``step`` in one request; a non-number raises TypeError first."""
-        _log_metrics(self._client, self.run_id, flatten_metrics(metrics), step)
+        """All numbers of one epoch at ``step`` in one request; a non-number raises TypeError first.
+
+        A retry redoes the epochs its lost attempt trained after the checkpoint it restarts from
+        (all of them without one). MLflow cannot delete a metric's points, so those already in the
+        run are not logged again: the retry is bit-identical on them (tests/search/test_faults.py),
+        and each epoch appears once in the history."""
+        flat = {k: v for k, v in flatten_metrics(metrics).items() if (k, int(step)) not in self._recorded}
+        if flat:
+            _log_metrics(self._client, self.run_id, flat, step)
 
     def log_mask_events(self, events: list[MaskEvent]) -> None:
         """Each event's packed masks as ``masks/step_<step>_<hash>.bin`` plus a row in the lineage."""
@@ -106,6 +117,12 @@ class TrialRun:
             with open(self._lineage, "a") as lineage:
                 lineage.write(json.dumps(row) + "\n")
         self._client.log_artifact(self.run_id, str(self._lineage), "masks")
+
+    def start_over(self) -> None:
+        """A retry without a checkpoint trains from epoch 0, as if restored from a checkpoint there
+        that holds no lineage: every row of the lost attempt leaves the lineage (the retry logs its
+        own, from its initial masks on)."""
+        self._forget_lineage_after(-1)
 
     def _forget_lineage_after(self, step: int) -> None:
         """A retried trial restarts from its checkpoint at ``step``: rows the lost attempt logged

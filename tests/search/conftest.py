@@ -66,3 +66,12 @@ def four_trials(ray_runtime, home, tmp_path_factory):
         return raysparse.sweep(sweep, home=home, verbose=False)
     finally:
         os.chdir(started_in)
+
+
+def logged_steps(uri, run_id, keys=("epoch", "train_loss", "val_accuracy", "density")):
+    """``{metric: [step, ...]}`` in the order MLflow's metric history holds them: a step that
+    appears twice was logged twice (a retry redoing epochs), a missing one was lost."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    return {key: sorted(m.step for m in client.get_metric_history(run_id, key)) for key in keys}

@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 import raysparse
 from raysparse.sparsity.masks import masks_hash
 from raysparse.tracking import TrialRun, download_lineage, download_masks, ensure_local_server, load_sweep
-from tests.search.conftest import tiny_sweep
+from tests.search.conftest import logged_steps, tiny_sweep
 
 
 def wait_for(condition, timeout=180, what="condition"):
@@ -47,9 +47,16 @@ def pareto_of(data):
 
 
 def trial_processes():
-    """Ray's trial actors: their process title is `ray::ImplicitFunc...`."""
-    titles = ((p, (p.info["cmdline"] or [""])[0]) for p in psutil.process_iter(["cmdline"]))
-    return [p for p, title in titles if title.startswith("ray::ImplicitFunc")]
+    """This test's Ray trial actors (its Ray runtime's workers, not another sweep's on this machine):
+    their process title is `ray::ImplicitFunc...`."""
+    return [p for p in psutil.Process().children(recursive=True) if _title(p).startswith("ray::ImplicitFunc")]
+
+
+def _title(process):
+    try:
+        return (process.cmdline() or [""])[0]
+    except psutil.Error:  # it ended meanwhile
+        return ""
 
 
 def one_trial(name, epochs):
@@ -95,6 +102,7 @@ def test_killed_trial_is_retried_from_its_checkpoint_and_ends_as_if_uninterrupte
     assert (resume["hash"], resume["weights_hash"]) == (checkpoint["hash"], checkpoint["weights_hash"])
     assert resume["hash"] == resume["parent_hash"] == lineage[resumes[0] - 1]["hash"]
     assert all(a["step"] <= b["step"] for a, b in zip(lineage, lineage[1:]))  # the lost attempt's rows are gone
+    assert logged_steps(uri, run_id) == {key: list(range(1, 25)) for key in logged_steps(uri, run_id)}
 
     # and the retried trial ends bit-identical to the same config trained without interruption
     threads = torch.get_num_threads()
@@ -105,6 +113,37 @@ def test_killed_trial_is_retried_from_its_checkpoint_and_ends_as_if_uninterrupte
         torch.set_num_threads(threads)
     assert trials["metrics.val_accuracy"].iloc[0] == final["val_accuracy"]
     assert trials["metrics.train_loss"].iloc[0] == final["train_loss"]
+    assert masks_hash(download_masks(uri, run_id)) == lineage[-1]["hash"]
+
+
+def test_killed_trial_without_a_checkpoint_starts_over_and_logs_each_epoch_once(ray_runtime, home):
+    epochs = 16
+    raw = one_trial("nockpt", epochs=epochs)
+    raw["checkpoint_interval"] = 3600  # never reached: the retry starts at epoch 0, as on digits at 60 s
+    results = []
+    sweep = threading.Thread(target=lambda: results.append(raysparse.sweep(raw, home=home, verbose=False)))
+    uri = ensure_local_server(home)
+    sweep.start()
+
+    def trained_some_epochs():
+        runs = child_runs(uri, "nockpt")
+        return runs and 3 <= runs[0].data.metrics.get("epoch", 0) <= epochs - 6
+
+    wait_for(trained_some_epochs, what="a few epochs")
+    (victim,) = trial_processes()
+    victim.send_signal(signal.SIGKILL)
+    sweep.join(timeout=300)
+    (result,) = results
+    assert result.errors == [] and failures_recorded(result) == 1  # it was killed once, then retried
+
+    trials = result.to_dataframe()
+    assert len(trials) == 1 and trials["status"].iloc[0] == "FINISHED"
+    run_id = trials["run_id"].iloc[0]
+    # the lost attempt's epochs are not in the history a second time
+    assert logged_steps(uri, run_id) == {key: list(range(1, epochs + 1)) for key in logged_steps(uri, run_id)}
+    lineage = download_lineage(uri, run_id)
+    rows = [(row["step"], row["reason"], row["hash"]) for row in lineage]
+    assert len(set(rows)) == len(rows) and rows == sorted(rows, key=lambda row: row[0])  # one attempt's rows
     assert masks_hash(download_masks(uri, run_id)) == lineage[-1]["hash"]
 
 
