@@ -39,7 +39,8 @@ def test_embedded_server_whose_port_was_taken_is_lost_with_the_reason(tmp_path):
         with ServerWatchdog(uri, tmp_path, poll=0.2) as watchdog:
             wait_for(lambda: watchdog.lost is not None, 60, "the server declared lost")
     assert watchdog.lost.startswith(f"the embedded MLflow server {uri} stopped answering and was not started "
-                                    "again: mlflow server exited with code ")
+                                    "again: the embedded mlflow server exited with code ")
+    assert watchdog.lost.endswith(f"its log: {tmp_path.resolve() / 'mlflow' / 'server.log'}")
     assert "\n" not in watchdog.lost  # one line: the server's log stays in server.log
 
 
