@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 
+from raysparse.errors import ConfigError, shown
 from raysparse.tracking.naming import FAILURE_TAG, PARENT_TAG, TRIAL_TAG
 
 _PARAMS_PER_BATCH, _METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
@@ -69,11 +70,13 @@ def _search(client: MlflowClient, experiment_id: str, query: str, order_by: str 
 def _children(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str | None = None) -> list[Run]:
     query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
     if trial_id is not None:
-        query += f" and tags.`{TRIAL_TAG}` = '{_quotable(trial_id)}'"
+        query += f" and tags.`{TRIAL_TAG}` = '{_quotable(trial_id, 'trial_id')}'"
     return _search(client, experiment_id, query)
 
 
-def _quotable(value: str) -> str:
+def _quotable(value: str, field: str = "name") -> str:
+    """``value`` inside an MLflow filter's quotes; no name raysparse gives holds a quote."""
     if "'" in value:
-        raise ValueError(f"{value!r}: a quote cannot be searched for in an MLflow filter")
+        raise ConfigError(field, f"got {shown(value)}; allowed: names without quotes (sweep names are ASCII "
+                          "letters, digits, '-' and '_')")
     return value

@@ -42,7 +42,7 @@ def load_sweep(tracking_uri: str, experiment_name: str, sweep_name: str | None =
         raise _not_found("experiment", experiment_name, [e.name for e in client.search_experiments()])
     query = f"tags.`{ROLE_TAG}` = 'sweep'"
     if sweep_name is not None:
-        query += f" and tags.`{SWEEP_TAG}` = '{_quotable(sweep_name)}'"
+        query += f" and tags.`{SWEEP_TAG}` = '{_quotable(sweep_name, 'NAME')}'"
     found = _search(client, experiment.experiment_id, query, "attributes.start_time DESC", limit=1)
     if not found:
         every_sweep = _search(client, experiment.experiment_id, f"tags.`{ROLE_TAG}` = 'sweep'")

@@ -115,6 +115,10 @@ def test_report_and_ui_commands_read_the_finished_sweep(four_trials, home, tmp_p
     missing = subprocess.run([sys.executable, "-m", "raysparse.cli", "report", "fuor"], capture_output=True,
                              text=True, env=env)
     assert missing.returncode == 2 and "did you mean 'four'" in missing.stderr and "Traceback" not in missing.stderr
+    quoted = subprocess.run([sys.executable, "-m", "raysparse.cli", "report", "fo'ur", "--experiment", "four"],
+                            capture_output=True, text=True, env=env)
+    assert quoted.returncode == 2 and quoted.stderr.startswith("raysparse: error: NAME: got \"fo'ur\"; allowed:")
+    assert len(quoted.stderr.splitlines()) == 1
 
 
 def test_grid_sweep_with_a_dense_reference_measures_prune_potential(ray_runtime, home, tmp_path):
