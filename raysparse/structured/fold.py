@@ -1,9 +1,8 @@
 """Folding eval-mode BatchNorm into the convolution before it: the deployed form of a conv net.
 
 In eval a BatchNorm is a fixed per-channel affine map, so ``bn(conv(x))`` is one convolution with
-rescaled weights and a bias. On this CPU that removes a memory-bound pass over every feature map
-(``benchmarks/compaction.py --profile``), which matters most on a compacted network, where the
-convolutions shrank by the square of the kept share and the BatchNorms only by the share.
+rescaled weights and a bias: one memory-bound pass over every feature map less. On this CPU that
+made ResNet-20, dense and HAP-compacted, 12-26% faster (``benchmarks/compaction.py``, README).
 """
 
 from __future__ import annotations
