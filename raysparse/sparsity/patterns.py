@@ -84,12 +84,14 @@ class NM:
         """The candidates that rank among the best ``n - (kept in their group)`` candidates of their
         group. Taking the global top-k of these is the best top-k under the pattern: the groups'
         caps form a partition matroid, on which greedy selection is optimal."""
+        if kept is None and self.holds(candidates):  # pruning a mask that holds the pattern: every weight may stay
+            return candidates
         ranked = self._groups(torch.where(candidates, score.float(), -torch.inf))
-        order = torch.argsort(ranked, dim=-1, descending=True, stable=True)
-        rank = torch.empty_like(order)
-        rank.scatter_(-1, order, torch.arange(self.m, device=order.device).expand_as(order))
+        best = ranked.topk(self.n, dim=-1, sorted=True).indices  # a group's n best, best first (a full sort costs 2x)
         room = self.n - (self._groups(kept).sum(-1, keepdim=True) if kept is not None else 0)
-        return (rank < room).view_as(candidates) & candidates
+        within = (torch.arange(self.n, device=best.device) < room).expand_as(best)
+        eligible = torch.zeros_like(ranked, dtype=torch.bool).scatter_(-1, best, within)
+        return eligible.view_as(candidates) & candidates
 
     def select(self, score: torch.Tensor, candidates: torch.Tensor, k: int, kept: torch.Tensor | None = None):
         """The best ``k`` candidates such that ``kept | chosen`` still holds at most ``n`` per group
