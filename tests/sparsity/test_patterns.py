@@ -88,6 +88,29 @@ def test_nm_top_k_is_the_best_mask_under_the_pattern_by_brute_force():
         assert score[chosen].sum().item() == pytest.approx(best, rel=1e-6)
 
 
+def test_nm_growth_is_the_best_addition_to_the_kept_weights_by_brute_force():
+    generator = torch.Generator().manual_seed(3)
+    pattern = NM(2, 4)
+    for _ in range(20):
+        score = torch.rand(1, 8, generator=generator)
+        kept = pattern.select(torch.rand(1, 8, generator=generator), torch.ones(1, 8, dtype=torch.bool),
+                              int(torch.randint(0, 4, (1,), generator=generator)))
+        room = 4 - int(kept.sum())
+        k = int(torch.randint(0, room + 1, (1,), generator=generator))
+        free = [i for i in range(8) if not kept[0, i]]
+
+        def with_added(added):
+            mask = kept.clone()
+            mask[0, list(added)] = True
+            return mask
+
+        best = max(sum(score[0, i].item() for i in added) for added in itertools.combinations(free, k)
+                   if nm_holds(with_added(added), 2, 4))
+        grown = pattern.select(score, ~kept, k, kept=kept)
+        assert int(grown.sum()) == k and not (grown & kept).any() and nm_holds(grown | kept, 2, 4)
+        assert score[grown].sum().item() == pytest.approx(best, rel=1e-6)
+
+
 def test_nm_groups_a_convolution_along_its_flattened_inputs():
     # weight [out=1, in=2, kh=1, kw=2]: the 4 inputs (c0 u0, c0 u1, c1 u0, c1 u1) form one group of 4
     mask = torch.tensor([True, True, True, False]).view(1, 2, 1, 2)
