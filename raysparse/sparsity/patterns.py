@@ -87,7 +87,7 @@ class NM:
         if kept is None and self.holds(candidates):  # pruning a mask that holds the pattern: every weight may stay
             return candidates
         ranked = self._groups(torch.where(candidates, score.float(), -torch.inf))
-        best = ranked.topk(self.n, dim=-1, sorted=True).indices  # a group's n best, best first (a full sort costs 2x)
+        best = ranked.topk(self.n, dim=-1, sorted=True).indices  # a group's n best, best first (cheaper than a sort)
         room = self.n - (self._groups(kept).sum(-1, keepdim=True) if kept is not None else 0)
         within = (torch.arange(self.n, device=best.device) < room).expand_as(best)
         eligible = torch.zeros_like(ranked, dtype=torch.bool).scatter_(-1, best, within)

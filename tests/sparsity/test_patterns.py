@@ -99,13 +99,8 @@ def test_nm_growth_is_the_best_addition_to_the_kept_weights_by_brute_force():
         k = int(torch.randint(0, room + 1, (1,), generator=generator))
         free = [i for i in range(8) if not kept[0, i]]
 
-        def with_added(added):
-            mask = kept.clone()
-            mask[0, list(added)] = True
-            return mask
-
         best = max(sum(score[0, i].item() for i in added) for added in itertools.combinations(free, k)
-                   if nm_holds(with_added(added), 2, 4))
+                   if nm_holds(kept.index_fill(1, torch.tensor(added, dtype=torch.long), True), 2, 4))
         grown = pattern.select(score, ~kept, k, kept=kept)
         assert int(grown.sum()) == k and not (grown & kept).any() and nm_holds(grown | kept, 2, 4)
         assert score[grown].sum().item() == pytest.approx(best, rel=1e-6)
