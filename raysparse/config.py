@@ -23,6 +23,7 @@ from raysparse.errors import require_choice as _choice
 from raysparse.methods import SparsityConfig, get_method, known_methods
 from raysparse.robustness.evaluate import RobustnessConfig
 from raysparse.sparsity.distributions import DISTRIBUTIONS
+from raysparse.sparsity.patterns import NM, UNSTRUCTURED, parse_pattern
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step", "multistep")
@@ -277,6 +278,30 @@ def _check_sparsity(p: SparsityConfig, epochs: int) -> None:
         raise ConfigError("sparsity.layer_densities", "distribution 'explicit' needs a mapping layer -> density")
     options = p.options if p.options is not None else get_method(p.method).Options()
     options.check(epochs=epochs)  # each method checks its own options (methods/<name>.py)
+    _check_pattern(p)
+
+
+def _check_pattern(p: SparsityConfig) -> None:
+    """A pattern needs a method that picks masks by a score, and densities it can hold: at most
+    N/M on an N:M layer, so final_sparsity (and a sparse start) at least 1 - N/M."""
+    pattern = parse_pattern(p.pattern)
+    if pattern is UNSTRUCTURED:
+        return
+    if not get_method(p.method).takes_pattern:
+        takers = ", ".join(sorted(m.name for m in known_methods() if m.takes_pattern))
+        raise ConfigError("sparsity.pattern", f"got {p.pattern!r}, but method {p.method!r} cannot keep a pattern "
+                          f"(its masks are not picked by a score); allowed: unstructured, or a method that takes "
+                          f"one: {takers}")
+    if not isinstance(pattern, NM):
+        return  # a block pattern holds any density
+    floor = 1.0 - pattern.max_density
+    holds = f"with pattern {p.pattern!r} (at most {pattern.n} of every {pattern.m} weights kept)"
+    _require(p.final_sparsity >= floor - 1e-9, "sparsity.final_sparsity", p.final_sparsity, f">= {floor:g} {holds}")
+    _require(p.initial_sparsity == 0 or p.initial_sparsity >= floor - 1e-9, "sparsity.initial_sparsity",
+             p.initial_sparsity, f"0 or >= {floor:g} {holds}")
+    for name, density in (p.layer_densities or {}).items():
+        _require(density <= pattern.max_density + 1e-9, f"sparsity.layer_densities.{name}", density,
+                 f"<= {pattern.max_density:g} {holds}")
 
 
 # ---- the sparsity block: one flat mapping of the shared keys and the method's own options ---------
@@ -305,6 +330,8 @@ def _sparsity_from_dict(raw: Any, path: str) -> SparsityConfig:
                 f"{', '.join(own) or 'none'} ({method.name}'s own), {', '.join(others)} (other methods', "
                 f"unused by {method.name}){did_you_mean(key, known)}",
             )
+    if not isinstance(raw.get("pattern", ""), str):  # YAML reads an unquoted 2:4 as 124: say so
+        parse_pattern(raw["pattern"], f"{path}.pattern")
     shared = _from_dict(SparsityConfig, {k: v for k, v in raw.items() if k in SHARED_SPARSITY_KEYS}, path)
     options = _from_dict(method.Options, {k: v for k, v in raw.items() if k in own}, path)
     return dataclasses.replace(shared, options=options)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,9 +27,10 @@ import torch
 from torch import nn
 
 from raysparse.errors import ConfigError
-from raysparse.sparsity.distributions import get_distribution, kept_counts
+from raysparse.sparsity.distributions import cap_densities, get_distribution, kept_counts
 from raysparse.sparsity.masks import MaskSet, prunable_weights, resolve_dense_layers
-from raysparse.sparsity.scores import keep_top, magnitude
+from raysparse.sparsity.patterns import UNSTRUCTURED, Pattern, layer_patterns, parse_pattern, unpatterned_layers
+from raysparse.sparsity.scores import magnitude
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class SparsityConfig:
 
     method: str = "dense"  # a registered name or an import path 'package.module:Class'
     distribution: str = "erk"
+    pattern: str = "unstructured"  # | 'N:M' (e.g. '2:4') | 'block:RxC' (e.g. 'block:1x4'); sparsity/patterns.py
     initial_sparsity: float = 0.0
     final_sparsity: float = 0.9
     prune_start: float = 0  # epoch
@@ -82,6 +85,9 @@ class SparseMethod:
     paper = ""
     Options: ClassVar[type[MethodOptions]] = MethodOptions  # a method's own options dataclass
     density_tolerance = 0.0  # how far the final density may be from target_density() (exact methods: 0)
+    # True: every mask this method sets holds ``sparsity.pattern`` (it picks masks through the helpers
+    # below, or with ``pattern_of(name).select``); False: the method refuses a pattern before it starts
+    takes_pattern: ClassVar[bool] = False
 
     def __init__(self, config: SparsityConfig, *, seed: int = 0):
         options = config.options if config.options is not None else self.Options()
@@ -107,6 +113,7 @@ class SparseMethod:
         self.prune_end_step = self.epoch_to_step(cfg.prune_end, default=total_steps // 2)
         self.prune_end_epoch = round(cfg.prune_end) if cfg.prune_end is not None else self.epochs // 2
         self.masks = self.build_masks(model)
+        self.follow_pattern()
         self.init_masks()  # its event stays queued: the first report logs the initial masks
 
     def epoch_to_step(self, epoch: float | None, default: int) -> int:
@@ -121,6 +128,26 @@ class SparseMethod:
             raise ConfigError("sparsity.include", "no weight that does a matmul (Conv, Linear, attention) "
                               "matches; nothing to prune")
         return MaskSet(weights, resolve_dense_layers(list(weights), cfg.dense_layers))
+
+    def follow_pattern(self) -> None:
+        """Each masked layer's pattern: ``sparsity.pattern`` where the layer's shape divides by it,
+        unstructured elsewhere (a warning names those layers, ``pattern_coverage`` counts them)."""
+        pattern = parse_pattern(self.config.pattern)
+        if pattern is not UNSTRUCTURED and not self.takes_pattern:  # load_config refuses it earlier
+            raise ConfigError("sparsity.pattern",
+                              f"got {pattern.name!r}; method {self.name!r} takes 'unstructured' only")
+        shapes = {n: w.shape for n, w in self.masks.weights.items()}
+        self.pattern = pattern
+        self.patterns = layer_patterns(pattern, shapes, self.masks.dense_layers)
+        self.masks.enforce(self.patterns)
+        left = unpatterned_layers(pattern, shapes, self.masks.dense_layers)
+        if left:
+            listed = ", ".join(f"{n} {list(shapes[n])}" for n in left[:4]) + (", ..." if len(left) > 4 else "")
+            warnings.warn(f"sparsity.pattern {pattern.name!r}: {len(left)} layer(s) stay unstructured, their "
+                          f"shape does not divide by the pattern: {listed}", stacklevel=2)
+
+    def pattern_of(self, name: str) -> Pattern:
+        return getattr(self, "patterns", {}).get(name, UNSTRUCTURED)
 
     def bind(self, *, loss_fn, train_batches, input_shape: tuple[int, ...]) -> None:
         """What a method may need beyond the model: the loss, a zero-argument callable giving a
@@ -164,8 +191,13 @@ class SparseMethod:
         return self.masks.layer_density()
 
     def metrics(self) -> dict[str, float]:
-        """Figures of the method's own reported each epoch (HAP's channel counts); none by default."""
-        return {}
+        """Figures of the method's own reported each epoch (HAP's channel counts). Under a pattern:
+        ``pattern_coverage``, the fraction of the pruned layers' weights whose layer holds it."""
+        if getattr(self, "pattern", UNSTRUCTURED) is UNSTRUCTURED:
+            return {}
+        pruned = {n: w.numel() for n, w in self.masks.weights.items() if n not in self.masks.dense_layers}
+        held = sum(size for n, size in pruned.items() if self.pattern_of(n) is not UNSTRUCTURED)
+        return {"pattern_coverage": held / max(sum(pruned.values()), 1)}
 
     def export(self, model: nn.Module) -> nn.Module:
         """The trained model as a plain nn.Module (masks in the weights, no method machinery)."""
@@ -199,14 +231,18 @@ class SparseMethod:
         """Weights to keep per layer at ``density``, allocated by the configured distribution.
 
         ``scores`` stand in for the weights: 'global' ranks them across layers, the others
-        only read their shapes.
+        only read their shapes. A layer under an N:M pattern holds at most N/M; what it cannot
+        hold goes to the other layers (``cap_densities``).
         """
         cfg = self.config
         distribution = get_distribution(cfg.distribution)
         densities = distribution(
             scores, density, dense_layers=self.masks.dense_layers, densities=cfg.layer_densities
         )
-        return kept_counts(densities, {n: s.numel() for n, s in scores.items()})
+        sizes = {n: s.numel() for n, s in scores.items()}
+        caps = {n: self.pattern_of(n).max_density for n in scores}
+        fixed = frozenset(cfg.layer_densities or ()) if cfg.distribution == "explicit" else frozenset()
+        return kept_counts(cap_densities(densities, sizes, caps, fixed), sizes)
 
     def masks_from_scores(
         self, scores: dict[str, torch.Tensor], density: float, *, among_active: bool
@@ -220,7 +256,7 @@ class SparseMethod:
             if name in self.masks.dense_layers:
                 continue
             candidates = self.masks.masks[name] if among_active else torch.ones_like(self.masks.masks[name])
-            new[name] = keep_top(score, candidates, counts[name])
+            new[name] = self.pattern_of(name).select(score, candidates, counts[name])
         return new
 
     def random_masks(self, density: float) -> dict[str, torch.Tensor]:
@@ -231,7 +267,7 @@ class SparseMethod:
         else:
             counts = self.layer_targets(scores, density)
         return {
-            n: keep_top(s, torch.ones_like(s, dtype=torch.bool), counts[n])
+            n: self.pattern_of(n).select(s, torch.ones_like(s, dtype=torch.bool), counts[n])
             for n, s in scores.items()
             if n not in self.masks.dense_layers
         }
@@ -246,17 +282,18 @@ class SparseMethod:
     def drop_and_grow(self, ratio: float, step: int, grow_score, reason: str = "regrow") -> None:
         """In each layer drop ceil(ratio * nnz) smallest-magnitude active weights and grow as
         many inactive ones with the highest ``grow_score`` (regrown weights start at zero with
-        fresh optimizer state). Density is unchanged."""
+        fresh optimizer state). Density is unchanged. Under a pattern both steps keep it: whole
+        blocks are dropped and grown, an N:M group grows only into the room its drops left."""
         new, reset = {}, {}
         for name, weight in self.masks.weights.items():
             if name in self.masks.dense_layers:
                 continue
-            mask = self.masks.masks[name]
+            mask, pattern = self.masks.masks[name], self.pattern_of(name)
             active = int(mask.sum())
-            n = math.ceil(ratio * active)
+            n = pattern.unit * math.ceil(ratio * active / pattern.unit)
             if n == 0 or active == mask.numel():  # a dense layer has nowhere to grow into
                 continue
-            kept = keep_top(magnitude(weight), mask, active - n)
-            grown = keep_top(grow_score(weight, self.optimizer, self.generator), ~kept, n)
+            kept = pattern.select(magnitude(weight), mask, active - n)
+            grown = pattern.select(grow_score(weight, self.optimizer, self.generator), ~kept, n, kept=kept)
             new[name], reset[name] = kept | grown, grown & mask
         self.masks.update(new, step=step, reason=reason, optimizer=self.optimizer, reset=reset)

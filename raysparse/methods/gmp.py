@@ -28,6 +28,7 @@ class GMP(SparseMethod):
     name = "gmp"
     paper = "https://arxiv.org/abs/1710.01878"
     Options = GMPOptions
+    takes_pattern = True  # each pruning step keeps the best weights the pattern allows
 
     def init_masks(self) -> None:
         if self.config.initial_sparsity > 0:

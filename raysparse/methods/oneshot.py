@@ -11,6 +11,7 @@ from raysparse.methods.registry import register
 class OneShot(SparseMethod):
     name = "oneshot"
     paper = "https://arxiv.org/abs/1506.02626"
+    takes_pattern = True
 
     def update_masks(self, step: int) -> None:
         if step == self.prune_end_step:

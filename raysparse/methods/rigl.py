@@ -67,6 +67,7 @@ class RigL(RegrowthMixin, SparseMethod):
     name = "rigl"
     paper = "https://arxiv.org/abs/1911.11134"
     Options = GrowthOptions
+    takes_pattern = True  # random initial masks under the pattern; drop and grow keep it (drop_and_grow)
 
     def init_masks(self) -> None:
         self.masks.update(self.random_masks(self.target_density()), step=0, reason="init")

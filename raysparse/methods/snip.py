@@ -9,6 +9,7 @@ from raysparse.methods.registry import register
 class SNIP(SparseMethod):
     name = "snip"
     paper = "https://arxiv.org/abs/1810.02340"
+    takes_pattern = True  # the top saliencies the pattern allows
 
     def after_backward(self, step: int) -> None:
         if step != 0:

@@ -8,6 +8,7 @@ from raysparse.methods.registry import register
 class Static(SparseMethod):
     name = "static"
     paper = "https://arxiv.org/abs/1707.04780 (Erdos-Renyi masks, Mocanu et al. 2018)"
+    takes_pattern = True  # random masks that hold the pattern
 
     def init_masks(self) -> None:
         self.masks.update(self.random_masks(self.target_density()), step=0, reason="init")

@@ -17,6 +17,10 @@ convolution's row takes the norms of its own group's channels; a Conv1d is unfol
 of height 1. A weight whose input no hook sees (a Conv3d, a Linear its parent calls functionally,
 such as nn.MultiheadAttention's out_proj) is scored by |W| alone, and a warning names it.
 
+Under ``sparsity.pattern``: N:M keeps the per-row comparison among the N best of each group of M
+(the paper's own N:M rule); a block spans several rows, so blocks (ranked by their summed score)
+are compared across the layer.
+
 When: dense training for ``prune_end`` epochs (default half of training), one pruning step, then
 fine-tuning for the remaining epochs, like ``oneshot``. ``prune_end: 0`` prunes before the first
 step: with ``init_from`` that is post-training pruning of a loaded network; ``prune_end`` equal to
@@ -37,6 +41,7 @@ from torch import nn
 from raysparse.errors import require
 from raysparse.methods.base import MethodOptions, SparseMethod
 from raysparse.methods.registry import register
+from raysparse.sparsity.patterns import Block, Pattern
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class Wanda(SparseMethod):
     name = "wanda"
     paper = "https://arxiv.org/abs/2306.11695"
     Options = WandaOptions
+    takes_pattern = True  # N:M: per row among each group's N best; blocks: across the layer
 
     def init_masks(self) -> None:
         self.pruned = False
@@ -74,7 +80,8 @@ class Wanda(SparseMethod):
             warnings.warn(f"wanda: no input seen for {', '.join(unseen)}; pruned by |W| alone", stacklevel=2)
         scores = {n: wanda_score(w, norms[n]) for n, w in weights.items()}
         counts = self.layer_targets(scores, self.target_density())
-        new = {n: keep_per_row(s, counts[n]) for n, s in scores.items() if n not in self.masks.dense_layers}
+        new = {n: keep_per_row_under(self.pattern_of(n), s, counts[n])
+               for n, s in scores.items() if n not in self.masks.dense_layers}
         self.masks.update(new, step=step, reason="wanda", optimizer=self.optimizer)
         self.pruned = True
 
@@ -147,6 +154,15 @@ def _column_squares(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     per_column = columns.square().sum((0, 2))
     groups, rows = module.groups, module.out_channels
     return per_column.view(groups, -1).repeat_interleave(rows // groups, dim=0) if groups > 1 else per_column[None]
+
+
+def keep_per_row_under(pattern: Pattern, score: torch.Tensor, count: int) -> torch.Tensor:
+    """``keep_per_row`` among the weights ``pattern`` allows; whole blocks across the layer for a
+    block pattern. The count is at most what the pattern holds (``layer_targets`` caps it)."""
+    everything = torch.ones_like(score, dtype=torch.bool)
+    if isinstance(pattern, Block):
+        return pattern.select(score, everything, count)
+    return keep_per_row(score.masked_fill(~pattern.eligible(score, everything), -torch.inf), count)
 
 
 def keep_per_row(score: torch.Tensor, count: int) -> torch.Tensor:

@@ -34,6 +34,7 @@ def parse_layer_sparsity(raw: Any, base: dict, space: dict) -> LayerSparsity | N
     if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)
             and 0 <= bounds[0] < bounds[1] <= 1):
         raise ConfigError("layer_sparsity.bounds", f"got {bounds!r}; allowed: [low, high] with 0 <= low < high <= 1")
+    _check_bounds_hold_patterns(bounds, base, space)
     sizes, dense = _layer_sizes(base)
     patterns = raw.get("layers", ["*"])
     if not isinstance(patterns, list) or not patterns:
@@ -54,6 +55,21 @@ def parse_layer_sparsity(raw: Any, base: dict, space: dict) -> LayerSparsity | N
                 f"density of {kept / total:.3f}",
             )
     return layer_sparsity
+
+
+def _check_bounds_hold_patterns(bounds: list, base: dict, space: dict) -> None:
+    """An N:M layer holds at most N/M: a proposal above it would make an invalid trial config."""
+    from raysparse.sparsity.patterns import parse_pattern
+
+    domain = space.get("sparsity.pattern")
+    for text in domain.probe_values() if domain is not None else [get_dotted(base, "sparsity.pattern", "unstructured")]:
+        try:
+            most = parse_pattern(text).max_density
+        except ConfigError:
+            continue  # a bad pattern: the space's own check names it, as space.sparsity.pattern
+        if bounds[1] > most + 1e-9:
+            raise ConfigError("layer_sparsity.bounds", f"got {bounds!r}; allowed: an upper bound <= {most:g} with "
+                              f"sparsity.pattern {text!r} (at most that density in a layer)")
 
 
 def apply_layer_densities(config: dict, params: dict, layer_sparsity: LayerSparsity) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +200,7 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
         raise ConfigError("resources.workers", f"got {sweep.resources.workers}; a loop of yours trains in its "
                           "trial's process, so 1")
     _check_space_values(sweep)
+    _check_pattern_pairs(sweep)
     _check_final_objectives(sweep)
     check_plain_data(sweep.raw, "")
     return sweep
@@ -350,6 +352,40 @@ def _check_space_values(sweep: Sweep) -> None:
                 load_config(config)
             except ConfigError as err:
                 raise ConfigError(f"space.{key}", f"value {value!r} gives an invalid config: {err}") from None
+
+
+PATTERN_KEY = "sparsity.pattern"
+
+
+def _check_pattern_pairs(sweep: Sweep) -> None:
+    """A pattern is valid only with some methods and sparsities (``2:4`` not with ``dst``, nor below
+    ``final_sparsity`` 0.5), so each pattern a sweep samples is tried with each value of every other
+    key, not only against the base: for each value of the keys its ``when`` names (each combination),
+    wherever every key's ``when`` holds."""
+    patterns = sweep.space.get(PATTERN_KEY)
+    if patterns is None:
+        return
+
+    def base_lookup(key: str) -> Any:
+        return get_dotted(sweep.base, key)
+
+    named = [k for k in patterns.when if k in sweep.space]
+    for values in itertools.product(*(sweep.space[k].probe_values() for k in named)):
+        context = dict(zip(named, values))
+        for pattern, (key, domain) in itertools.product(patterns.probe_values(), sweep.space.items()):
+            for value in [context[key]] if key in context else domain.probe_values():
+                sampled = {**context, key: value, PATTERN_KEY: pattern}
+                if key == PATTERN_KEY or not all(sweep.space[k].active(sampled, base_lookup) for k in sampled):
+                    continue
+                config = copy.deepcopy(sweep.base)
+                for sampled_key, sampled_value in sampled.items():
+                    set_dotted(config, sampled_key, sampled_value)
+                try:
+                    load_config(config)
+                except ConfigError as err:
+                    others = ", ".join(f"{k}={v!r}" for k, v in sampled.items() if k != PATTERN_KEY)
+                    raise ConfigError(f"space.{PATTERN_KEY}", f"value {pattern!r} with {others} gives an invalid "
+                                      f"config: {err} (a `when` on {PATTERN_KEY} can leave it out)") from None
 
 
 def _objectives(raw: Any, any_metric: bool = False) -> tuple[tuple[str, str], ...]:

@@ -149,6 +149,31 @@ def kept_counts(layer_density: Mapping[str, float], sizes: Mapping[str, int]) ->
     return {n: min(sizes[n], max(0, round(layer_density[n] * sizes[n]))) for n in layer_density}
 
 
+def cap_densities(
+    densities: Mapping[str, float], sizes: Mapping[str, int], caps: Mapping[str, float],
+    fixed: frozenset[str] = frozenset(),
+) -> dict[str, float]:
+    """Densities at most ``caps`` (N/M on a layer under an N:M pattern; 1 where not given).
+
+    A layer above its cap is set to it and the weights it cannot keep go to the layers below
+    their caps, in proportion to their densities (the ERK rule for layers above 1, applied to
+    any distribution), until none is above; ``fixed`` layers (given explicitly) never grow. The
+    total still hits the budget unless the layers below their caps cannot hold the rest.
+    """
+    result = dict(densities)
+    while True:
+        over = [n for n, d in result.items() if d > caps.get(n, 1.0) + 1e-12]
+        if not over:
+            return result
+        excess = sum((result[n] - caps[n]) * sizes[n] for n in over)
+        result.update({n: caps[n] for n in over})
+        free = [n for n, d in result.items() if n not in fixed and 0 < d < caps.get(n, 1.0)]
+        room = sum(result[n] * sizes[n] for n in free)
+        if room <= 0:
+            return result
+        result.update({n: result[n] * (1 + excess / room) for n in free})
+
+
 def rescale_to_budget(
     raw: Mapping[str, float], sizes: Mapping[str, int], kept: float, bounds: tuple[float, float] = (0.0, 1.0)
 ) -> dict[str, float]:

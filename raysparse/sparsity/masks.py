@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from raysparse.errors import ConfigError
+from raysparse.sparsity.patterns import UNSTRUCTURED, Pattern
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # nn.MultiheadAttention's own projections: the packed q/k/v weight, or one per input when kdim/vdim differ
@@ -128,6 +129,11 @@ class MaskSet:
         self._masked_multipliers = [self._multipliers[n] for n in masked]
         self.events: list[MaskEvent] = []
         self._hash = self.content_hash()
+        self.patterns: dict[str, Pattern] = {}  # a layer's pattern, checked on every update (enforce)
+
+    def enforce(self, patterns: dict[str, Pattern]) -> None:
+        """Refuse, from now on, an update whose mask breaks its layer's pattern (a method's bug)."""
+        self.patterns = dict(patterns)
 
     # ---- applying -------------------------------------------------------------------------
     @torch.no_grad()
@@ -158,6 +164,10 @@ class MaskSet:
         for name, mask in new_masks.items():
             mask = mask.to(device=self.masks[name].device, dtype=torch.bool)
             _broadcast_from_rank0(mask)
+            pattern = self.patterns.get(name, UNSTRUCTURED)
+            if not pattern.holds(mask):
+                raise RuntimeError(f"{reason} at step {step}: the new mask of {name} breaks its pattern "
+                                   f"{pattern.name!r}")
             changed = mask ^ self.masks[name]
             n_changed = int(changed.sum())
             if n_changed == 0:

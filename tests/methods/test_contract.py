@@ -1,14 +1,17 @@
 """The contract every registered method keeps (run over the registry, as Optuna tests samplers),
 and a user's method given by import path from a package outside raysparse."""
 
+import re
 import textwrap
 
 import pytest
 import torch
 
 from raysparse.config import load_config
+from raysparse.errors import ConfigError
 from raysparse.imports import add_import_dirs
 from raysparse.methods import METHODS, get_method
+from raysparse.sparsity.masks import unpack_masks
 from raysparse.train import fit
 from tests.conftest import small_config
 
@@ -175,3 +178,60 @@ def test_a_user_method_by_import_path_reads_its_own_options():
     fit(small_config(USER_METHOD, rounds=4), lambda m, ctx: events.extend(ctx.mask_events))
     assert [e.reason for e in events] == ["round 1", "round 2", "round 3", "round 4"]
     assert events[-1].density == pytest.approx(0.2, abs=0.002)
+
+
+# 2:4 at its own density N/M (every group keeps exactly 2); 4x4 blocks, which the 10-class head
+# [10, 32] does not divide into: it stays unstructured
+PATTERNS = {"2:4": 0.5, "block:4x4": 0.8}
+
+
+def kept_per_unit(mask, pattern):
+    """Kept weights per N:M group or per block of ``mask.flatten(1)``; None where the shape does not divide."""
+    matrix = mask.flatten(1).int()
+    rows, columns = matrix.shape
+    if pattern == "2:4":
+        return matrix.reshape(rows, -1, 4).sum(-1) if columns % 4 == 0 else None
+    if rows % 4 or columns % 4:
+        return None
+    return matrix.reshape(rows // 4, 4, columns // 4, 4).sum((1, 3))
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("method", ALL)
+def test_every_mask_update_keeps_the_pattern_or_the_method_refuses_it(method, pattern):
+    config = small_config(method, pattern=pattern, final_sparsity=PATTERNS[pattern])
+    if not get_method(method).takes_pattern:
+        refused = rf"^sparsity\.pattern: got '{pattern}', but method {re.escape(repr(method))} cannot keep a pattern"
+        with pytest.raises(ConfigError, match=refused) as err:
+            load_config(config)
+        assert "\n" not in str(err.value)
+        return
+    events, seen = [], {}
+
+    def report(metrics, ctx):
+        events.extend(ctx.mask_events)
+        seen["masks"] = ctx.masks.snapshot()
+
+    if pattern == "block:4x4":
+        left_out = r"sparsity\.pattern 'block:4x4': 1 layer\(s\) stay unstructured.*: 5 \[10, 32\]$"
+        with pytest.warns(UserWarning, match=left_out):
+            final = fit(config, report)
+    else:
+        final = fit(config, report)
+    assert events
+    for event in events:  # after every update, prune and regrow alike
+        for name, mask in unpack_masks(event.packed).items():
+            counts = kept_per_unit(mask, pattern)
+            if counts is not None:
+                assert bool((counts <= 2).all() if pattern == "2:4" else ((counts == 0) | (counts == 16)).all()), (
+                    event.reason, event.step, name)
+    if method in ("granet", "rigl", "set"):
+        assert any(e.reason == "regrow" and e.churn > 0 for e in events)
+    sizes = {n: m.numel() for n, m in seen["masks"].items()}
+    if pattern == "2:4":  # density N/M on every layer: exactly 2 of every 4
+        for name, mask in seen["masks"].items():
+            assert bool((kept_per_unit(mask, pattern) == 2).all()), name
+        assert final["density"] == 0.5 and final["pattern_coverage"] == 1.0
+    else:
+        assert final["pattern_coverage"] == pytest.approx(1 - sizes["5"] / sum(sizes.values()))
+        assert abs(final["density"] - 0.2) <= len(sizes) * 16 / sum(sizes.values())  # whole blocks per layer

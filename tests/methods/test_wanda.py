@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from raysparse.config import load_sparsity
-from raysparse.methods.wanda import Wanda, input_norms, keep_per_row
+from raysparse.methods.wanda import Wanda, input_norms, keep_per_row, keep_per_row_under
+from raysparse.sparsity.patterns import NM, Block
 from raysparse.train import fit
 from tests.conftest import small_config
 
@@ -114,3 +115,14 @@ def test_post_training_pruning_of_a_loaded_network_gives_every_row_an_equal_shar
     for name, mask in seen["masks"].items():  # compared per output row: shares differ by at most one
         kept = mask.flatten(1).sum(1)
         assert int(kept.max() - kept.min()) <= 1, name
+
+
+def test_under_n_m_rows_still_keep_equal_counts_among_each_groups_best():
+    scores = torch.tensor([[9.0, 8, 7, 1, 2, 3, 0, 0],
+                           [1.0, 2, 3, 4, 8, 7, 6, 5]])
+    # per row 3, from each group's best 2: row 0 gives up its 7 (a third in group 0) for the 3
+    assert keep_per_row_under(NM(2, 4), scores, 6).int().tolist() == [[1, 1, 0, 0, 0, 1, 0, 0],
+                                                                      [0, 0, 0, 1, 1, 1, 0, 0]]
+    # blocks span rows, so whole blocks are ranked across the layer by their sums (25, 5 | 10, 26)
+    assert keep_per_row_under(Block(1, 4), scores, 8).int().tolist() == [[1, 1, 1, 1, 0, 0, 0, 0],
+                                                                        [0, 0, 0, 0, 1, 1, 1, 1]]

@@ -26,7 +26,8 @@ def sweep(**changes):
 
 
 def test_shipped_sweep_files_load(tmp_path):
-    for name in ("quickstart", "quickstart_pareto", "digits_ddp", "dst_digits", "dst_free_digits", "hap_digits"):
+    for name in ("quickstart", "quickstart_pareto", "digits_ddp", "dst_digits", "dst_free_digits", "hap_digits",
+                 "patterns_digits"):
         assert load_sweep(f"search_spaces/{name}.yaml").num_samples >= 1
     assert load_sweep("search_spaces/quickstart.yaml").num_samples >= 8
 
@@ -214,3 +215,29 @@ def test_grid_enumerates_each_combination_once_and_skips_inactive_keys():
     }
     with pytest.raises(ConfigError, match=r"num_samples: got 11; the grid has 10 points, so at most 10"):
         load_sweep({**grid, "num_samples": 11})
+
+
+def test_a_choice_over_patterns_is_searchable_where_its_when_keeps_it_to_the_methods_that_take_it():
+    space = {
+        "sparsity.method": {"choice": ["gmp", "rigl", "dst"]},
+        "sparsity.pattern": {"choice": ["unstructured", "2:4", "block:1x4"],
+                             "when": {"sparsity.method": ["gmp", "rigl"]}},
+        "sparsity.final_sparsity": {"uniform": [0.5, 0.9]},
+    }
+    assert load_sweep(sweep(space=space)).space["sparsity.pattern"].values == ("unstructured", "2:4", "block:1x4")
+    # gmp (a value the `when` allows, not the base's granet) with 2:4 at final_sparsity 0.3: no such mask
+    space["sparsity.final_sparsity"] = {"uniform": [0.3, 0.9]}
+    with pytest.raises(ConfigError, match=r"^space\.sparsity\.pattern: value '2:4' with sparsity\.method='gmp', "
+                                          r"sparsity\.final_sparsity=0\.3 gives an invalid config: "
+                                          r"sparsity\.final_sparsity: got 0\.3; allowed: >= 0\.5"):
+        load_sweep(sweep(space=space))
+
+
+def test_a_trial_logs_its_pattern_among_its_params():
+    from raysparse.search.trial import resolved_config
+
+    loaded = load_sweep(sweep(space={"sparsity.pattern": {"choice": ["2:4", "block:1x4"]}},
+                              base=small_config("rigl", final_sparsity=0.5)))
+    params = resolved_config(loaded.trial_config({"sparsity.pattern": "block:1x4"}))
+    assert params["sparsity"]["pattern"] == "block:1x4"
+    assert resolved_config(small_config("rigl"))["sparsity"]["pattern"] == "unstructured"  # the default, logged too

@@ -116,3 +116,10 @@ def test_bad_arguments_name_the_field():
         Sparsifier(model, optimizer, {"method": "gmp", "prune_end": 5}, steps_per_epoch=10, epochs=2)
     with pytest.raises(ConfigError, match=r"^steps_per_epoch: got 0; allowed: an integer >= 1"):
         Sparsifier(model, optimizer, {"method": "gmp"}, steps_per_epoch=0, epochs=2)
+
+
+def test_a_pattern_holds_in_a_loop_of_your_own():
+    _, sparsifier = train("rigl", check_every_step=False, final_sparsity=0.75, pattern="1:4")
+    for name, mask in sparsifier.masks.masks.items():
+        assert bool((mask.flatten(1).reshape(mask.shape[0], -1, 4).sum(-1) <= 1).all()), name
+    assert sparsifier.density == pytest.approx(0.25, abs=1e-3)
