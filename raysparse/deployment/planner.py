@@ -5,7 +5,7 @@ BSR where the zeros come in square blocks; im2col + CSR for a convolution; 2:4 o
 it) are timed against each other, interleaved, on the layer's real input at the deployment batch
 size (captured by forward hooks on the example). A sparse kernel replaces the layer only where it
 is clearly faster; last, the whole network is timed against the dense one and every choice is
-undone if, together, they do not pay.
+undone if, together, they are not clearly faster (by the same margin as a layer).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def build_deployed(model: nn.Module, example_input: torch.Tensor, *, batch_size:
         network_ms = time_interleaved({DENSE: lambda: dense(x), "deployed": lambda: deployed(x)}, device=device,
                                       budget_seconds=0.5)
         plan_kwargs["network_ms"] = network_ms
-        if network_ms["deployed"] >= network_ms[DENSE]:
+        if network_ms["deployed"] > SPARSE_MARGIN * network_ms[DENSE]:
             deployed, plan_kwargs["reverted"] = dense, True
             rows = [row._replace(kernel=DENSE) for row in rows]
     return DeployedModel(deployed, Plan(rows, **plan_kwargs))

@@ -128,7 +128,7 @@ def test_plan_has_one_row_per_weight_and_chooses_what_it_measured_fastest(batch)
         pays = sparse[best] <= SPARSE_MARGIN * row.timings["dense"]
         assert row.kernel == ("dense" if plan.reverted or not pays else best)
     if plan.reverted:  # the whole network was timed and the per-layer choices did not pay together
-        assert plan.network_ms["deployed"] >= plan.network_ms["dense"]
+        assert plan.network_ms["deployed"] > SPARSE_MARGIN * plan.network_ms["dense"]
     sparse_modules = sum(isinstance(m, SparseLinear) for m in deployed.modules())
     assert sparse_modules == plan.sparse_layers()
     assert "kernel" in str(plan) and f"batch {batch}" in str(plan)
