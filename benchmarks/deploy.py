@@ -5,8 +5,9 @@ layer on the kernel the deployment timing chose.
 Masks: ERK (``raysparse.layer_densities``) at 80 / 90 / 95 / 98% sparsity, random weights kept per
 layer (kernel speed depends on how many weights are kept, not which). Models: MLP
 784-1024-1024-10 and LeNet-300-100 on 28x28 inputs, the zoo's ViT, ResNet-20 and VGG-16 on
-CIFAR-shaped random inputs; batch 1 and 64; one thread (torch.set_num_threads(1)). Dense and
-deployed are timed interleaved, round by round, in one run.
+CIFAR-shaped random inputs; and ``mlp-granet``: an MLP 64-1024-1024-10 trained on digits by
+GraNet (8 epochs, ERK) to each sparsity, its learned masks. Batch 1 and 64; one thread
+(torch.set_num_threads(1)). Dense and deployed are timed interleaved, round by round, in one run.
 
 Run: .venv/bin/python benchmarks/deploy.py [--rounds 15 --models mlp,vit]
 Prints dense ms, deployed ms and their ratio (goals: >= 3x at 95% on the MLP at batch 64,
@@ -32,7 +33,23 @@ MODELS = {
     "vit": ({"name": "vit"}, (3, 32, 32)),
     "resnet20": ({"name": "resnet20"}, (3, 32, 32)),
     "vgg16": ({"name": "vgg16"}, (3, 32, 32)),
+    "mlp-granet": ({"name": "mlp", "hidden": [1024, 1024]}, (1, 8, 8)),
 }
+
+
+def granet_trained(spec: dict, sparsity: float) -> torch.nn.Module:
+    """The network GraNet trains on digits to ``sparsity`` (masks in its weights)."""
+    config = {
+        "seed": 0, "epochs": 8, "model": spec, "measure_latency": False,
+        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.1},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True},
+        "lr_schedule": {"name": "cosine"},
+        "sparsity": {"method": "granet", "distribution": "erk", "final_sparsity": sparsity, "prune_end": 5,
+                     "update_frequency": 25},
+    }
+    trained = {}
+    raysparse.train(config, report=lambda metrics, context: trained.update(model=context.export_model()))
+    return trained["model"].eval()
 
 
 @torch.no_grad()
@@ -70,12 +87,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, {args.rounds} interleaved rounds per figure (median)")
-    print(f"{'model':<9} {'sparsity':>8} {'batch':>5} {'dense ms':>9} {'deployed ms':>11} {'speedup':>7} sparse layers")
+    print(f"{'model':<10} {'sparsity':>8} {'batch':>5} {'dense ms':>9} {'deployed ms':>11} {'speedup':>7} "
+          "sparse layers")
     plans = {}
     for key in args.models.split(","):
         spec, shape = MODELS[key]
         for sparsity in map(float, args.sparsities.split(",")):
-            model = erk_masked(spec, shape, sparsity)
+            model = granet_trained(spec, sparsity) if key == "mlp-granet" else erk_masked(spec, shape, sparsity)
             dense = inference_model(model)
             for batch in (1, 64):
                 x = torch.randn(batch, *shape)
@@ -83,7 +101,7 @@ def main() -> None:
                 ms = interleaved_ms({"dense": dense, "deployed": deployed}, x, args.rounds)
                 plan = deployed.plan
                 plans[key, sparsity, batch] = plan
-                print(f"{key:<9} {sparsity:>8.0%} {batch:>5} {ms['dense']:>9.3f} {ms['deployed']:>11.3f} "
+                print(f"{key:<10} {sparsity:>8.0%} {batch:>5} {ms['dense']:>9.3f} {ms['deployed']:>11.3f} "
                       f"{ms['dense'] / ms['deployed']:>6.2f}x {plan.sparse_layers()}/{len(plan)}"
                       + (" (reverted)" if plan.reverted else ""), flush=True)
     for batch in (1, 64):
