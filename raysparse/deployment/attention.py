@@ -13,7 +13,7 @@ from torch import nn
 
 
 class DeployedAttention(nn.Module):
-    """nn.MultiheadAttention's eval forward (packed q/k/v, no masks, no attention weights) with
+    """nn.MultiheadAttention's eval forward (packed q/k/v, no masks; attention weights not returned) with
     ``in_proj`` and ``out_proj`` any module mapping the last dimension (dense Linear or SparseLinear)."""
 
     def __init__(self, attention: nn.MultiheadAttention, in_proj: nn.Module, out_proj: nn.Module):
@@ -28,8 +28,9 @@ class DeployedAttention(nn.Module):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
-        if key_padding_mask is not None or attn_mask is not None or need_weights:
-            raise NotImplementedError("a deployed attention takes no masks and returns no attention weights")
+        if key_padding_mask is not None or attn_mask is not None:
+            raise NotImplementedError("a deployed attention takes no attention or padding masks")
+        # attention weights are not computed (None), as nn.MultiheadAttention's fast path does too
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         if query is key and key is value:  # self-attention: one product for q, k and v
