@@ -175,12 +175,17 @@ def _replace(network: nn.Module, chosen: dict[str, nn.Module]) -> nn.Module:
         in_proj = chosen.pop(in_name, None) or _dense_linear(module.in_proj_weight, module.in_proj_bias)
         out_proj = chosen.pop(out_name, None) or module.out_proj
         network.set_submodule(name, DeployedAttention(module, in_proj, out_proj))
-        parent = network.get_submodule(name.rpartition(".")[0]) if "." in name else network
-        if isinstance(parent, nn.TransformerEncoderLayer) and name.endswith("self_attn"):
-            parent.__class__ = SubmoduleEncoderLayer  # its fused path would read the dense weights
     for name, replacement in chosen.items():
         network.set_submodule(name, replacement)
+    for layer in network.modules():  # torch's fused path would read the dense weights of what was replaced
+        if isinstance(layer, nn.TransformerEncoderLayer) and _holds_replaced(layer):
+            layer.__class__ = SubmoduleEncoderLayer
     return network
+
+
+def _holds_replaced(layer: nn.TransformerEncoderLayer) -> bool:
+    return not isinstance(layer.self_attn, nn.MultiheadAttention) or not all(
+        isinstance(linear, nn.Linear) for linear in (layer.linear1, layer.linear2))
 
 
 def _dense_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:

@@ -79,6 +79,16 @@ def test_forced_attention_runs_its_projections_sparse_outside_the_fused_path():
     assert isinstance(attention.in_proj, SparseLinear) and isinstance(attention.out_proj, SparseLinear)
 
 
+@pytest.mark.parametrize("layer", ["*linear1", "*linear2", "*out_proj"])
+def test_one_sparse_layer_of_an_encoder_layer_takes_it_off_the_fused_path(layer):
+    model = masked("vit", (1, 8, 8), depth=1, width=16, heads=2)
+    x = example((1, 8, 8))
+    deployed = build_deployed(model, x, kernels={layer: "csr", "*": "dense"})  # the first pattern that matches
+    assert deployed.plan.sparse_layers() == 1
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model(x), **TOLERANCE)
+
+
 def test_block_sparse_weights_get_a_bsr_kernel_with_their_block_size():
     torch.manual_seed(0)
     keep = torch.rand(16, 16) < 0.1
