@@ -122,13 +122,14 @@ def test_a_hap_compacted_network_with_batchnorm_deploys_the_same_way():
 
 
 @pytest.mark.parametrize("batch", [1, 16])
-def test_plan_has_one_row_per_weight_and_chooses_what_it_measured_fastest(batch):
-    model = masked("mlp", (1, 16, 16), hidden=[512, 256], density=0.05)
+@pytest.mark.parametrize("spec", [dict(name="mlp", hidden=[512, 256]), dict(name="vit", depth=1, width=64, heads=2)])
+def test_plan_has_one_row_per_weight_and_chooses_what_it_measured_fastest(batch, spec):
+    model = masked(spec["name"], (1, 16, 16), density=0.05, **{k: v for k, v in spec.items() if k != "name"})
     deployed = raysparse.deploy(model, example((1, 16, 16), batch=2), batch_size=batch)
     plan = deployed.plan
     assert [row.layer for row in plan] == list(weight_slots(model)) and plan.batch_size == batch
-    for row, (module, _) in zip(plan, weight_slots(model).values()):
-        assert row.density == pytest.approx(float((module.weight != 0).float().mean()))
+    for row, (module, attribute) in zip(plan, weight_slots(model).values()):
+        assert row.density == pytest.approx(float((getattr(module, attribute) != 0).float().mean()))
         if row.density > MAX_TIMED_DENSITY:
             assert row.timings == {} and row.kernel == "dense"
             continue
@@ -139,6 +140,8 @@ def test_plan_has_one_row_per_weight_and_chooses_what_it_measured_fastest(batch)
         assert row.kernel == ("dense" if plan.reverted or not pays else best)
     if plan.reverted:  # the whole network was timed and the per-layer choices did not pay together
         assert plan.network_ms["deployed"] > SPARSE_MARGIN * plan.network_ms["dense"]
+    if plan.sparse_layers():  # ... and kept only where they did
+        assert plan.network_ms["deployed"] <= SPARSE_MARGIN * plan.network_ms["dense"]
     sparse_modules = sum(isinstance(m, SparseLinear) for m in deployed.modules())
     assert sparse_modules == plan.sparse_layers()
     assert "kernel" in str(plan) and f"batch {batch}" in str(plan)
