@@ -48,6 +48,7 @@ test: setup browser
 bench: setup
 	$(PY) benchmarks/step_time.py
 	$(PY) benchmarks/orchestration.py
+	$(PY) benchmarks/deploy.py
 
 clean:
 	rm -rf $(VENV)

@@ -30,12 +30,14 @@ _LAZY = {
     "channel_hessian_traces": "raysparse.structured",
     "MethodOptions": "raysparse.methods", "SparseMethod": "raysparse.methods", "register_method": "raysparse.methods",
     "Sparsifier": "raysparse.train.sparsifier",
+    "deploy": "raysparse.deployment", "load_deployed": "raysparse.deployment",
 }
 
 __all__ = [
     "channel_hessian_traces",
-    "Config", "ConfigError", "EpochContext", "MaskSet", "TrainingDiverged", "fit", "gmp_sparsity",
-    "layer_densities", "load_config", "load_model", "masks_hash", "pack_masks", "prune_potential", "resume_sweep",
+    "Config", "ConfigError", "deploy", "EpochContext", "MaskSet", "TrainingDiverged", "fit", "gmp_sparsity",
+    "layer_densities", "load_config", "load_deployed", "load_model", "masks_hash", "pack_masks", "prune_potential",
+    "resume_sweep",
     "Sparsifier", "sweep", "train", "unpack_masks",
     "MethodOptions", "SparseMethod", "register_method",
 ]

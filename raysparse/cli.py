@@ -1,4 +1,4 @@
-"""raysparse command line: train, sweep, submit, job, report, potential, ui, list.
+"""raysparse command line: train, sweep, submit, job, report, potential, deploy, ui, list.
 
 Bad input exits with status 2 and one line naming the field, never a traceback.
 """
@@ -192,6 +192,41 @@ def cmd_potential(args) -> int:
     return 0
 
 
+def cmd_deploy(args) -> int:
+    import json
+    import os
+    import tempfile
+
+    import torch
+
+    from raysparse.deployment import deploy
+    from raysparse.tracking import add_run_artifacts, default_home, download_model, ensure_local_server
+    from raysparse.tracking.naming import redact
+    from raysparse.train.export import load_trained
+
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size", f"got {args.batch_size}; allowed: an integer >= 1")
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ensure_local_server(default_home())
+    with tempfile.TemporaryDirectory() as folder:
+        downloaded = download_model(uri, args.run_id, Path(folder) / "download")
+        network = load_trained(downloaded)
+        if isinstance(network, torch.fx.GraphModule):  # its torch.export program: no layers left to swap
+            raise ConfigError("run", f"run {args.run_id}'s network cannot be built again here (a compacted or "
+                              "custom architecture); deploy it from Python: raysparse.deploy(network, example)")
+        input_shape = json.loads((downloaded / "build.json").read_text())["input_shape"]
+        deployed = deploy(network, torch.randn(args.batch_size, *input_shape))
+        out = Path(folder) / "deployed"
+        out.mkdir()
+        torch.save(deployed, out / "model.pt")
+        (out / "plan.txt").write_text(str(deployed.plan) + "\n")
+        add_run_artifacts(uri, args.run_id, out, "deployed")
+    print(f"run {args.run_id} deployed for batch {args.batch_size}:")
+    print(deployed.plan)
+    print(f"logged to the run ({redact(uri)}) as deployed/model.pt and deployed/plan.txt; "
+          "load it with raysparse.load_deployed(path)")
+    return 0
+
+
 def cmd_submit(args) -> int:
     from raysparse.search import jobs, load_sweep
     from raysparse.tracking.naming import redact
@@ -310,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     potential.add_argument("--tracking-uri", help="MLflow server (default: the embedded one)")
     potential.add_argument("--out", help="directory for the table and plot")
     potential.set_defaults(handler=cmd_potential)
+    deploy = sub.add_parser("deploy", help="a trial's network on the fastest (sparse) kernels, logged to its run")
+    deploy.add_argument("run_id", help="the trial's MLflow run id (see raysparse report)")
+    deploy.add_argument("--batch-size", type=int, default=1, help="the batch size it will serve (default 1)")
+    deploy.add_argument("--tracking-uri", help="MLflow server (default: the embedded one)")
+    deploy.set_defaults(handler=cmd_deploy)
     ui = sub.add_parser("ui", help="start the MLflow UI on the embedded store and print its URL")
     ui.add_argument("--port", type=int, help="port (default: a free one)")
     ui.add_argument("--host", help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0: every interface)")

@@ -55,7 +55,7 @@ class Config:
     device: str = "auto"
     label_smoothing: float = 0.0
     init_from: str | None = None  # a state_dict file (torch.save) to start from, e.g. a trained network
-    measure_latency: bool = True  # time a forward pass at batch 1 and 64 (at start and after a restructure)
+    measure_latency: bool = True  # batch 1 and 64: dense at start / after a restructure, deployed at the end
     model: dict = field(default_factory=lambda: {"name": "mlp", "hidden": [256, 128]})
     data: dict = field(default_factory=lambda: {"name": "digits", "batch_size": 64, "val_fraction": 0.1})
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-CORE = ["sparsity", "methods", "train", "zoo", "structured", "robustness"]
+CORE = ["sparsity", "methods", "train", "zoo", "structured", "robustness", "deployment"]
 FORBIDDEN = {"ray", "mlflow", "optuna", "yaml"}
 PACKAGE = Path(__file__).resolve().parents[1] / "raysparse"
 

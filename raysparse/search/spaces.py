@@ -31,6 +31,7 @@ from raysparse.errors import ConfigError, did_you_mean
 from raysparse.search.disk_safety import check_name, check_plain_data, check_storage_path
 from raysparse.search.domains import Domain, parse_domain
 from raysparse.search.settings import EarlyStopping, Resources, parse_early_stopping, parse_int, parse_resources
+from raysparse.train.latency import DEPLOYED_METRICS
 from raysparse.train.loop import REPORTED_METRICS
 from raysparse.zoo.user_code import describe
 
@@ -254,7 +255,8 @@ def _check_final_objectives(sweep: Sweep) -> None:
             f"objectives.{final[0]}", "is measured on the test split, which never selects a model; "
             "set base.robustness.split: val to search on it"
         )
-    if sweep.metric in FINAL_METRICS and sweep.early_stopping.enabled and sweep.grace_period() < sweep.base.get(
+    last_report_only = FINAL_METRICS + DEPLOYED_METRICS  # deployed latency: measured on the trained network
+    if sweep.metric in last_report_only and sweep.early_stopping.enabled and sweep.grace_period() < sweep.base.get(
         "epochs", 30
     ):
         raise ConfigError(

@@ -9,6 +9,7 @@ every rank reports its mask hash, and the trial fails loudly if two ranks ever d
 from __future__ import annotations
 
 import copy
+import math
 import socket
 import tempfile
 import time
@@ -33,6 +34,7 @@ from raysparse.tracking import TrialRun
 from raysparse.tracking.naming import trial_run_name
 from raysparse.train.checkpoint import CHECKPOINT_FILE
 from raysparse.train.export import export_program
+from raysparse.train.latency import DEPLOYED_METRICS
 from raysparse.train.loop import EpochContext, TrainingDiverged, fit
 
 # failures a retry cannot change: their reasons start so, and a retry fails again at once
@@ -55,6 +57,10 @@ def tune_metrics(metrics: dict, context: EpochContext) -> dict:
     """What Tune sees: the scalar metrics plus the mask hash (per-layer densities go to MLflow)."""
     flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     flat["mask_hash"] = context.masks.content_hash()
+    # Tune refuses a result without each objective, but the deployed latency is measured once, on
+    # the trained network: NaN until then (Optuna ranks a trial by its last result; MLflow never sees these)
+    for name in DEPLOYED_METRICS:
+        flat.setdefault(name, math.nan)
     return flat
 
 

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from raysparse.structured.implants import implant_conv, supports_implant
@@ -186,7 +185,9 @@ def zero_channels(model: nn.Module, example_input: torch.Tensor, plan: PruningPl
                     weight.index_fill_(dim, torch.tensor(item.idxs, device=weight.device), 0)
 
 
-def _dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+def _dependency_graph(model: nn.Module, example_input: torch.Tensor):
+    import torch_pruning as tp  # here: importing the package (fold_batchnorm, deploy) must not load it
+
     modes = {module: module.training for module in model.modules()}  # the tracer switches all to eval
     with torch.enable_grad():  # torch-pruning traces autograd nodes
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
@@ -224,4 +225,6 @@ def _root(model: nn.Module, group_id: str, entry: Mapping):
     if len(set(touched)) != len(touched) or len(touched) >= channels or not set(touched) <= set(range(channels)):
         raise ValueError(f"plan group {group_id!r}: removed and implant channels must be distinct indices in "
                          f"[0, {channels}) leaving one channel, got {entry}")
+    import torch_pruning as tp
+
     return root, tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels

@@ -22,6 +22,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 from raysparse.tracking.naming import flatten_metrics, flatten_params  # noqa: E402  (after the environment defaults)
 from raysparse.tracking.reading import (
     SweepData,
+    add_run_artifacts,
     download_lineage,
     download_masks,
     download_model,
@@ -34,6 +35,7 @@ from raysparse.tracking.sweep_run import ChildRun, SweepRun
 from raysparse.tracking.trial_run import TrialRun
 
 __all__ = [
+    "add_run_artifacts",
     "ChildRun",
     "SweepData",
     "SweepRun",

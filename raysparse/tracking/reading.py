@@ -84,6 +84,12 @@ def download_model(tracking_uri: str, run_id: str, dst: str | Path) -> Path:
     return Path(client.download_artifacts(run_id, "model", str(dst)))
 
 
+def add_run_artifacts(tracking_uri: str, run_id: str, folder: str | Path, artifact_path: str) -> None:
+    """The files of ``folder`` into a (finished) run's artifacts under ``artifact_path``: what is
+    derived from the run later, e.g. its deployed network (``raysparse deploy``)."""
+    MlflowClient(tracking_uri).log_artifacts(run_id, str(folder), artifact_path)
+
+
 def run_params(tracking_uri: str, run_id: str) -> dict[str, str]:
     """A run's params as MLflow holds them (text)."""
     return dict(MlflowClient(tracking_uri).get_run(run_id).data.params)

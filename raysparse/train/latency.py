@@ -54,5 +54,23 @@ def measure_latency(
     return statistics.median(times)
 
 
+# reported once, in the last report: the trained network's deployed form
+DEPLOYED_METRICS = ("latency_ms_b1", "latency_ms_b64", "deployed_sparse_layers_b1", "deployed_sparse_layers_b64")
+
+
+def deployed_latency(model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device) -> dict[str, float]:
+    """``latency_ms_b1`` / ``latency_ms_b64`` of ``model`` deployed for each batch size
+    (``raysparse.deploy``: a sparse kernel where it pays), and how many layers run sparse."""
+    from raysparse.deployment import deploy
+
+    example = torch.randn(64, *input_shape, device=device)
+    figures: dict[str, float] = {}
+    for batch in (1, 64):
+        deployed = deploy(model, example[:batch])
+        figures[f"latency_ms_b{batch}"] = measure_latency(deployed, input_shape, batch=batch, device=device)
+        figures[f"deployed_sparse_layers_b{batch}"] = deployed.plan.sparse_layers()
+    return figures
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -30,7 +30,7 @@ from raysparse.train.checkpoint import (
     save_checkpoint,
     state_hash,
 )
-from raysparse.train.latency import count_params, inference_model, measure_latency
+from raysparse.train.latency import DEPLOYED_METRICS, count_params, deployed_latency, inference_model, measure_latency
 from raysparse.train.memory import check_fits_in_memory
 from raysparse.train.metrics import evaluate, layer_flops, sparse_flops
 from raysparse.train.optim import build_lr_schedule, build_optimizer
@@ -64,8 +64,8 @@ Report = Callable[[dict, EpochContext], None]
 REPORTED_METRICS = FINAL_METRICS + (
     "val_accuracy", "val_loss", "test_accuracy", "test_loss", "train_loss", "density", "flops_dense",
     "flops_sparse", "mask_churn", "epoch_seconds", "best_val_accuracy", "epoch", "lr", "params", "params_dense",
-    "latency_ms_b1", "latency_ms_b64", "weights_outside_masks",
-)
+    "latency_dense_ms_b1", "latency_dense_ms_b64", "weights_outside_masks",
+) + DEPLOYED_METRICS
 
 
 def seed_everything(seed: int) -> None:
@@ -229,10 +229,10 @@ class _Run:
         shape, device = self.data.input_shape, self.device
         self.flops_now, self.flops_by_layer = layer_flops(self.net, shape, device)
         self.costs = {"params": count_params(self.net), "params_dense": self.params_dense}
-        if self.cfg.measure_latency:  # as deployed: BatchNorm folded into the convolutions
-            deployed = inference_model(self.net)
+        if self.cfg.measure_latency:  # at dense speed (BatchNorm folded): the deployed form is timed at the end
+            folded = inference_model(self.net)
             for batch in (1, 64):
-                self.costs[f"latency_ms_b{batch}"] = measure_latency(deployed, shape, batch=batch, device=device)
+                self.costs[f"latency_dense_ms_b{batch}"] = measure_latency(folded, shape, batch=batch, device=device)
         # DDP broadcasts rank 0's weights and all-reduces gradients; the method works on the
         # unwrapped module (same parameters) and broadcasts rank 0's masks on every update
         self.trained = _data_parallel(self.net, device) if self.world > 1 else self.net
@@ -313,7 +313,11 @@ class _Run:
         layer_density = method.layer_density()
         if val_accuracy > self.best["best_val_accuracy"]:  # model selection on validation, never test
             self.best = {"best_val_accuracy": val_accuracy, "best_epoch": epoch + 1}
-        robust = self._robustness() if epoch + 1 == cfg.epochs and cfg.robustness is not None else {}
+        last = epoch + 1 == cfg.epochs
+        robust = self._robustness() if last and cfg.robustness is not None else {}
+        # the trained network as deployed (sparse kernels where they pay), timed once, at the end
+        deployed = deployed_latency(method.export(self.net), self.data.input_shape, device=self.device) \
+            if last and cfg.measure_latency else {}
         metrics = {
             **robust,
             "epoch": epoch + 1,
@@ -332,6 +336,7 @@ class _Run:
             "lr": lr,
             "epoch_seconds": epoch_seconds,
             **self.costs,
+            **deployed,
             **self.best,
             **method.metrics(),
         }
