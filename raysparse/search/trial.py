@@ -28,6 +28,7 @@ from raysparse.config import load_config
 from raysparse.errors import ConfigError
 from raysparse.imports import add_import_dirs
 from raysparse.methods.registry import add_user_methods, user_methods
+from raysparse.robustness.evaluate import FINAL_METRICS
 from raysparse.search.spaces import Sweep
 from raysparse.search.user_loop import run_loop
 from raysparse.tracking import TrialRun
@@ -57,9 +58,10 @@ def tune_metrics(metrics: dict, context: EpochContext) -> dict:
     """What Tune sees: the scalar metrics plus the mask hash (per-layer densities go to MLflow)."""
     flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     flat["mask_hash"] = context.masks.content_hash()
-    # Tune refuses a result without each objective, but the deployed latency is measured once, on
-    # the trained network: NaN until then (Optuna ranks a trial by its last result; MLflow never sees these)
-    for name in DEPLOYED_METRICS:
+    # Tune refuses a result without each objective, but the deployed latency and the robustness
+    # suite are measured once, on the trained network: NaN until then (Optuna ranks a trial by its
+    # last result; MLflow never sees these)
+    for name in DEPLOYED_METRICS + FINAL_METRICS:
         flat.setdefault(name, math.nan)
     return flat
 

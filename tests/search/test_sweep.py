@@ -191,3 +191,15 @@ def test_exit_status_says_whether_any_trial_succeeded_and_the_report_hint_works(
     assert hint == ["raysparse", "report", "partial", "--experiment", "shared"]
     assert main([*hint[1:], "--out", str(tmp_path / "report")]) == 0
     assert capsys.readouterr().out.startswith("sweep 'partial' (FINISHED), 2 trials")
+
+
+def test_a_robustness_objective_is_searched_on_the_last_report(ray_runtime, home):
+    """Robustness metrics come once, at the end; Tune, which wants every objective in every
+    result, must still take the sweep (it refused it with a ValueError before)."""
+    raw = tiny_sweep("robust_objective", num_samples=2,
+                     objectives={"val_accuracy": "max", "mean_corrupted_accuracy": "max"})
+    raw["base"]["epochs"] = 2
+    raw["base"]["robustness"] = {"corruptions": ["contrast"], "severities": [1], "noise_eps": [0.1], "split": "val"}
+    trials = raysparse.sweep(raw, home=home, verbose=False).to_dataframe()
+    assert list(trials["status"]) == ["FINISHED", "FINISHED"]
+    assert trials["metrics.mean_corrupted_accuracy"].between(0, 1).all()
