@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from raysparse.errors import ConfigError
+from raysparse.errors import ConfigError, cut
 from raysparse.sparsity.masks import masks_hash
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -125,8 +125,7 @@ def load_state_dict_file(path: str | Path, field: str, map_location="cpu") -> di
 
 def _shown(name: str) -> str:
     """A name from the file, printable and short: it is the file's text, not ours."""
-    text = "".join(c if c.isascii() and c.isprintable() else "?" for c in name)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return cut("".join(c if c.isascii() and c.isprintable() else "?" for c in name), 80)
 
 
 _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")  # "... was not an allowed global", "... whose module is blocked"
