@@ -110,7 +110,9 @@ def trial_records(result) -> list[dict]:
                    for r in frame.itertuples()]
         records.append({
             "trial": str(last["trial_id"]), "started": str(started.get(last["trial_id"], "")),
-            "epochs_trained": len(frame),
+            # PBT reports every epoch and an exploit redoes epochs: count its reports; without a
+            # scheduler Tune may get fewer reports than epochs, so count the epoch reached
+            "epochs_trained": len(frame) if result.sweep.early_stopping.scheduler == "pbt" else int(last["epoch"]),
             "finished": finished, "val": float(last["val_accuracy"]) if finished else None,
             "test": float(last["test_accuracy"]) if finished else None, "history": history,
             "method": trial.config.get("sparsity.method"),
