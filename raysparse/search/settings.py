@@ -57,8 +57,8 @@ def parse_early_stopping(raw: Any) -> EarlyStopping:
     allowed = _COMMON_KEYS + own
     for key in raw:
         if key in other:
-            raise ConfigError(f"early_stopping.{key}", f"is a {scheduler_of(key)} setting; with scheduler: "
-                              f"{scheduler} allowed: {', '.join(allowed)}")
+            raise ConfigError(f"early_stopping.{key}", f"is a setting of scheduler: {scheduler_of(key)}; with "
+                              f"scheduler: {scheduler} allowed: {', '.join(allowed)}")
         if key not in allowed:
             raise ConfigError(f"early_stopping.{key}", f"unknown key; allowed: {', '.join(allowed)}"
                               f"{did_you_mean(str(key), _COMMON_KEYS + _ASHA_KEYS + _PBT_KEYS)}")
