@@ -15,7 +15,7 @@ BAD = [
     ({ES: {**PBT, "grace_period": 2}},
      r"early_stopping\.grace_period: is a setting of scheduler: asha; with scheduler: pbt allowed: enabled"),
     ({ES: {"interval": 2}}, r"early_stopping\.interval: is a setting of scheduler: pbt; with scheduler: asha"),
-    ({ES: {"scheduler": "asha", "mutate": ["optimizer.lr"]}}, r"early_stopping\.mutate: is a setting of scheduler: pbt"),
+    ({ES: {"scheduler": "asha", "mutate": ["optimizer.lr"]}}, r"early_stopping\.mutate: is a setting of scheduler: p"),
     ({ES: {**PBT, "interval": 0}}, r"early_stopping\.interval: got 0; allowed: an integer >= 1"),
     ({ES: {**PBT, "interval": 4}}, r"early_stopping\.interval: got 4; allowed: an integer from 1 to 3"),
     ({ES: {**PBT, "mutate": "optimizer.lr"}}, r"early_stopping\.mutate: got 'optimizer\.lr'; allowed: a non-empty"),
