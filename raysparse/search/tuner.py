@@ -177,7 +177,8 @@ def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbo
             param_space=pbt_param_space(described) if pbt else None,
             tune_config=tune.TuneConfig(
                 search_alg=pbt_searcher(described) if pbt else _searcher(described), scheduler=_scheduler(sweep),
-                num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent,
+                # PBT's population is every trial at once, taking turns on the CPUs (Tune's time-multiplexing)
+                num_samples=sweep.num_samples, max_concurrent_trials=None if pbt else sweep.max_concurrent,
                 reuse_actors=True,  # a new trial process re-imports torch & co: seconds per trial here
             ),
             run_config=tune.RunConfig(
