@@ -1,7 +1,10 @@
 """PBT over sparse training on real components (Ray Tune's PopulationBasedTraining, MLflow): a
 lagging trial copies a better one's checkpoint, masks included, and its lineage says so."""
 
-import json
+import math
+
+import pytest
+from mlflow import MlflowClient
 
 import raysparse
 from raysparse.tracking import download_exploits, download_lineage
@@ -24,8 +27,8 @@ def test_a_lagging_trial_copies_the_masks_of_a_better_one(ray_runtime, home):
     assert len(trials) == 4 and set(trials["status"]) == {"FINISHED"}
     assert (trials["metrics.epoch"] == 6).all()
     runs = dict(zip(trials["trial_id"], trials["run_id"]))
-    copied = trials[trials.get("pbt_exploits", 0).fillna(0) > 0] if "pbt_exploits" in trials else trials[:0]
-    assert len(copied) >= 1, "no trial copied another: PBT made no exploit"
+    assert "pbt_exploits" in trials, "no trial copied another: PBT made no exploit"
+    copied = trials[trials["pbt_exploits"].fillna(0) > 0]
     for _, row in copied.iterrows():
         exploits = download_exploits(result.tracking_uri, row["run_id"])
         assert len(exploits) == row["pbt_exploits"]
@@ -41,7 +44,13 @@ def test_a_lagging_trial_copies_the_masks_of_a_better_one(ray_runtime, home):
                      if r["reason"] == f"checkpoint at epoch {exploit['source_epoch']}"]
             assert saved and lineage_row["hash"] in {r["hash"] for r in saved}
             assert lineage_row["hash"] == exploit["source_masks_hash"]
-        # what the report reads are the values it trained with last, not those it started with
-        last = exploits[-1]["params"]
-        assert row["params.optimizer.lr"] == float(last["optimizer.lr"])
-    print(json.dumps({t: int(n) for t, n in zip(trials["trial_id"], trials.get("pbt_exploits", [0] * 4))}))
+        # what the report reads are the values it trained with last, not those it started with; and it
+        # trained with them: the rate after the copy is the new one on the same cosine schedule
+        last = exploits[-1]
+        lr = last["params"]["optimizer.lr"]
+        assert row["params.optimizer.lr"] == lr
+        logged = sorted(MlflowClient(result.tracking_uri).get_metric_history(row["run_id"], "lr"),
+                        key=lambda m: m.timestamp)
+        after = [m.value for m in logged if m.step == last["source_epoch"] + 1][-1]
+        assert after == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * last["source_epoch"] / 6)), rel=1e-6)
+    assert result.best()["exploits"] == download_exploits(result.tracking_uri, result.best()["run_id"])
