@@ -57,13 +57,15 @@ class ProgressView(Callback):
             return
         self._printed = time.monotonic()
         running = sum(t.status == "RUNNING" for t in trials)
+        paused = sum(t.status == "PAUSED" for t in trials)  # PBT: waiting for their turn, or to copy another
+        paused_text = f"{paused} paused, " if paused else ""
         done = [t for t in trials if t.status == "TERMINATED"]
         finished = sum(self.last_epoch.get(t.trial_id, 0) >= self.epochs for t in done)
         best = self.best()
         best_text = f"best {self.sweep.metric} {best[1]:.4f} ({best[0]})" if best else "best: -"
         line = (
             f"[{time.monotonic() - self.started:6.0f}s] trials {len(trials)}/{self.sweep.num_samples}: "
-            f"{running} running, {finished} finished, {len(done) - finished} stopped early, "
+            f"{running} running, {paused_text}{finished} finished, {len(done) - finished} stopped early, "
             f"{len(self.errors)} failed | {best_text}"
         )
         if self._tty and not force:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from raysparse.report import finished, pareto_front, rank_trials
 from raysparse.search.spaces import Sweep
-from raysparse.tracking import SweepData, load_sweep, run_params
+from raysparse.tracking import SweepData, download_exploits, load_sweep, run_params
 
 
 def typed_param(text: str):
@@ -59,7 +59,9 @@ class SweepResult:
 
     def best(self) -> dict:
         """The best finished trial on the first objective (or the best of all when none finished):
-        its metrics and the config it trained."""
+        its metrics and the config it trained. Under PBT, ``config`` and ``params`` are those it
+        ended with and ``exploits`` says from which trial and epoch its weights and masks came,
+        with the values it switched to (the epochs before came from that trial's own schedule)."""
         trials = self.to_dataframe()
         done = finished(trials)
         ranked = rank_trials(done if len(done) else trials, objective_columns(self.sweep.objectives))
@@ -69,10 +71,13 @@ class SweepResult:
         row = ranked.iloc[0]
         params = {k: typed_param(v) for k, v in run_params(self.tracking_uri, row["run_id"]).items()}
         metrics = {k.removeprefix("metrics."): v for k, v in row.items() if k.startswith("metrics.") and pd.notna(v)}
-        return {
+        best = {
             "trial_id": row["trial_id"], "run_id": row["run_id"], "metrics": metrics,
             "config": self._trial_config(row["trial_id"]), "params": params,
         }
+        if self.sweep.early_stopping.pbt:  # its weights were trained under a schedule of configs
+            best["exploits"] = download_exploits(self.tracking_uri, row["run_id"])
+        return best
 
     def _why_no_best(self, trials: pd.DataFrame) -> str:
         if trials.empty:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from raysparse.errors import ConfigError, did_you_mean
@@ -17,13 +17,30 @@ class Resources:
     gpus_per_worker: float = 0.0
 
 
+SCHEDULERS = ("asha", "pbt")
+# what PBT perturbs when the sweep does not say: the keys of a sparse schedule that may change mid-run
+PBT_DEFAULT_MUTATE = ("sparsity.regrowth_ratio", "optimizer.lr", "sparsity.update_frequency")
+_COMMON_KEYS, _ASHA_KEYS, _PBT_KEYS = ("enabled", "scheduler"), ("grace_period", "reduction_factor"), (
+    "interval", "mutate", "quantile_fraction")
+
+
 @dataclass(frozen=True)
 class EarlyStopping:
-    """ASHA on the first objective; ``grace_period`` None = just after the pruning schedule ends."""
+    """ASHA on the first objective (``grace_period`` None = just after the pruning schedule ends),
+    or PBT: every ``interval`` epochs a lagging trial copies a better one's checkpoint and
+    perturbs the ``mutate`` keys (None = the defaults the space has, resolved by load_sweep)."""
 
     enabled: bool = True
+    scheduler: str = "asha"
     grace_period: int | None = None
     reduction_factor: int = 2
+    interval: int = 4
+    mutate: tuple[str, ...] | None = None
+    quantile_fraction: float = 0.25  # PBT: the bottom fraction copies the top fraction
+
+    @property
+    def pbt(self) -> bool:
+        return self.enabled and self.scheduler == "pbt"
 
 
 def parse_early_stopping(raw: Any) -> EarlyStopping:
@@ -31,13 +48,25 @@ def parse_early_stopping(raw: Any) -> EarlyStopping:
         return EarlyStopping(enabled=False)
     if not isinstance(raw, dict):
         raise ConfigError("early_stopping", f"expected a mapping or false, got {raw!r}")
-    allowed = ("enabled", "grace_period", "reduction_factor")
+    scheduler = raw.get("scheduler", "asha")
+    if scheduler not in SCHEDULERS:
+        raise ConfigError("early_stopping.scheduler", f"got {scheduler!r}; allowed: {', '.join(SCHEDULERS)}"
+                          f"{did_you_mean(str(scheduler), SCHEDULERS)}")
+    own = _ASHA_KEYS if scheduler == "asha" else _PBT_KEYS
+    other = _PBT_KEYS if scheduler == "asha" else _ASHA_KEYS
+    allowed = _COMMON_KEYS + own
     for key in raw:
+        if key in other:
+            raise ConfigError(f"early_stopping.{key}", f"is a setting of scheduler: {scheduler_of(key)}; with "
+                              f"scheduler: {scheduler} allowed: {', '.join(allowed)}")
         if key not in allowed:
-            raise ConfigError(f"early_stopping.{key}", f"unknown key; allowed: {', '.join(allowed)}")
+            raise ConfigError(f"early_stopping.{key}", f"unknown key; allowed: {', '.join(allowed)}"
+                              f"{did_you_mean(str(key), _COMMON_KEYS + _ASHA_KEYS + _PBT_KEYS)}")
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError("early_stopping.enabled", f"expected true or false, got {enabled!r}")
+    if scheduler == "pbt":
+        return _parse_pbt(raw, enabled)
     grace = raw.get("grace_period")
     if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool) or grace < 1):
         raise ConfigError("early_stopping.grace_period", f"got {grace!r}; allowed: an integer >= 1 (epochs) or null")
@@ -45,6 +74,65 @@ def parse_early_stopping(raw: Any) -> EarlyStopping:
     if not isinstance(factor, int) or isinstance(factor, bool) or factor < 2:
         raise ConfigError("early_stopping.reduction_factor", f"got {factor!r}; allowed: an integer >= 2")
     return EarlyStopping(enabled=enabled, grace_period=grace, reduction_factor=factor)
+
+
+def scheduler_of(key: str) -> str:
+    return "pbt" if key in _PBT_KEYS else "asha"
+
+
+def _parse_pbt(raw: dict, enabled: bool) -> EarlyStopping:
+    interval = parse_int(raw, "interval", 4, minimum=1, prefix="early_stopping.")
+    mutate = raw.get("mutate")
+    if mutate is not None and (not isinstance(mutate, list) or not mutate
+                               or not all(isinstance(k, str) for k in mutate) or len(set(mutate)) != len(mutate)):
+        raise ConfigError("early_stopping.mutate", f"got {mutate!r}; allowed: a non-empty list of distinct space "
+                          "keys, e.g. [sparsity.regrowth_ratio, optimizer.lr]")
+    fraction = raw.get("quantile_fraction", 0.25)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.5:
+        raise ConfigError("early_stopping.quantile_fraction", f"got {fraction!r}; allowed: a number in (0, 0.5]")
+    return EarlyStopping(enabled=enabled, scheduler="pbt", interval=interval,
+                         mutate=tuple(mutate) if mutate is not None else None, quantile_fraction=float(fraction))
+
+
+NUMERIC_KINDS = ("uniform", "loguniform", "int")
+
+
+def checked_pbt(sweep) -> EarlyStopping:
+    """PBT over a Sweep (checked by load_sweep): what it cannot be combined with, and the keys it mutates (resolved)."""
+    settings = sweep.early_stopping
+    if len(sweep.objectives) > 1:
+        raise ConfigError("early_stopping.scheduler", f"got 'pbt' with {len(sweep.objectives)} objectives "
+                          f"({', '.join(m for m, _ in sweep.objectives)}); PBT ranks trials by one metric: allowed "
+                          "with one objective, or scheduler: asha")
+    if sweep.sampler not in ("auto", "random"):
+        raise ConfigError("sampler", f"got {sweep.sampler!r} with early_stopping.scheduler: pbt; Ray Tune refuses "
+                          "a search algorithm with PBT, which samples its first population from the space "
+                          "itself; allowed: auto, random")
+    if sweep.layer_sparsity is not None:
+        raise ConfigError("layer_sparsity", "is sampled by Optuna, which PBT cannot use; remove it or use "
+                          "early_stopping.scheduler: asha")
+    if sweep.objects.loop is not None:
+        raise ConfigError("early_stopping.scheduler", "got 'pbt' with a loop of yours; PBT copies the checkpoints "
+                          "of raysparse's own loop (weights, optimizer and masks): allowed with the built-in loop")
+    if sweep.resources.workers != 1:
+        raise ConfigError("early_stopping.scheduler", f"got 'pbt' with resources.workers {sweep.resources.workers}; "
+                          "allowed with 1 worker per trial")
+    epochs = sweep.base.get("epochs", 30)
+    if settings.interval >= epochs:
+        raise ConfigError("early_stopping.interval", f"got {settings.interval}; allowed: an integer from 1 to "
+                          f"{epochs - 1} (epochs - 1: the last epoch is never a perturbation)")
+    if settings.mutate is None:
+        mutate = tuple(k for k in PBT_DEFAULT_MUTATE if k in sweep.space and sweep.space[k].kind in NUMERIC_KINDS)
+        if not mutate:
+            raise ConfigError("early_stopping.mutate", f"not given, and the space has none of its defaults "
+                              f"({', '.join(PBT_DEFAULT_MUTATE)}) as a number domain; name the space keys to mutate")
+        return replace(settings, mutate=mutate)
+    for key in settings.mutate:
+        if key not in sweep.space:
+            keys = list(sweep.space)
+            raise ConfigError("early_stopping.mutate", f"got {key!r}, not a key of the space; allowed: "
+                              f"{', '.join(keys) or 'none (the space is empty)'}{did_you_mean(key, keys)}")
+    return settings
 
 
 def parse_resources(raw: Any) -> Resources:

@@ -30,7 +30,14 @@ from raysparse.config import (
 from raysparse.errors import ConfigError, did_you_mean
 from raysparse.search.disk_safety import check_name, check_plain_data, check_storage_path
 from raysparse.search.domains import Domain, parse_domain
-from raysparse.search.settings import EarlyStopping, Resources, parse_early_stopping, parse_int, parse_resources
+from raysparse.search.settings import (
+    EarlyStopping,
+    Resources,
+    checked_pbt,
+    parse_early_stopping,
+    parse_int,
+    parse_resources,
+)
 from raysparse.train.latency import DEPLOYED_METRICS
 from raysparse.train.loop import REPORTED_METRICS
 from raysparse.zoo.user_code import describe
@@ -115,9 +122,13 @@ class Sweep:
         from raysparse.search.layerwise import apply_layer_densities
 
         config = copy.deepcopy(self.base)
-        for key, value in params.items():
-            if key in self.space:
-                set_dotted(config, key, self.space[key].decode(value))
+        sampled: dict[str, Any] = {}
+        for key, domain in self.space.items():
+            # Optuna samples a key only where its `when` holds; Tune's own sampler (PBT) samples
+            # every key, so one whose `when` fails is left out here
+            if key in params and domain.active(sampled, lambda k: get_dotted(self.base, k)):
+                sampled[key] = domain.decode(params[key])
+                set_dotted(config, key, sampled[key])
         if self.layer_sparsity is not None:
             apply_layer_densities(config, params, self.layer_sparsity)
         return config
@@ -202,6 +213,8 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
                           "trial's process, so 1")
     _check_space_values(sweep)
     _check_pattern_pairs(sweep)
+    if sweep.early_stopping.pbt:
+        sweep = dataclasses.replace(sweep, early_stopping=checked_pbt(sweep))
     _check_final_objectives(sweep)
     check_plain_data(sweep.raw, "")
     return sweep
@@ -256,9 +269,8 @@ def _check_final_objectives(sweep: Sweep) -> None:
             "set base.robustness.split: val to search on it"
         )
     last_report_only = FINAL_METRICS + DEPLOYED_METRICS  # deployed latency: measured on the trained network
-    if sweep.metric in last_report_only and sweep.early_stopping.enabled and sweep.grace_period() < sweep.base.get(
-        "epochs", 30
-    ):
+    judged_early = sweep.early_stopping.pbt or sweep.grace_period() < sweep.base.get("epochs", 30)
+    if sweep.metric in last_report_only and sweep.early_stopping.enabled and judged_early:
         raise ConfigError(
             "early_stopping",
             f"the first objective {sweep.metric!r} is only reported at the last epoch; put a per-epoch metric "

@@ -9,6 +9,7 @@ every rank reports its mask hash, and the trial fails loudly if two ranks ever d
 from __future__ import annotations
 
 import copy
+import json
 import math
 import socket
 import tempfile
@@ -24,7 +25,7 @@ import torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from raysparse.config import load_config
+from raysparse.config import get_dotted, load_config
 from raysparse.errors import ConfigError
 from raysparse.imports import add_import_dirs
 from raysparse.methods.registry import add_user_methods, user_methods
@@ -43,6 +44,7 @@ DIVERGED, BAD_CONFIG = "diverged: ", "bad config: "
 OUT_OF_MEMORY = "out of memory: "
 NOT_RETRIED = (DIVERGED, BAD_CONFIG)
 NODE_TAG = "raysparse.node_id"
+ORIGIN_FILE = "origin.json"  # next to CHECKPOINT_FILE: which trial (and run) wrote the checkpoint, at which epoch
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,15 @@ class _TrialLogger:
         self.run.fail(reason)
         self._worker.shutdown()
 
+    def abandon(self) -> None:
+        """Tune ended this attempt at a report (ASHA stopped it, PBT paused it or made it copy
+        another trial): what is queued reaches MLflow before the next attempt reopens the run."""
+        try:
+            self.flush()
+        except Exception as err:  # the attempt is over either way; its next one logs again
+            print(f"raysparse: logging of an ended attempt failed ({type(err).__name__}: {err})", flush=True)
+        self._worker.shutdown()
+
 
 def resolved_config(config: dict) -> dict:
     """The config with every default filled in, as params and ``model/config.json`` record it: a
@@ -170,30 +181,35 @@ def _restore_checkpoint(checkpoint, into: str) -> Path | None:
 
 
 def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, checkpoint_interval: float,
-           sweep: Sweep) -> None:
+           sweep: Sweep, *, trial_id: str) -> None:
     """The loop (the built-in one, or the user's) with a report that logs (rank 0) and reports
     every epoch, and checkpoints once ``checkpoint_interval`` seconds have passed since the last
-    checkpoint (0: every epoch); a loop of yours checkpoints when it passes a state.
+    checkpoint (0: every epoch), under PBT every ``interval`` epochs (its perturbations copy those);
+    a loop of yours checkpoints when it passes a state.
     Every checkpoint makes Tune persist it and snapshot the experiment: per epoch, that cost
     more than training a digits trial."""
     objects = sweep.objects
     last_saved, epochs = time.monotonic(), load_config(config).epochs
+    every = sweep.early_stopping.interval if sweep.early_stopping.pbt else None
 
     def report(metrics: dict, context: EpochContext, checkpoint_now: bool | None = None) -> None:
         nonlocal last_saved
         if logger is not None:
             logger.epoch(metrics, context)
         # no checkpoint after the last epoch: a retry then redoes that epoch and the final logging
-        due = time.monotonic() - last_saved >= checkpoint_interval and metrics["epoch"] < epochs
+        due = metrics["epoch"] % every == 0 if every else time.monotonic() - last_saved >= checkpoint_interval
+        due = due and metrics["epoch"] < epochs
         if not (due if checkpoint_now is None else checkpoint_now):
             report_to(tune_metrics(metrics, context), checkpoint=None)
             return
         with tempfile.TemporaryDirectory() as directory:
             context.save_checkpoint(directory)
+            events = context.masks.drain_events()
+            _write_origin(directory, trial_id, logger, metrics["epoch"], events, context)
             # everything queued, then the checkpoint's lineage row (its masks and weights hashes), is
             # in MLflow before Tune persists the checkpoint: a retry's lineage then has no gap
             if logger is not None:
-                logger.log_events(context.masks.drain_events())
+                logger.log_events(events)
             report_to(tune_metrics(metrics, context), checkpoint=ray.train.Checkpoint.from_directory(directory))
         last_saved = time.monotonic()
 
@@ -202,6 +218,11 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
             resume_from = _restore_checkpoint(checkpoint, restored)
             if logger is not None and resume_from is None:
                 logger.run.start_over()  # no checkpoint is one at epoch 0: a retry's lost rows go
+            origin = _read_origin(resume_from)
+            if logger is not None and origin is not None and origin["source_trial_id"] != trial_id:
+                # a PBT exploit: this trial goes on from another one's weights, optimizer and masks
+                values = {k: get_dotted(config, k) for k in sweep.space if get_dotted(config, k) is not None}
+                logger.run.exploited(origin, values)
             if objects.loop is not None:
                 run_loop(objects.loop, config, [m for m, _ in sweep.objectives], report, resume_from)
             else:
@@ -210,8 +231,33 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
         if logger is not None:
             logger.fail(failure_reason(err))
         raise
+    except SystemExit:  # how Tune ends an attempt at a report (see _TrialLogger.abandon)
+        if logger is not None:
+            logger.abandon()
+        raise
     if logger is not None:
         logger.final()
+
+
+def _write_origin(directory: str, trial_id: str, logger: _TrialLogger | None, epoch: int, events: list,
+                  context: EpochContext) -> None:
+    """Who wrote this checkpoint: a trial restored from it that is not its writer was made to copy
+    it by PBT (an exploit), and its lineage says where its masks came from."""
+    saved = [e for e in events if e.reason.startswith("checkpoint")]
+    origin = {
+        "source_trial_id": trial_id, "source_run_id": logger.run.run_id if logger is not None else None,
+        "source_epoch": int(epoch),
+        "source_masks_hash": saved[-1].hash if saved else context.masks.content_hash(),
+        "source_weights_hash": saved[-1].weights_hash if saved else "",
+    }
+    (Path(directory) / ORIGIN_FILE).write_text(json.dumps(origin))
+
+
+def _read_origin(checkpoint_file: Path | None) -> dict | None:
+    """The origin next to a restored checkpoint (none in those written before it existed)."""
+    if checkpoint_file is None or not (checkpoint_file.parent / ORIGIN_FILE).is_file():
+        return None
+    return json.loads((checkpoint_file.parent / ORIGIN_FILE).read_text())
 
 
 def failure_reason(err: BaseException) -> str:
@@ -266,7 +312,8 @@ def trial_function(
     trial_name = run_name_for(trial_id, config)
     if sweep.resources.workers == 1:
         logger = _TrialLogger(target, trial_id, trial_name, config, sweep.import_dirs)
-        _train(config, logger, tune.report, tune.get_checkpoint(), sweep.checkpoint_interval, sweep)
+        _train(config, logger, tune.report, tune.get_checkpoint(), sweep.checkpoint_interval, sweep,
+               trial_id=trial_id)
         return
     _run_data_parallel(config, sweep, target, trial_id, trial_name, storage_path)
 
@@ -301,7 +348,8 @@ def _worker_loop(loop_config: dict) -> None:
     def report_to(metrics, checkpoint):  # every rank reports (a barrier); only rank 0 uploads
         ray.train.report(metrics, checkpoint=checkpoint if rank == 0 else None)
 
-    _train(config, logger, report_to, ray.train.get_checkpoint(), sweep.checkpoint_interval, sweep)
+    _train(config, logger, report_to, ray.train.get_checkpoint(), sweep.checkpoint_interval, sweep,
+           trial_id=loop_config["trial_id"])
 
 
 class _SameMasksOnAllRanks(TuneReportCallback):

@@ -28,6 +28,7 @@ from raysparse.search.disk_safety import check_name
 from raysparse.search.grid import GridSearcher
 from raysparse.search.layerwise import suggest_layer_densities
 from raysparse.search.local_ray import start_local_ray
+from raysparse.search.pbt import pbt_param_space, pbt_scheduler, pbt_searcher
 from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
 from raysparse.search.server_watch import StopWhenServerLost, watch_tracking_server
@@ -81,6 +82,8 @@ def _searcher(sweep: Sweep) -> OptunaSearch | GridSearcher:
 
 
 def _scheduler(sweep: Sweep):
+    if sweep.early_stopping.pbt:
+        return pbt_scheduler(sweep)
     epochs = sweep.base.get("epochs", 30)
     grace = sweep.grace_period()
     if not sweep.early_stopping.enabled or grace >= epochs:
@@ -168,17 +171,22 @@ def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbo
         if restore is not None:
             tuner = tune.Tuner.restore(str(restore), trainable, resume_unfinished=True, resume_errored=True)
             return _fit(tuner, sweep, parent, progress, home)
+        pbt = sweep.early_stopping.pbt  # Tune samples PBT's population: no Optuna (see search/pbt.py)
         tuner = tune.Tuner(
             trainable,
+            param_space=pbt_param_space(described) if pbt else None,
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(described), scheduler=_scheduler(sweep),
-                num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent,
+                search_alg=pbt_searcher(described) if pbt else _searcher(described), scheduler=_scheduler(sweep),
+                # PBT's population is every trial at once, taking turns on the CPUs (Tune's time-multiplexing)
+                num_samples=sweep.num_samples, max_concurrent_trials=None if pbt else sweep.max_concurrent,
                 reuse_actors=True,  # a new trial process re-imports torch & co: seconds per trial here
             ),
             run_config=tune.RunConfig(
                 name=sweep.name, storage_path=storage_path, verbose=0,
                 callbacks=[progress, TrialRunCloser(parent, described), StopWhenServerLost(sweep.name)],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # PBT restores a trial from another's checkpoint, perhaps after that one wrote a newer one:
+                # every checkpoint is kept then (Tune warns that keeping 1 or 2 breaks exploits)
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 1),
                 # a trial whose process dies is retried from its last checkpoint, its MLflow run continued
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             ),
@@ -345,4 +353,13 @@ def _sweep_params(sweep: Sweep) -> dict:
         "max_concurrent": sweep.max_concurrent, "seed": sweep.seed, "sampler": sweep.sampler,
         "space": sorted(sweep.space), "workers": sweep.resources.workers, "grace_period": sweep.grace_period(),
         "python_objects": sweep.objects.names(),  # what the sweep file alone cannot rebuild: model=, data=, loop=
+        **_pbt_params(sweep),
     }
+
+
+def _pbt_params(sweep: Sweep) -> dict:
+    settings = sweep.early_stopping
+    if not settings.pbt:
+        return {}
+    return {"scheduler": "pbt", "pbt": {"interval": settings.interval, "mutate": list(settings.mutate),
+                                        "quantile_fraction": settings.quantile_fraction}}

@@ -23,6 +23,7 @@ from raysparse.tracking.naming import flatten_metrics, flatten_params  # noqa: E
 from raysparse.tracking.reading import (
     SweepData,
     add_run_artifacts,
+    download_exploits,
     download_lineage,
     download_masks,
     download_model,
@@ -42,6 +43,7 @@ __all__ = [
     "TrialRun",
     "check_tracking_uri",
     "default_home",
+    "download_exploits",
     "download_lineage",
     "download_masks",
     "download_model",

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 
-from raysparse.errors import ConfigError, shown
+from raysparse.errors import ConfigError, cut, shown
 from raysparse.tracking.naming import FAILURE_TAG, PARENT_TAG, TRIAL_TAG
 
 _PARAMS_PER_BATCH, _METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
@@ -52,7 +52,8 @@ def _log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], s
 
 
 def _set_failure_reason(client: MlflowClient, run_id: str, reason: str) -> None:
-    client.set_tag(run_id, FAILURE_TAG, reason[:_MAX_REASON_LENGTH])
+    # cut in the middle: the end of a reason says what to do next (raysparse sweep --resume NAME)
+    client.set_tag(run_id, FAILURE_TAG, cut(reason, _MAX_REASON_LENGTH))
 
 
 def _search(client: MlflowClient, experiment_id: str, query: str, order_by: str = "attributes.start_time ASC",

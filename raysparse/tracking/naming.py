@@ -6,7 +6,9 @@
   MLflow rejects in names (anything but letters, digits, ``_ - . space``) become ``_``;
 - a trial's run carries ``raysparse.trial_id``: that tag, under the sweep's parent run, is how a
   retried trial finds and continues its run instead of creating a second one;
-- a trial's mask lineage is its ``masks/lineage.jsonl`` artifact.
+- a trial's mask lineage is its ``masks/lineage.jsonl`` artifact;
+- a PBT trial that copied another's checkpoint records it in ``pbt/exploits.json`` and tags
+  ``raysparse.pbt.exploits`` and ``raysparse.pbt.param.<key>`` (params cannot change).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import torch
 ROLE_TAG, SWEEP_TAG, TRIAL_TAG = "raysparse.role", "raysparse.sweep", "raysparse.trial_id"
 FAILURE_TAG, PARENT_TAG = "raysparse.failure_reason", "mlflow.parentRunId"
 LINEAGE = "masks/lineage.jsonl"
+# a PBT trial's exploits (where its weights and masks came from, the values it switched to)
+EXPLOITS, PBT_EXPLOITS_TAG, PBT_PARAM_TAG = "pbt/exploits.json", "raysparse.pbt.exploits", "raysparse.pbt.param."
 _MAX_PARAM_LENGTH, _TRUNCATED = 6000, "...[truncated]"
 
 

@@ -16,14 +16,24 @@ from mlflow.entities import Run
 from raysparse.errors import ConfigError, unknown_choice
 from raysparse.sparsity.masks import unpack_masks
 from raysparse.tracking._client import _children, _quotable, _search
-from raysparse.tracking.naming import FAILURE_TAG, LINEAGE, ROLE_TAG, SWEEP_TAG, TRIAL_TAG
+from raysparse.tracking.naming import (
+    EXPLOITS,
+    FAILURE_TAG,
+    LINEAGE,
+    PBT_EXPLOITS_TAG,
+    PBT_PARAM_TAG,
+    ROLE_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+)
 
 
 @dataclass
 class SweepData:
     """A sweep's parent run and one row per trial: ``run_id, trial_id, run_name, status,
     start_time, end_time, failure_reason``, then ``params.<dotted>`` (numeric where every value
-    parses as a number) and ``metrics.<name>`` holding each metric's last-step value."""
+    parses as a number; a PBT trial's the values it ended with, and ``pbt_exploits`` how many times
+    it copied another trial) and ``metrics.<name>`` holding each metric's last-step value."""
 
     experiment_id: str
     experiment_name: str
@@ -91,8 +101,24 @@ def add_run_artifacts(tracking_uri: str, run_id: str, folder: str | Path, artifa
 
 
 def run_params(tracking_uri: str, run_id: str) -> dict[str, str]:
-    """A run's params as MLflow holds them (text)."""
-    return dict(MlflowClient(tracking_uri).get_run(run_id).data.params)
+    """A run's params as MLflow holds them (text); for a PBT trial that copied another, the values
+    it trained with last replace those it started with (see ``download_exploits``)."""
+    return _current_params(MlflowClient(tracking_uri).get_run(run_id))
+
+
+def download_exploits(tracking_uri: str, run_id: str) -> list[dict]:
+    """A PBT trial's exploits, oldest first: the epoch, source trial and run, masks hash and the
+    sampled values it went on with ([] for a trial that never copied another)."""
+    client = MlflowClient(tracking_uri)
+    if not any(f.path == EXPLOITS for f in client.list_artifacts(run_id, Path(EXPLOITS).parent.as_posix())):
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run_id, EXPLOITS, tmp)).read_text())
+
+
+def _current_params(run: Run) -> dict[str, str]:
+    now = {k.removeprefix(PBT_PARAM_TAG): v for k, v in run.data.tags.items() if k.startswith(PBT_PARAM_TAG)}
+    return {**run.data.params, **now}
 
 
 def download_plots(tracking_uri: str, run_id: str, dst: str | Path) -> list[Path]:
@@ -110,7 +136,8 @@ def _trial_row(run: Run) -> dict:
         "run_id": run.info.run_id, "trial_id": run.data.tags.get(TRIAL_TAG), "run_name": run.info.run_name,
         "status": run.info.status, "start_time": time_of(run.info.start_time), "end_time": time_of(run.info.end_time),
         "failure_reason": run.data.tags.get(FAILURE_TAG),
-        **{f"params.{k}": v for k, v in run.data.params.items()},
+        **{f"params.{k}": v for k, v in _current_params(run).items()},
+        **({"pbt_exploits": int(run.data.tags[PBT_EXPLOITS_TAG])} if PBT_EXPLOITS_TAG in run.data.tags else {}),
         **{f"metrics.{k}": v for k, v in run.data.metrics.items()},  # search results hold the latest step
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -16,9 +17,12 @@ from raysparse import plots
 from raysparse.sparsity.masks import MaskEvent, unpack_masks
 from raysparse.tracking._client import _children, _log_metrics, _log_params, _set_failure_reason
 from raysparse.tracking.naming import (
+    EXPLOITS,
     FAILURE_TAG,
     LINEAGE,
     PARENT_TAG,
+    PBT_EXPLOITS_TAG,
+    PBT_PARAM_TAG,
     ROLE_TAG,
     TRIAL_TAG,
     flatten_metrics,
@@ -46,6 +50,7 @@ class TrialRun:
         self._lineage = Path(self._workdir.name) / LINEAGE
         self._lineage.parent.mkdir(parents=True)
         self._recorded: set[tuple[str, int]] = set()  # (metric, step) pairs an earlier attempt logged
+        self._exploit: dict | None = None  # a PBT exploit whose lineage row is not written yet
 
     @classmethod
     def open(cls, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str, *,
@@ -104,7 +109,13 @@ class TrialRun:
         upload = Path(self._workdir.name) / "upload"
         upload.mkdir(exist_ok=True)
         for event in events:
-            if event.reason.startswith("resume"):
+            source = {}
+            if event.reason.startswith("resume") and self._exploit is not None:
+                # the restore of a PBT exploit: its masks are another trial's; this trial's rows stay
+                source, self._exploit = self._exploit, None
+                event = dataclasses.replace(event, reason=f"exploit of trial {source['source_trial_id']} at epoch "
+                                            f"{source['source_epoch']}")
+            elif event.reason.startswith("resume"):
                 self._forget_lineage_after(event.step)
             name = f"step_{event.step:08d}_{event.hash[:12]}.bin"
             (upload / name).write_bytes(event.packed)
@@ -114,9 +125,37 @@ class TrialRun:
                    "hash": event.hash, "parent_hash": event.parent_hash, "file": f"masks/{name}"}
             if event.weights_hash:
                 row["weights_hash"] = event.weights_hash
+            row.update({k: source[k] for k in ("source_trial_id", "source_run_id", "source_epoch",
+                                                "source_masks_hash") if k in source})
             with open(self._lineage, "a") as lineage:
                 lineage.write(json.dumps(row) + "\n")
         self._client.log_artifact(self.run_id, str(self._lineage), "masks")
+
+    def exploited(self, record: dict, params: dict) -> None:
+        """A PBT exploit: this trial goes on from another trial's checkpoint (``record``: source_trial_id,
+        source_run_id, source_epoch, source_masks_hash, ...) with the sampled values ``params``.
+        MLflow params are write-once, so the run keeps the ones it started with and records each
+        exploit in ``pbt/exploits.json`` and tags: ``raysparse.pbt.exploits`` (how many) and
+        ``raysparse.pbt.param.<key>`` (the values it trains with now, which reports read instead
+        of the params). Epochs after the source's are logged again: the values at a step logged
+        last are this trial's history from then on."""
+        exploits, entry = self._recorded_exploits(), json.loads(json.dumps({**record, "params": params}, default=str))
+        if not exploits or exploits[-1] != entry:  # a retry restored from the same copy records it once
+            exploits.append(entry)
+        path = Path(self._workdir.name) / EXPLOITS
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(exploits, indent=2, default=str))
+        self._client.log_artifact(self.run_id, str(path), Path(EXPLOITS).parent.as_posix())
+        self.set_tags({PBT_EXPLOITS_TAG: str(len(exploits)),
+                       **{f"{PBT_PARAM_TAG}{key}": str(value) for key, value in params.items()}})
+        self._exploit = record
+        self._recorded = {(key, step) for key, step in self._recorded if step <= record["source_epoch"]}
+
+    def _recorded_exploits(self) -> list[dict]:
+        folder = Path(EXPLOITS).parent.as_posix()
+        if not any(f.path == EXPLOITS for f in self._client.list_artifacts(self.run_id, folder)):
+            return []
+        return json.loads(Path(self._client.download_artifacts(self.run_id, EXPLOITS, self._workdir.name)).read_text())
 
     def start_over(self) -> None:
         """A retry without a checkpoint trains from epoch 0, as if restored from a checkpoint there
@@ -129,7 +168,11 @@ class TrialRun:
         after it are redone by the retry, so they leave the lineage (their mask files are
         rewritten under the same names: same step, same hash)."""
         if self._lineage.exists():
-            rows = [line for line in self._lineage.read_text().splitlines() if json.loads(line)["step"] <= step]
+            lines = self._lineage.read_text().splitlines()
+            # rows up to the last PBT exploit are history a retry after it does not redo
+            exploits = [i for i, line in enumerate(lines) if json.loads(line)["reason"].startswith("exploit")]
+            kept = exploits[-1] + 1 if exploits else 0
+            rows = lines[:kept] + [line for line in lines[kept:] if json.loads(line)["step"] <= step]
             self._lineage.write_text("".join(row + "\n" for row in rows))
 
     def log_final(self, *, packed_masks: bytes, layer_density: dict[str, float], model_state: dict,
@@ -163,9 +206,14 @@ class TrialRun:
 
     def metric_history(self, keys) -> dict[str, list[tuple[int, float]]]:
         """``{metric: [(step, value), ...]}`` as the server holds it: a retried trial's plots
-        include the epochs logged before the retry."""
+        include the epochs logged before the retry; of a step logged twice (after a PBT exploit
+        that went back to an earlier epoch), the value logged last."""
         history = self._client.get_metric_history
-        return {key: sorted((m.step, m.value) for m in history(self.run_id, key)) for key in keys}
+        curves = {}
+        for key in keys:
+            last = {m.step: m.value for m in sorted(history(self.run_id, key), key=lambda m: (m.step, m.timestamp))}
+            curves[key] = sorted(last.items())
+        return curves
 
     def finish(self, status: str = "FINISHED") -> None:
         self._client.set_terminated(self.run_id, status)

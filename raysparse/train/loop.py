@@ -257,6 +257,7 @@ class _Run:
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["lr_schedule"])
+        self._continue_at_configured_lr(state.get("config"))
         restore_rng(state["rng"])
         self.start_epoch, self.best = state["epoch"], dict(state["best"])
         restored = self.fingerprints()
@@ -270,6 +271,22 @@ class _Run:
         self.method.masks.mark(step=step, reason=f"resume at epoch {self.start_epoch}",
                                weights_hash=restored["weights"])
         self.last_masks = self.method.masks.snapshot()
+
+    def _continue_at_configured_lr(self, saved_config) -> None:
+        """A checkpoint restored under another ``optimizer.lr`` than it was saved with (PBT perturbs
+        it) trains on at the configured rate: the optimizer and schedule state hold the saved one, so
+        every group's rate and the schedule's base rates are scaled by configured / saved, keeping
+        the schedule's shape. The same rate (a retry) changes nothing."""
+        optimizer = saved_config.get("optimizer") if isinstance(saved_config, dict) else None
+        saved = optimizer.get("lr") if isinstance(optimizer, dict) else None
+        if not isinstance(saved, (int, float)) or saved <= 0 or saved == self.cfg.optimizer.lr:
+            return
+        scale = self.cfg.optimizer.lr / saved
+        for group in self.optimizer.param_groups:
+            group["lr"] *= scale
+            if "initial_lr" in group:
+                group["initial_lr"] *= scale
+        self.schedule.base_lrs = [lr * scale for lr in self.schedule.base_lrs]
 
     def fingerprints(self) -> dict[str, str]:
         """sha256 of the masks and of the weights: a checkpoint stores them, a restore checks them."""

@@ -154,3 +154,41 @@ def test_a_retry_drops_the_lineage_rows_of_the_lost_attempt_after_its_checkpoint
     assert [(r["step"], r["reason"]) for r in lineage] == [(10, "prune to 0.5"), (20, "prune to 0.3"),
                                                            (20, "resume at epoch 2")]
     assert lineage[-1]["hash"] == lineage[-1]["parent_hash"] == lineage[1]["hash"]  # the checkpoint's masks
+
+
+def test_a_pbt_exploit_keeps_the_trials_rows_and_says_whose_masks_it_went_on_with(sweep):
+    from raysparse.tracking import download_exploits, run_params
+
+    _, masks = masked_model()
+    trial = open_trial(sweep, "t1", lr=0.05)
+    for epoch, density in ((1, 0.4), (2, 0.3), (3, 0.2)):
+        prune(masks, density, step=10 * epoch, seed=epoch)
+        trial.log_epoch({"val_accuracy": 0.1 * epoch}, step=epoch)
+    trial.log_mask_events(masks.drain_events())
+
+    _, copied = masked_model()  # the restored checkpoint of trial t0 at epoch 2
+    prune(copied, 0.25, step=20, seed=7)
+    copied.drain_events()
+    copied.mark(step=20, reason="resume at epoch 2")
+    again = open_trial(sweep, "t1", lr=0.05)
+    source = {"source_trial_id": "t0", "source_run_id": "r0", "source_epoch": 2,
+              "source_masks_hash": copied.content_hash()}
+    again.exploited(source, {"lr": 0.06})
+    again.log_mask_events(copied.drain_events())
+    again.log_epoch({"val_accuracy": 0.8}, step=3)  # epoch 3 again, from t0's weights: logged, not skipped
+    lineage = download_lineage(sweep.tracking_uri, again.run_id)
+    assert [r["reason"] for r in lineage] == ["prune to 0.4", "prune to 0.3", "prune to 0.2",
+                                              "exploit of trial t0 at epoch 2"]
+    assert lineage[-1]["hash"] == source["source_masks_hash"] and lineage[-1]["source_run_id"] == "r0"
+    assert again.metric_history(["val_accuracy"])["val_accuracy"] == [(1, 0.1), (2, 0.2), (3, 0.8)]
+    assert download_exploits(sweep.tracking_uri, again.run_id) == [{**source, "params": {"lr": 0.06}}]
+    assert run_params(sweep.tracking_uri, again.run_id)["lr"] == "0.06"  # the value it trains with now
+    assert MlflowClient(sweep.tracking_uri).get_run(again.run_id).data.params["lr"] == "0.05"  # write-once
+
+    copied.mark(step=20, reason="resume at epoch 2")  # a retry after the exploit, from its own checkpoint
+    retried = open_trial(sweep, "t1", lr=0.06)
+    retried.log_mask_events(copied.drain_events())
+    retried.finish()
+    rows = download_lineage(sweep.tracking_uri, retried.run_id)
+    assert [r["reason"] for r in rows][-2:] == ["exploit of trial t0 at epoch 2", "resume at epoch 2"]
+    assert len(rows) == 5  # the rows before the exploit are history, even those after step 20

@@ -149,3 +149,24 @@ def test_state_hash_sees_names_values_and_dtypes():
     for other in ({"b": torch.zeros(3), "n": seven}, {"a": torch.tensor([0.0, 0.0, 1e-30]), "n": seven},
                   {"a": torch.zeros(3, dtype=torch.float64), "n": seven}, {"a": torch.zeros(3), "n": torch.tensor(8)}):
         assert state_hash(other) != state_hash(state)
+
+
+def test_a_checkpoint_restored_under_another_learning_rate_trains_on_at_it(tmp_path):
+    """PBT perturbs optimizer.lr and restores another trial's checkpoint, whose optimizer and
+    schedule state hold the rate it was saved with: the configured one wins, on the same schedule."""
+    cfg = small_config("granet")
+    cfg.update(epochs=2, measure_latency=False)
+
+    def stop_after_one(metrics, ctx):
+        if metrics["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(cfg, stop_after_one, checkpoint_dir=tmp_path)
+    rates = {}
+    same = fit(cfg, lambda m, ctx: rates.setdefault(("same", m["epoch"]), m["lr"]), resume_from=tmp_path)
+    cfg["optimizer"]["lr"] *= 0.5
+    fit(cfg, lambda m, ctx: rates.setdefault(("half", m["epoch"]), m["lr"]), resume_from=tmp_path)
+    # cosine: the rate at an epoch is the base rate times the same factor
+    assert rates[("same", 2)] < 0.1 and rates[("half", 2)] == pytest.approx(rates[("same", 2)] / 2)
+    assert same["epoch"] == 2
