@@ -6,7 +6,9 @@
   MLflow rejects in names (anything but letters, digits, ``_ - . space``) become ``_``;
 - a trial's run carries ``raysparse.trial_id``: that tag, under the sweep's parent run, is how a
   retried trial finds and continues its run instead of creating a second one;
-- a trial's mask lineage is its ``masks/lineage.jsonl`` artifact.
+- a trial's mask lineage is its ``masks/lineage.jsonl`` artifact;
+- a sweep's dense stage (``pretrain:``) is a child run too, with role ``stage`` and
+  ``raysparse.stage: pretrain``: not a trial (trial lists select role ``trial``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 ROLE_TAG, SWEEP_TAG, TRIAL_TAG = "raysparse.role", "raysparse.sweep", "raysparse.trial_id"
 FAILURE_TAG, PARENT_TAG = "raysparse.failure_reason", "mlflow.parentRunId"
+STAGE_TAG, PRETRAIN = "raysparse.stage", "pretrain"
 LINEAGE = "masks/lineage.jsonl"
 _MAX_PARAM_LENGTH, _TRUNCATED = 6000, "...[truncated]"
 
