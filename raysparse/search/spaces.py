@@ -223,6 +223,9 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
     if objects.loop is not None and sweep.resources.workers != 1:
         raise ConfigError("resources.workers", f"got {sweep.resources.workers}; a loop of yours trains in its "
                           "trial's process, so 1")
+    if pretrain is not None and sweep.storage_path is not None and "://" in sweep.storage_path:
+        raise ConfigError("pretrain", f"its file goes under storage_path, which is a URI ({sweep.storage_path!r}); "
+                          "trials read init_from as a file: use a shared file system path")
     _check_space_values(sweep)
     _check_pattern_pairs(sweep)
     _check_final_objectives(sweep)

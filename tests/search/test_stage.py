@@ -94,3 +94,9 @@ def test_the_stage_never_compares_with_itself():
     loaded = load_sweep(raw)
     assert loaded.pretrain["robustness"]["reference"] is None and loaded.pretrain["init_from"] is None
     assert loaded.base["init_from"] == "pretrain"  # a name, not made a path like the files base names
+
+
+def test_the_stage_needs_a_storage_path_the_trials_read_as_files():
+    with pytest.raises(ConfigError, match="storage_path, which is a URI") as error:
+        load_sweep(sweep(pretrain={"epochs": 2}, storage_path="s3://bucket/results"))
+    assert error.value.field == "pretrain"
