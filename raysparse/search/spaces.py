@@ -98,8 +98,10 @@ class Sweep:
     # importable in every trial: the sweep file's directory, the working directory, import_dirs
     import_dirs: tuple[str, ...] = ()
     objects: PythonObjects = field(default_factory=PythonObjects, repr=False, compare=False)
-    pretrain: dict | None = None  # the dense stage's full config (base merged with the pretrain block), if any
-    pretrain_file: str | None = None  # where the driver saves the stage's state_dict (set when it launches)
+    # the dense stage's full config (base merged with the pretrain block), if any; out of the repr, which
+    # Ray's errors quote and which would hold base twice
+    pretrain: dict | None = field(default=None, repr=False)
+    pretrain_file: str | None = field(default=None, repr=False)  # the stage's state_dict (set at launch)
 
     @property
     def pretrain_epochs(self) -> int:
