@@ -30,7 +30,7 @@ def pretrained(ray_runtime, home):
     fine-tuning it at a learning rate so small that the first step barely moves a weight."""
     raw = tiny_sweep(NAME, sampler="grid", pretrain={"epochs": 3, "optimizer": {"lr": 0.1}})
     del raw["num_samples"]
-    raw["base"]["epochs"] = 2
+    raw["base"].update(epochs=2, measure_latency=False)
     raw["base"]["sparsity"] = {"method": "oneshot", "final_sparsity": 0.8, "prune_end": 0, "distribution": "erk"}
     raw["base"]["optimizer"]["lr"] = 0.0005
     raw["base"]["robustness"] = {"corruptions": ["contrast"], "severities": [5]}  # reference: the stage
