@@ -64,7 +64,8 @@ def sweep_dict(strategy: str, seed: int, trials: int, epochs: int) -> dict:
         "name": f"search-efficiency-{strategy.replace('_', '-')}-s{seed}", "seed": seed,
         "base": base_config(epochs, seed), "space": search_space(epochs), "objectives": {"val_accuracy": "max"},
         "max_concurrent": 2, "num_samples": trials, "early_stopping": False,
-        "sampler": "random" if strategy == "random" else "tpe",
+        # PBT draws its first population at random (Tune's PBT takes no Optuna searcher)
+        "sampler": "random" if strategy in ("random", "pbt") else "tpe",
     }
     if strategy == "tpe_asha":
         # judged after a quarter of training, a third kept per rung: rungs at epochs/4 and 3/4;

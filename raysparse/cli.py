@@ -148,7 +148,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from raysparse.report import pareto_front, rank_trials, report_sweep, sweep_objectives
+    from raysparse.report import pareto_front, rank_trials, report_sweep, stage_line, sweep_objectives
     from raysparse.tracking import default_home, ensure_local_server, load_sweep
 
     uri = args.tracking_uri or ensure_local_server(default_home())
@@ -158,6 +158,8 @@ def cmd_report(args) -> int:
     shown = ["trial_id", "status", *[c for c, _ in objectives], "metrics.density", "params.sparsity.method"]
     shown = [c for c in dict.fromkeys(shown) if c in ranked.columns]
     print(f"sweep {data.sweep_name!r} ({data.parent_status}), {len(ranked)} trials, best first:")
+    if data.stage is not None:
+        print(stage_line(data.stage))
     print(ranked[shown].to_string(index=False))
     if len(objectives) > 1:
         print("Pareto front:")
@@ -177,7 +179,7 @@ def cmd_potential(args) -> int:
 
     uri = args.tracking_uri or ensure_local_server(default_home())
     data = load_sweep(uri, args.experiment or args.name, args.name)
-    table = potential_table(prune_potential(sweep_potential_rows(data.trials), delta=args.delta))
+    table = potential_table(prune_potential(sweep_potential_rows(data.trials, data.stage), delta=args.delta))
     print(f"prune potential (delta {args.delta:g}) of sweep {data.sweep_name!r}, distribution x method:")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     out = Path(args.out) if args.out else default_home() / "reports" / data.sweep_name
@@ -339,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--delta", type=float, default=0.005, help="prune potential: accuracy allowed below dense")
     report.set_defaults(handler=cmd_report)
     potential = sub.add_parser("potential", help="prune potential per distribution and method of a finished sweep")
-    potential.add_argument("name", help="sweep name (it needs a trial with sparsity.method: dense)")
+    potential.add_argument("name", help="sweep name (it needs a dense trial or a dense stage, pretrain:)")
     potential.add_argument("--delta", type=float, default=0.005, help="accuracy allowed below the dense reference")
     potential.add_argument("--experiment", help="MLflow experiment (default: the sweep name)")
     potential.add_argument("--tracking-uri", help="MLflow server (default: the embedded one)")

@@ -95,42 +95,60 @@ def write_report(
     return paths
 
 
-def sweep_potential(trials: pd.DataFrame, delta: float) -> tuple[pd.DataFrame | None, str]:
+def sweep_potential(trials: pd.DataFrame, delta: float, stage: dict | None = None) -> tuple[pd.DataFrame | None, str]:
     """The prune-potential table (distribution x method) of a sweep, or None and why not."""
     from raysparse.errors import ConfigError
     from raysparse.robustness.potential import potential_table, prune_potential
 
     try:
-        return potential_table(prune_potential(sweep_potential_rows(trials), delta=delta)), ""
+        return potential_table(prune_potential(sweep_potential_rows(trials, stage), delta=delta)), ""
     except ConfigError as missing:
-        return None, f"Not measured: {missing.message}. Add a trial with sparsity.method: dense to measure it."
+        return None, (f"Not measured: {missing.message}. Add a trial with sparsity.method: dense, or a pretrain: "
+                      "block (a dense stage), to measure it.")
 
 
 # metric prefix -> the prefix of the distributions it measures
 _DISTRIBUTIONS = {"metrics.corrupted_accuracy.": "", "metrics.noise_accuracy.": "noise_"}
 
 
-def sweep_potential_rows(trials: pd.DataFrame) -> list[dict]:
+def sweep_potential_rows(trials: pd.DataFrame, stage: dict | None = None) -> list[dict]:
     """Prune-potential rows from a sweep's trials: the test set ("clean"), every corrupted
     distribution a trial reported (``contrast_5``) and every noise ball (``noise_eps_0.1``); a
-    ``dense`` trial is the reference at sparsity 0."""
+    ``dense`` trial is the reference at sparsity 0, or else the sweep's finished dense ``stage``
+    (``SweepData.stage``), measured as a trial is."""
     from raysparse.errors import ConfigError
 
-    rows = []
-    for _, trial in finished(trials).iterrows():
-        method = trial.get("params.sparsity.method")
-        sparsity = 0.0 if method == "dense" else round(1.0 - float(trial["metrics.density"]), 4)
-        # corruptions are measured on robustness.split: "clean" is the same split's accuracy
-        clean = "metrics.val_accuracy" if trial.get("params.robustness.split") == "val" else "metrics.test_accuracy"
-        rows.append({"method": method, "sparsity": sparsity, "distribution": "clean", "accuracy": trial[clean]})
-        for column, value in trial.items():
-            for prefix, named in _DISTRIBUTIONS.items():
-                if column.startswith(prefix) and pd.notna(value):
-                    rows.append({"method": method, "sparsity": sparsity, "accuracy": value,
-                                 "distribution": named + column.removeprefix(prefix)})
+    rows = [row for _, trial in finished(trials).iterrows() for row in _potential_rows(trial)]
+    if not any(r["sparsity"] == 0 for r in rows) and stage is not None and stage.get("status") == "FINISHED":
+        rows += _potential_rows(pd.Series(stage), method="dense")
     if not any(r["sparsity"] == 0 for r in rows):
         raise ConfigError("name", "the sweep has no finished dense reference trial (sparsity.method: dense)")
     return rows
+
+
+def _potential_rows(trial: pd.Series, method: str | None = None) -> list[dict]:
+    method = method or trial.get("params.sparsity.method")
+    sparsity = 0.0 if method == "dense" else round(1.0 - float(trial["metrics.density"]), 4)
+    # corruptions are measured on robustness.split: "clean" is the same split's accuracy
+    clean = "metrics.val_accuracy" if trial.get("params.robustness.split") == "val" else "metrics.test_accuracy"
+    rows = [{"method": method, "sparsity": sparsity, "distribution": "clean", "accuracy": trial[clean]}]
+    for column, value in trial.items():
+        for prefix, named in _DISTRIBUTIONS.items():
+            if column.startswith(prefix) and pd.notna(value):
+                rows.append({"method": method, "sparsity": sparsity, "accuracy": value,
+                             "distribution": named + column.removeprefix(prefix)})
+    return rows
+
+
+def stage_line(stage: dict | None) -> str:
+    """One line on a sweep's dense stage (``SweepData.stage``); empty without one."""
+    if stage is None:
+        return ""
+    epochs = stage.get("params.epochs", "?")
+    accuracy = stage.get("metrics.val_accuracy")
+    shown = f"{accuracy:.4f}" if isinstance(accuracy, float) else "-"
+    status = "" if stage.get("status") == "FINISHED" else f" ({str(stage.get('status')).lower()})"
+    return f"dense stage: {epochs} epochs, val accuracy {shown}, run {stage['run_id']}{status}"
 
 
 def sweep_objectives(sweep_params: dict[str, str]) -> list[tuple[str, str]]:
@@ -155,12 +173,13 @@ def report_sweep(tracking_uri: str, data, out_dir: str | Path, *, delta: float =
         row.trial_id: download_plots(tracking_uri, row.run_id, out / "trials" / str(row.trial_id))
         for row in shown.head(2 * figures_of).itertuples()
     }
-    potential, note = sweep_potential(data.trials, delta)
+    potential, note = sweep_potential(data.trials, delta, data.stage)
     best = {k: v for k, v in done.iloc[0].items() if k.startswith("params.")} if len(done) else None
     experiment_url = f"{tracking_uri}/#/experiments/{data.experiment_id}"
     paths = write_report(
         data.trials, objectives, out, name=data.sweep_name, best_config=best, potential=potential, delta=delta,
         page={"status": data.parent_status, "potential_note": note, "trial_figures": figures,
+              "stage_line": stage_line(data.stage),
               "experiment_url": experiment_url, "run_url": experiment_url + "/runs/{run_id}"},
     )
     parent = SweepRun.attach(tracking_uri, data.experiment_name, data.parent_run_id)

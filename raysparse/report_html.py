@@ -43,6 +43,7 @@ class ReportPage:
     trial_figures: dict[str, list[Path]] = field(default_factory=dict)
     run_url: str | None = None  # format string with {run_id}: links into the MLflow UI
     experiment_url: str | None = None
+    stage_line: str = ""  # the sweep's dense stage (pretrain:), if it has one
 
 
 def render(page: ReportPage) -> str:
@@ -58,6 +59,8 @@ def render(page: ReportPage) -> str:
     if page.experiment_url:
         parts.append(f" <a href='{_e(page.experiment_url)}'>Open the experiment in MLflow</a>.")
     parts.append("</p>")
+    if page.stage_line:
+        parts.append(f"<p>{_e(page.stage_line)} (not a trial: trained once, before them).</p>")
     parts += ["<h2>Objectives</h2>", _img(page.objective_plot, "objectives")]
     if page.front is not None:
         parts += [f"<h2>Pareto front ({len(page.front)} trials)</h2>", _table(page.front, page.columns, page)]

@@ -88,6 +88,9 @@ class SparseMethod:
     # True: every mask this method sets holds ``sparsity.pattern`` (it picks masks through the helpers
     # below, or with ``pattern_of(name).select``); False: the method refuses a pattern before it starts
     takes_pattern: ClassVar[bool] = False
+    # True: it prunes a trained network (from ``init_from``); a sweep with a dense stage (``pretrain:``)
+    # then starts its trials from the stage's weights unless their config sets ``init_from``
+    prunes_trained_network: ClassVar[bool] = False
 
     def __init__(self, config: SparsityConfig, *, seed: int = 0):
         options = config.options if config.options is not None else self.Options()

@@ -62,6 +62,7 @@ class HAP(SparseMethod):
     # counts every parameter a removed channel takes along (BatchNorm, biases, next-layer inputs)
     density_tolerance = 0.1
     rebuilds_model = True  # its modules are replaced: a Sparsifier in a user's loop refuses it
+    prunes_trained_network = True
 
     def attach(self, model, optimizer, *, steps_per_epoch, total_steps):
         super().attach(model, optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps)

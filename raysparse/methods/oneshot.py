@@ -12,6 +12,7 @@ class OneShot(SparseMethod):
     name = "oneshot"
     paper = "https://arxiv.org/abs/1506.02626"
     takes_pattern = True
+    prunes_trained_network = True
 
     def update_masks(self, step: int) -> None:
         if step == self.prune_end_step:

@@ -60,6 +60,7 @@ class Wanda(SparseMethod):
     paper = "https://arxiv.org/abs/2306.11695"
     Options = WandaOptions
     takes_pattern = True  # N:M: per row among each group's N best; blocks: across the layer
+    prunes_trained_network = True
 
     def init_masks(self) -> None:
         self.pruned = False

@@ -12,6 +12,7 @@ from ray.tune import Callback
 
 from raysparse.config import load_config
 from raysparse.errors import ConfigError
+from raysparse.report import stage_line
 from raysparse.search.server_watch import server_lost
 from raysparse.search.trial import failure_reason, is_retryable, run_name_for
 from raysparse.tracking import SweepRun
@@ -81,6 +82,8 @@ class ProgressView(Callback):
             took = f"{result.seconds:.0f}s"
             outcome = f"failed in {took}, every trial failed" if result.every_trial_failed() else f"done in {took}"
             print(f"sweep {self.sweep.name!r} {outcome}: {counts}", flush=True)
+            if result.stage() is not None:
+                print(stage_line(result.stage()), flush=True)
 
 
 class TrialRunCloser(Callback):

@@ -57,6 +57,16 @@ class SweepResult:
             self._data = data
         return self._data
 
+    @property
+    def pretrain_epochs(self) -> int:
+        """Epochs of the sweep's dense stage (``pretrain:``), trained once for all trials; 0 without one."""
+        return self.sweep.pretrain_epochs
+
+    def stage(self) -> dict | None:
+        """The dense stage's run as recorded (``run_id``, ``status``, ``params.*``, ``metrics.*``),
+        or None; it is not one of the trials."""
+        return self.data().stage
+
     def best(self) -> dict:
         """The best finished trial on the first objective (or the best of all when none finished):
         its metrics and the config it trained. Under PBT, ``config`` and ``params`` are those it

@@ -38,6 +38,15 @@ from raysparse.search.settings import (
     parse_int,
     parse_resources,
 )
+from raysparse.search.stage import (
+    STAGE,
+    absolute_paths,
+    check_stage_named,
+    parse_pretrain,
+    uses_stage_reference,
+    with_stage,
+    without_stage,
+)
 from raysparse.train.latency import DEPLOYED_METRICS
 from raysparse.train.loop import REPORTED_METRICS
 from raysparse.zoo.user_code import describe
@@ -45,7 +54,7 @@ from raysparse.zoo.user_code import describe
 SWEEP_KEYS = (
     "name", "base", "space", "layer_sparsity", "objectives", "num_samples", "max_concurrent", "seed",
     "early_stopping", "resources", "storage_path", "tracking_uri", "experiment_name", "checkpoint_interval",
-    "sampler", "max_failures", "import_dirs",
+    "sampler", "max_failures", "import_dirs", "pretrain",
 )
 SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")  # auto: TPE for one objective, NSGA-II for several
 MODES = ("max", "min")
@@ -96,6 +105,15 @@ class Sweep:
     # importable in every trial: the sweep file's directory, the working directory, import_dirs
     import_dirs: tuple[str, ...] = ()
     objects: PythonObjects = field(default_factory=PythonObjects, repr=False, compare=False)
+    # the dense stage's full config (base merged with the pretrain block), if any; out of the repr, which
+    # Ray's errors quote and which would hold base twice
+    pretrain: dict | None = field(default=None, repr=False)
+    pretrain_file: str | None = field(default=None, repr=False)  # the stage's state_dict (set at launch)
+
+    @property
+    def pretrain_epochs(self) -> int:
+        """Epochs the dense stage trains, once per sweep (0 without one)."""
+        return self.pretrain.get("epochs", 30) if self.pretrain is not None else 0
 
     @property
     def metric(self) -> str:
@@ -131,6 +149,8 @@ class Sweep:
                 set_dotted(config, key, sampled[key])
         if self.layer_sparsity is not None:
             apply_layer_densities(config, params, self.layer_sparsity)
+        if self.pretrain is not None:
+            config = with_stage(config, self.pretrain_file)
         return config
 
     def grace_period(self) -> int:
@@ -172,6 +192,10 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
     raw["import_dirs"] = list(import_dirs)  # absolute: a resumed sweep imports from the same places
     base = _base_config(raw.get("base"), base_dir, objects)
     space = _space(raw.get("space", {}), base)
+    pretrain = parse_pretrain(raw.get("pretrain"), base, has_loop=objects.loop is not None)
+    check_stage_named(base, {k: d.values for k, d in space.items() if d.kind == "choice"}, pretrain)
+    if isinstance(raw.get("pretrain"), dict):  # its paths absolute, as base's: a resumed sweep may start elsewhere
+        raw["pretrain"] = with_absolute_paths(raw["pretrain"])
     from raysparse.search.layerwise import parse_layer_sparsity
 
     layer_sparsity = parse_layer_sparsity(raw["layer_sparsity"], base, space) if "layer_sparsity" in raw else None
@@ -207,10 +231,14 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
         raw={**raw, "base": base},
         import_dirs=import_dirs,
         objects=objects,
+        pretrain=pretrain,
     )
     if objects.loop is not None and sweep.resources.workers != 1:
         raise ConfigError("resources.workers", f"got {sweep.resources.workers}; a loop of yours trains in its "
                           "trial's process, so 1")
+    if pretrain is not None and sweep.storage_path is not None and "://" in sweep.storage_path:
+        raise ConfigError("pretrain", f"its file goes under storage_path, which is a URI ({sweep.storage_path!r}); "
+                          "trials read init_from as a file: use a shared file system path")
     _check_space_values(sweep)
     _check_pattern_pairs(sweep)
     if sweep.early_stopping.pbt:
@@ -258,10 +286,12 @@ def _check_final_objectives(sweep: Sweep) -> None:
             f"objectives.{final[0]}", "is measured by the robustness suite: add a robustness block to base"
         )
     compared = [m for m in final if m in REFERENCE_METRICS]
-    if compared and sweep.base["robustness"].get("reference") is None:
+    if compared and sweep.base["robustness"].get("reference") is None and not uses_stage_reference(
+        sweep.base, sweep.pretrain
+    ):
         raise ConfigError(
             f"objectives.{compared[0]}", "compares with a dense reference network: set base.robustness.reference "
-            "to its state_dict file"
+            "to its state_dict file, or declare a pretrain: block (a dense stage the sweep trains once)"
         )
     if final and sweep.base["robustness"].get("split", "test") != "val":
         raise ConfigError(
@@ -331,10 +361,10 @@ def _base_config(base: Any, base_dir: Path, objects: PythonObjects) -> dict:
         raise ConfigError("base", f"expected a mapping or a path, got {base!r}")
     try:
         base = _with_objects(base, objects)
-        load_config(base)
+        load_config(without_stage(base))  # the stage's file exists once the driver has trained it
     except ConfigError as err:
         raise ConfigError(f"base.{err.field}", str(err).removeprefix(f"{err.field}: ")) from None
-    return with_absolute_paths(base)
+    return absolute_paths(base)
 
 
 def _space(raw: Any, base: dict) -> dict[str, Domain]:
@@ -345,7 +375,8 @@ def _space(raw: Any, base: dict) -> dict[str, Domain]:
         check_dotted_key("space", key)
         domain = parse_domain(spec, f"space.{key}")
         if key in PATH_KEYS and domain.kind == "choice":  # as in base: trials run in directories of their own
-            domain = dataclasses.replace(domain, values=tuple(absolute_path(v) for v in domain.values))
+            domain = dataclasses.replace(domain, values=tuple(v if v == STAGE else absolute_path(v)
+                                                              for v in domain.values))
         for cond_key in domain.when:
             check_dotted_key(f"space.{key}.when", cond_key)
             if cond_key not in space and get_dotted(base, cond_key) is None:
@@ -363,7 +394,7 @@ def _check_space_values(sweep: Sweep) -> None:
             config = copy.deepcopy(sweep.base)
             set_dotted(config, key, value)
             try:
-                load_config(config)
+                load_config(without_stage(config))
             except ConfigError as err:
                 raise ConfigError(f"space.{key}", f"value {value!r} gives an invalid config: {err}") from None
 
@@ -395,7 +426,7 @@ def _check_pattern_pairs(sweep: Sweep) -> None:
                 for sampled_key, sampled_value in sampled.items():
                     set_dotted(config, sampled_key, sampled_value)
                 try:
-                    load_config(config)
+                    load_config(without_stage(config))
                 except ConfigError as err:
                     others = ", ".join(f"{k}={v!r}" for k, v in sampled.items() if k != PATTERN_KEY)
                     raise ConfigError(f"space.{PATTERN_KEY}", f"value {pattern!r} with {others} gives an invalid "

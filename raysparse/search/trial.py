@@ -75,19 +75,22 @@ class _TrialLogger:
     round trips (about 40 ms an epoch here); a logging error surfaces at the next epoch.
     """
 
-    def __init__(self, target: TrackingTarget, trial_id: str, trial_name: str, config: dict,
-                 import_dirs: tuple[str, ...] = ()):
-        self.config = resolved_config(config)
-        self.run = TrialRun.open(
-            target.tracking_uri, target.experiment_id, target.parent_run_id, trial_id,
-            run_name=trial_name, params=self.config,
-        )
-        context = ray.get_runtime_context()  # where it ran (a retry may land on another node)
-        self.run.set_tags({NODE_TAG: context.get_node_id(), "raysparse.host": socket.gethostname()})
-        self.import_dirs = import_dirs
+    def __init__(self, run: TrialRun, config: dict, import_dirs: tuple[str, ...] = ()):
+        self.run, self.config, self.import_dirs = run, config, import_dirs
         self.last: EpochContext | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raysparse-mlflow")
         self._pending: list[Future] = []
+
+    @classmethod
+    def open(cls, target: TrackingTarget, trial_id: str, trial_name: str, config: dict,
+             import_dirs: tuple[str, ...] = ()) -> _TrialLogger:
+        """The logger of a trial's run (continued on a retry), its config resolved as params."""
+        config = resolved_config(config)
+        run = TrialRun.open(target.tracking_uri, target.experiment_id, target.parent_run_id, trial_id,
+                            run_name=trial_name, params=config)
+        context = ray.get_runtime_context()  # where it ran (a retry may land on another node)
+        run.set_tags({NODE_TAG: context.get_node_id(), "raysparse.host": socket.gethostname()})
+        return cls(run, config, import_dirs)
 
     def epoch(self, metrics: dict, context: EpochContext) -> None:
         self._collect(wait=False)
@@ -311,7 +314,7 @@ def trial_function(
         return
     trial_name = run_name_for(trial_id, config)
     if sweep.resources.workers == 1:
-        logger = _TrialLogger(target, trial_id, trial_name, config, sweep.import_dirs)
+        logger = _TrialLogger.open(target, trial_id, trial_name, config, sweep.import_dirs)
         _train(config, logger, tune.report, tune.get_checkpoint(), sweep.checkpoint_interval, sweep,
                trial_id=trial_id)
         return
@@ -342,8 +345,8 @@ def _worker_loop(loop_config: dict) -> None:
     target, config, sweep = loop_config["target"], loop_config["config"], loop_config["sweep"]
     add_import_dirs(sweep.import_dirs)
     add_user_methods(loop_config["methods"])
-    logger = _TrialLogger(target, loop_config["trial_id"], loop_config["trial_name"], config,
-                          sweep.import_dirs) if rank == 0 else None
+    logger = _TrialLogger.open(target, loop_config["trial_id"], loop_config["trial_name"], config,
+                               sweep.import_dirs) if rank == 0 else None
 
     def report_to(metrics, checkpoint):  # every rank reports (a barrier); only rank 0 uploads
         ray.train.report(metrics, checkpoint=checkpoint if rank == 0 else None)

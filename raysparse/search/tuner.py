@@ -6,6 +6,7 @@ starts or any run is created.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -29,11 +30,13 @@ from raysparse.search.grid import GridSearcher
 from raysparse.search.layerwise import suggest_layer_densities
 from raysparse.search.local_ray import start_local_ray
 from raysparse.search.pbt import pbt_param_space, pbt_scheduler, pbt_searcher
+from raysparse.search.pretrain import stage_file, train_dense_stage
 from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
 from raysparse.search.server_watch import StopWhenServerLost, watch_tracking_server
 from raysparse.search.settings import check_local_resources
 from raysparse.search.spaces import PythonObjects, Sweep, grid_points, load_sweep
+from raysparse.search.stage import STAGE, STAGE_KEYS, without_stage
 from raysparse.search.trial import TrackingTarget, trial_function
 from raysparse.tracking import SweepRun, check_tracking_uri, default_home, ensure_local_server
 from raysparse.tracking.naming import redact
@@ -162,6 +165,9 @@ def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbo
     with parent.closed_on_error(stopped=f"stopped with the sweep (raysparse sweep --resume {sweep.name})",
                                 failed=f"continue it with: raysparse sweep --resume {sweep.name}"):
         _write_state(storage_path, sweep, parent.tracking_uri, parent_run_id=parent.run_id)
+        if sweep.pretrain is not None:  # once, before any trial: every trial that needs it reads its file
+            sweep = dataclasses.replace(sweep, pretrain_file=str(stage_file(storage_path, sweep.name)))
+            train_dense_stage(sweep, parent, verbose=verbose)
         # what Tune pickles into its experiment state (searcher, callbacks) gets the sweep without the
         # user's objects: plain pickle cannot hold a closure; only the trainable carries them (cloudpickle)
         described = sweep.without_objects()
@@ -257,7 +263,7 @@ def check_before_start(sweep: Sweep, address: str | None, home: Path | None = No
         check_local_resources(sweep.resources)
     add_import_dirs(sweep.import_dirs)
     if sweep.objects.loop is None:
-        base = load_config(sweep.base)
+        base = load_config(without_stage(sweep.base))  # the stage's file: once the driver has trained it
         try:
             check_user_code(base, model=sweep.objects.model, data=sweep.objects.data, searched=tuple(sweep.space))
         except ConfigError as err:  # a factory is the sweep file's base.model.factory; an object is model=
@@ -265,10 +271,13 @@ def check_before_start(sweep: Sweep, address: str | None, home: Path | None = No
                 raise
             raise ConfigError(f"base.{err.field}", err.message) from None
         check_before_training(base, memory=address is None, data=sweep.objects.data, prefix="base.")
-        for key in ("init_from", "robustness.reference"):
+        if sweep.pretrain is not None:  # its model is base's: only a file of its own (init_from) is new
+            check_before_training(load_config(sweep.pretrain), memory=False, data=sweep.objects.data,
+                                  prefix="pretrain.")
+        for key in STAGE_KEYS:
             if key in sweep.space and sweep.space[key].kind == "choice":
                 for path in sweep.space[key].values:
-                    if path is not None:
+                    if path not in (None, STAGE):
                         load_state_dict_file(path, f"space.{key}")
     if sweep.tracking_uri is not None:
         check_tracking_uri(sweep.tracking_uri)

@@ -13,7 +13,7 @@ from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 
 from raysparse.errors import ConfigError, cut, shown
-from raysparse.tracking.naming import FAILURE_TAG, PARENT_TAG, TRIAL_TAG
+from raysparse.tracking.naming import FAILURE_TAG, PARENT_TAG, ROLE_TAG, STAGE_TAG, TRIAL_TAG
 
 _PARAMS_PER_BATCH, _METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
 _MAX_REASON_LENGTH = 8000  # MLflow's tag value limit
@@ -69,10 +69,16 @@ def _search(client: MlflowClient, experiment_id: str, query: str, order_by: str 
 
 
 def _children(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str | None = None) -> list[Run]:
-    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    """The trials' runs under a sweep's parent run (its dense stage is a child run, not a trial)."""
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{ROLE_TAG}` = 'trial'"
     if trial_id is not None:
         query += f" and tags.`{TRIAL_TAG}` = '{_quotable(trial_id, 'trial_id')}'"
     return _search(client, experiment_id, query)
+
+
+def _stage_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, stage: str) -> list[Run]:
+    """The runs of one stage of a sweep (``pretrain``), oldest first."""
+    return _search(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{STAGE_TAG}` = '{stage}'")
 
 
 def _quotable(value: str, field: str = "name") -> str:

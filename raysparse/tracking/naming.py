@@ -9,6 +9,8 @@
 - a trial's mask lineage is its ``masks/lineage.jsonl`` artifact;
 - a PBT trial that copied another's checkpoint records it in ``pbt/exploits.json`` and tags
   ``raysparse.pbt.exploits`` and ``raysparse.pbt.param.<key>`` (params cannot change).
+- a sweep's dense stage (``pretrain:``) is a child run too, with role ``stage`` and
+  ``raysparse.stage: pretrain``: not a trial (trial lists select role ``trial``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 ROLE_TAG, SWEEP_TAG, TRIAL_TAG = "raysparse.role", "raysparse.sweep", "raysparse.trial_id"
 FAILURE_TAG, PARENT_TAG = "raysparse.failure_reason", "mlflow.parentRunId"
+STAGE_TAG, PRETRAIN = "raysparse.stage", "pretrain"
 LINEAGE = "masks/lineage.jsonl"
 # a PBT trial's exploits (where its weights and masks came from, the values it switched to)
 EXPLOITS, PBT_EXPLOITS_TAG, PBT_PARAM_TAG = "pbt/exploits.json", "raysparse.pbt.exploits", "raysparse.pbt.param."

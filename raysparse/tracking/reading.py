@@ -15,13 +15,14 @@ from mlflow.entities import Run
 
 from raysparse.errors import ConfigError, unknown_choice
 from raysparse.sparsity.masks import unpack_masks
-from raysparse.tracking._client import _children, _quotable, _search
+from raysparse.tracking._client import _children, _quotable, _search, _stage_runs
 from raysparse.tracking.naming import (
     EXPLOITS,
     FAILURE_TAG,
     LINEAGE,
     PBT_EXPLOITS_TAG,
     PBT_PARAM_TAG,
+    PRETRAIN,
     ROLE_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
@@ -33,7 +34,8 @@ class SweepData:
     """A sweep's parent run and one row per trial: ``run_id, trial_id, run_name, status,
     start_time, end_time, failure_reason``, then ``params.<dotted>`` (numeric where every value
     parses as a number; a PBT trial's the values it ended with, and ``pbt_exploits`` how many times
-    it copied another trial) and ``metrics.<name>`` holding each metric's last-step value."""
+    it copied another trial) and ``metrics.<name>`` holding each metric's last-step value. ``stage``: the
+    sweep's dense stage (``pretrain:``) as a row of the same shape, or None: it is not a trial."""
 
     experiment_id: str
     experiment_name: str
@@ -42,6 +44,7 @@ class SweepData:
     parent_status: str
     params: dict[str, str]
     trials: pd.DataFrame
+    stage: dict | None = None
 
 
 def load_sweep(tracking_uri: str, experiment_name: str, sweep_name: str | None = None) -> SweepData:
@@ -68,8 +71,10 @@ def load_sweep(tracking_uri: str, experiment_name: str, sweep_name: str | None =
         if column.startswith("params."):
             with contextlib.suppress(ValueError, TypeError):  # "None", "cosine", "[64, 32]" stay text
                 trials[column] = pd.to_numeric(trials[column])
+    stages = _stage_runs(client, experiment.experiment_id, parent.info.run_id, PRETRAIN)
     return SweepData(experiment.experiment_id, experiment_name, parent.data.tags.get(SWEEP_TAG, ""),
-                     parent.info.run_id, parent.info.status, dict(parent.data.params), trials)
+                     parent.info.run_id, parent.info.status, dict(parent.data.params), trials,
+                     _trial_row(stages[0]) if stages else None)
 
 
 def download_masks(tracking_uri: str, run_id: str, artifact: str = "masks/final.bin") -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from raysparse import plots
 from raysparse.sparsity.masks import MaskEvent, unpack_masks
-from raysparse.tracking._client import _children, _log_metrics, _log_params, _set_failure_reason
+from raysparse.tracking._client import _children, _log_metrics, _log_params, _set_failure_reason, _stage_runs
 from raysparse.tracking.naming import (
     EXPLOITS,
     FAILURE_TAG,
@@ -23,7 +23,9 @@ from raysparse.tracking.naming import (
     PARENT_TAG,
     PBT_EXPLOITS_TAG,
     PBT_PARAM_TAG,
+    PRETRAIN,
     ROLE_TAG,
+    STAGE_TAG,
     TRIAL_TAG,
     flatten_metrics,
     flatten_params,
@@ -57,8 +59,30 @@ class TrialRun:
              run_name: str, params: dict) -> TrialRun:
         """Continue this trial's run under the parent if one exists (a retry), else create it."""
         client = MlflowClient(tracking_uri)
-        params = flatten_params(params)
+        tags = {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
         existing = _children(client, experiment_id, parent_run_id, trial_id)
+        return cls._continue_or_create(client, experiment_id, existing, tags, run_name, params)
+
+    @classmethod
+    def open_stage(cls, tracking_uri: str, experiment_id: str, parent_run_id: str, *, run_name: str,
+                   params: dict) -> TrialRun:
+        """The sweep's dense stage (``pretrain``) as a trial-like child run: continued if an earlier
+        driver left one (it died while pretraining), else created. Not a trial: no trial id."""
+        client = MlflowClient(tracking_uri)
+        tags = {PARENT_TAG: parent_run_id, ROLE_TAG: "stage", STAGE_TAG: PRETRAIN}
+        existing = _stage_runs(client, experiment_id, parent_run_id, PRETRAIN)
+        return cls._continue_or_create(client, experiment_id, existing, tags, run_name, params)
+
+    @staticmethod
+    def recorded_stage(tracking_uri: str, experiment_id: str, parent_run_id: str) -> tuple[str, str] | None:
+        """``(run_id, status)`` of the sweep's dense-stage run, if one exists."""
+        runs = _stage_runs(MlflowClient(tracking_uri), experiment_id, parent_run_id, PRETRAIN)
+        return (runs[0].info.run_id, runs[0].info.status) if runs else None
+
+    @classmethod
+    def _continue_or_create(cls, client: MlflowClient, experiment_id: str, existing: list, tags: dict,
+                            run_name: str, params: dict) -> TrialRun:
+        params = flatten_params(params)
         if existing:
             run = existing[0]
             client.update_run(run.info.run_id, status="RUNNING")
@@ -66,7 +90,6 @@ class TrialRun:
                 client.delete_tag(run.info.run_id, FAILURE_TAG)
             params = {k: v for k, v in params.items() if k not in run.data.params}  # params are write-once
         else:
-            tags = {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
             run = client.create_run(experiment_id, run_name=run_name, tags=tags)
         trial = cls(client, run.info.run_id)
         _log_params(client, trial.run_id, params)
