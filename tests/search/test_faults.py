@@ -70,7 +70,7 @@ def one_trial(name, epochs):
 
 
 def test_killed_trial_is_retried_from_its_checkpoint_and_ends_as_if_uninterrupted(ray_runtime, home):
-    epochs = 14  # with a checkpoint every epoch: about a second each here
+    epochs = 14  # a checkpoint every epoch: enough to kill the trial mid-way, 6 epochs before its end
     raw = one_trial("killed", epochs=epochs)
     results = []
     sweep = threading.Thread(target=lambda: results.append(raysparse.sweep(raw, home=home, verbose=False)))
@@ -190,7 +190,7 @@ def test_killed_driver_is_resumed_and_finished_trials_are_not_rerun(home, tmp_pa
     raw = tiny_sweep("resumed", sampler="grid", max_concurrent=1, checkpoint_interval=0,
                      objectives={"val_accuracy": "max", "density": "min"})
     raw["space"] = {"sparsity.final_sparsity": {"choice": [0.5, 0.6, 0.7, 0.8]}}
-    raw["base"]["epochs"] = 12  # each a second or so (a checkpoint every epoch): the driver is killed mid-trial
+    raw["base"]["epochs"] = 12  # a checkpoint every epoch; the driver is killed 4 epochs or more into a trial
     raw["base"]["model"] = {"name": "mlp", "hidden": [256, 256]}
     del raw["num_samples"]
     path = tmp_path / "resumed.yaml"
