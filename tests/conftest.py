@@ -28,6 +28,25 @@ def transformer_config(method: str = "gmp", **sparsity) -> dict:
     return cfg
 
 
+@pytest.fixture(scope="session")
+def home(tmp_path_factory):
+    """One raysparse home (embedded MLflow server, Ray results) for the whole session: each server
+    start costs seconds. Tests of starting, stopping or killing a server use homes of their own."""
+    from raysparse.tracking import stop_local_server
+
+    path = tmp_path_factory.mktemp("raysparse_home")
+    yield path
+    stop_local_server(path)
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(home):
+    """The session home's MLflow server, started as a sweep starts it."""
+    from raysparse.tracking import ensure_local_server
+
+    return ensure_local_server(home)
+
+
 @pytest.fixture
 def config():
     return copy.deepcopy(small_config())

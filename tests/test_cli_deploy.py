@@ -1,7 +1,6 @@
 """``raysparse deploy RUN_ID`` on a trial logged to a real MLflow server: the deployed network is
 logged next to the run's model, loads with weights_only=True and computes what the trial's network does."""
 
-import pytest
 import torch
 from mlflow import MlflowClient
 
@@ -9,16 +8,9 @@ import raysparse
 from raysparse.cli import main
 from raysparse.deployment import load_deployed
 from raysparse.sparsity.masks import MaskSet, prunable_weights
-from raysparse.tracking import SweepRun, TrialRun, ensure_local_server, stop_local_server
+from raysparse.tracking import SweepRun, TrialRun
 from raysparse.zoo import build_model
 from tests.conftest import small_config
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory):
-    home = tmp_path_factory.mktemp("raysparse-home")
-    yield ensure_local_server(home)
-    stop_local_server(home)
 
 
 def logged_trial(uri: str) -> str:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from raysparse.tracking import ensure_local_server, load_sweep, stop_local_server
+from raysparse.tracking import load_sweep
 from tests.search.conftest import tiny_sweep
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -103,10 +103,9 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory):
-    home = tmp_path_factory.mktemp("cluster-mlflow")
-    yield ensure_local_server(home)
-    stop_local_server(home)
+def mlflow_uri(tracking_uri):
+    """The session's MLflow server: the sweeps are given it, as a user gives a server of theirs."""
+    return tracking_uri
 
 
 def cli(cluster, *args, timeout=300, env=None):

@@ -70,7 +70,8 @@ def one_trial(name, epochs):
 
 
 def test_killed_trial_is_retried_from_its_checkpoint_and_ends_as_if_uninterrupted(ray_runtime, home):
-    raw = one_trial("killed", epochs=24)
+    epochs = 14  # a checkpoint every epoch: enough to kill the trial mid-way, 6 epochs before its end
+    raw = one_trial("killed", epochs=epochs)
     results = []
     sweep = threading.Thread(target=lambda: results.append(raysparse.sweep(raw, home=home, verbose=False)))
     uri = ensure_local_server(home)  # the one the sweep will use
@@ -78,7 +79,7 @@ def test_killed_trial_is_retried_from_its_checkpoint_and_ends_as_if_uninterrupte
 
     def trained_some_epochs():
         runs = child_runs(uri, "killed")
-        return runs and 4 <= runs[0].data.metrics.get("epoch", 0) <= 12
+        return runs and 3 <= runs[0].data.metrics.get("epoch", 0) <= epochs - 6  # killed mid-way: epochs left
 
     wait_for(trained_some_epochs, what="a few epochs")
     (victim,) = trial_processes()
@@ -102,7 +103,7 @@ def test_killed_trial_is_retried_from_its_checkpoint_and_ends_as_if_uninterrupte
     assert (resume["hash"], resume["weights_hash"]) == (checkpoint["hash"], checkpoint["weights_hash"])
     assert resume["hash"] == resume["parent_hash"] == lineage[resumes[0] - 1]["hash"]
     assert all(a["step"] <= b["step"] for a, b in zip(lineage, lineage[1:]))  # the lost attempt's rows are gone
-    assert logged_steps(uri, run_id) == {key: list(range(1, 25)) for key in logged_steps(uri, run_id)}
+    assert logged_steps(uri, run_id) == {key: list(range(1, epochs + 1)) for key in logged_steps(uri, run_id)}
 
     # and the retried trial ends bit-identical to the same config trained without interruption
     threads = torch.get_num_threads()
@@ -189,7 +190,7 @@ def test_killed_driver_is_resumed_and_finished_trials_are_not_rerun(home, tmp_pa
     raw = tiny_sweep("resumed", sampler="grid", max_concurrent=1, checkpoint_interval=0,
                      objectives={"val_accuracy": "max", "density": "min"})
     raw["space"] = {"sparsity.final_sparsity": {"choice": [0.5, 0.6, 0.7, 0.8]}}
-    raw["base"]["epochs"] = 20
+    raw["base"]["epochs"] = 12  # a checkpoint every epoch; the driver is killed 4 epochs or more into a trial
     raw["base"]["model"] = {"name": "mlp", "hidden": [256, 256]}
     del raw["num_samples"]
     path = tmp_path / "resumed.yaml"
@@ -201,7 +202,7 @@ def test_killed_driver_is_resumed_and_finished_trials_are_not_rerun(home, tmp_pa
 
     def one_finished_one_running():
         runs = child_runs(uri, "resumed")
-        running = [r for r in runs if r.info.status == "RUNNING" and r.data.metrics.get("epoch", 0) >= 8]
+        running = [r for r in runs if r.info.status == "RUNNING" and r.data.metrics.get("epoch", 0) >= 4]
         return running and any(r.info.status == "FINISHED" for r in runs)
 
     wait_for(one_finished_one_running, timeout=240, what="a finished and a running trial")

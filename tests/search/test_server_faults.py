@@ -38,9 +38,10 @@ def kill_server(home):
     return record
 
 
-def training(uri, experiment, epochs):
+def training(uri, experiment, epochs, left=8):
+    """A trial has trained 3 epochs and has ``left`` more to go: the kill lands mid-training."""
     def a_trial_mid_way():
-        return any(r.info.status == "RUNNING" and 3 <= r.data.metrics.get("epoch", 0) < epochs - 8
+        return any(r.info.status == "RUNNING" and 3 <= r.data.metrics.get("epoch", 0) < epochs - left
                    for r in child_runs(uri, experiment))
     return a_trial_mid_way
 
@@ -90,7 +91,7 @@ def test_a_server_we_do_not_own_stops_the_sweep_with_one_line_and_resume_continu
     theirs, home = homes("their_server"), homes("home")
     plain = ensure_local_server(theirs)
     uri = plain.replace("http://", "http://alice:hunter2@")
-    epochs, name = 16, "notours"
+    epochs, name = 12, "notours"  # trained twice: up to the kill, then all again on --resume (no checkpoint)
     raw = two_trials(name, epochs)
     raw["space"] = {"sparsity.final_sparsity": {"choice": [0.8]}}
     raw["tracking_uri"] = uri
@@ -100,7 +101,7 @@ def test_a_server_we_do_not_own_stops_the_sweep_with_one_line_and_resume_continu
     driver = subprocess.Popen([sys.executable, "-m", "raysparse.cli", "sweep", str(path)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        wait_for(training(plain, name, epochs), what="the trial mid-way")
+        wait_for(training(plain, name, epochs, left=5), what="the trial mid-way")
         killed = kill_server(theirs)
         killed_at = time.monotonic()
         _, stderr = driver.communicate(timeout=120)

@@ -1,20 +1,13 @@
-"""A real MLflow server per test module (started like a sweep does), a sweep on it, and trial helpers."""
+"""A sweep run on the session's MLflow server (``tracking_uri``, tests/conftest.py), and trial helpers."""
 
 import pytest
 import torch
 from torch import nn
 
 from raysparse.sparsity.masks import MaskSet, prunable_weights
-from raysparse.tracking import SweepRun, TrialRun, ensure_local_server, stop_local_server
+from raysparse.tracking import SweepRun, TrialRun
 
 CONFIG = {"seed": 0, "model": {"name": "mlp", "hidden": [64, 32]}, "sparsity": {"method": "gmp", "final_sparsity": 0.9}}
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory):
-    home = tmp_path_factory.mktemp("raysparse-home")
-    yield ensure_local_server(home)
-    stop_local_server(home)
 
 
 @pytest.fixture
