@@ -30,6 +30,7 @@ from raysparse.imports import add_import_dirs
 from raysparse.methods.registry import add_user_methods, user_methods
 from raysparse.robustness.evaluate import FINAL_METRICS
 from raysparse.search.spaces import Sweep
+from raysparse.search.trial_times import TrialTimes
 from raysparse.search.user_loop import run_loop
 from raysparse.tracking import TrialRun
 from raysparse.tracking.naming import trial_run_name
@@ -43,6 +44,10 @@ DIVERGED, BAD_CONFIG = "diverged: ", "bad config: "
 OUT_OF_MEMORY = "out of memory: "
 NOT_RETRIED = (DIVERGED, BAD_CONFIG)
 NODE_TAG = "raysparse.node_id"
+# with no scheduler judging trials by their epochs, a trial reports to Tune at most this often
+# (and at its last epoch, and with each checkpoint): each report waits for the driver's answer,
+# ~30 ms here, a second per 30-epoch digits trial; every epoch still goes to MLflow
+REPORT_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -170,23 +175,28 @@ def _restore_checkpoint(checkpoint, into: str) -> Path | None:
 
 
 def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, checkpoint_interval: float,
-           sweep: Sweep) -> None:
-    """The loop (the built-in one, or the user's) with a report that logs (rank 0) and reports
-    every epoch, and checkpoints once ``checkpoint_interval`` seconds have passed since the last
-    checkpoint (0: every epoch); a loop of yours checkpoints when it passes a state.
+           sweep: Sweep, *, every_epoch: bool = True, times: TrialTimes | None = None) -> None:
+    """The loop (the built-in one, or the user's) with a report that logs (rank 0) every epoch
+    and reports it to Tune (``every_epoch``; else at most every REPORT_EVERY_S seconds and at
+    the last epoch), and checkpoints once ``checkpoint_interval`` seconds have passed since the
+    last checkpoint (0: every epoch); a loop of yours checkpoints when it passes a state.
     Every checkpoint makes Tune persist it and snapshot the experiment: per epoch, that cost
     more than training a digits trial."""
     objects = sweep.objects
     last_saved, epochs = time.monotonic(), load_config(config).epochs
+    last_reported = -math.inf
 
     def report(metrics: dict, context: EpochContext, checkpoint_now: bool | None = None) -> None:
-        nonlocal last_saved
+        nonlocal last_saved, last_reported
         if logger is not None:
             logger.epoch(metrics, context)
         # no checkpoint after the last epoch: a retry then redoes that epoch and the final logging
         due = time.monotonic() - last_saved >= checkpoint_interval and metrics["epoch"] < epochs
         if not (due if checkpoint_now is None else checkpoint_now):
-            report_to(tune_metrics(metrics, context), checkpoint=None)
+            now = time.monotonic()
+            if every_epoch or metrics["epoch"] >= epochs or now - last_reported >= REPORT_EVERY_S:
+                report_to(tune_metrics(metrics, context), checkpoint=None)
+                last_reported = now
             return
         with tempfile.TemporaryDirectory() as directory:
             context.save_checkpoint(directory)
@@ -195,7 +205,10 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
             if logger is not None:
                 logger.log_events(context.masks.drain_events())
             report_to(tune_metrics(metrics, context), checkpoint=ray.train.Checkpoint.from_directory(directory))
-        last_saved = time.monotonic()
+        last_saved = last_reported = time.monotonic()
+
+    if times is not None:
+        report = times.timed_report(report)
 
     try:
         with tempfile.TemporaryDirectory() as restored:
@@ -203,9 +216,15 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
             if logger is not None and resume_from is None:
                 logger.run.start_over()  # no checkpoint is one at epoch 0: a retry's lost rows go
             if objects.loop is not None:
-                run_loop(objects.loop, config, [m for m, _ in sweep.objectives], report, resume_from)
+                def train() -> None:
+                    run_loop(objects.loop, config, [m for m, _ in sweep.objectives], report, resume_from)
             else:
-                fit(config, report, model=objects.model, data=objects.data, resume_from=resume_from)
+                def train() -> None:
+                    fit(config, report, model=objects.model, data=objects.data, resume_from=resume_from)
+            if times is None:
+                train()
+            else:
+                times.timed_loop(train)
     except Exception as err:  # the run ends FAILED with the reason; Tune retries what a retry can change
         if logger is not None:
             logger.fail(failure_reason(err))
@@ -265,8 +284,12 @@ def trial_function(
         return
     trial_name = run_name_for(trial_id, config)
     if sweep.resources.workers == 1:
+        times = TrialTimes(trial_id)
         logger = _TrialLogger(target, trial_id, trial_name, config, sweep.import_dirs)
-        _train(config, logger, tune.report, tune.get_checkpoint(), sweep.checkpoint_interval, sweep)
+        # a scheduler (ASHA) judges a trial at its epochs: it gets them all
+        _train(config, logger, tune.report, tune.get_checkpoint(), sweep.checkpoint_interval, sweep,
+               every_epoch=sweep.early_stopping.enabled, times=times)
+        times.write(torch.get_num_threads())
         return
     _run_data_parallel(config, sweep, target, trial_id, trial_name, storage_path)
 
