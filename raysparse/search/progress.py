@@ -13,6 +13,7 @@ from ray.tune import Callback
 from raysparse.config import load_config
 from raysparse.errors import ConfigError
 from raysparse.search.server_watch import server_lost
+from raysparse.search.spaces import grid_points
 from raysparse.search.trial import failure_reason, is_retryable, run_name_for
 from raysparse.tracking import SweepRun
 
@@ -81,6 +82,9 @@ class ProgressView(Callback):
             print(f"sweep {self.sweep.name!r} {outcome}: {counts}", flush=True)
 
 
+FINAL_UPLOAD_TIMEOUT_S = 600.0  # a large model's state_dict and program, through MLflow's retries
+
+
 class TrialRunCloser(Callback):
     """A trial that ASHA stops or that crashes is killed mid-run and cannot close its own MLflow
     run; the driver does it, so no child run is left RUNNING, and a trial that failed before it
@@ -90,6 +94,9 @@ class TrialRunCloser(Callback):
 
     def __init__(self, parent: SweepRun, sweep):
         self.parent, self.sweep = parent, sweep
+        # fewer when a grid has fewer points than num_samples
+        self.total_trials = sweep.num_samples if sweep.sampler != "grid" else \
+            min(sweep.num_samples, len(grid_points(sweep.space, sweep.base)))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         try:  # a combination of sampled values that no single value showed to be bad
@@ -105,11 +112,24 @@ class TrialRunCloser(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if server_lost(self.sweep.name) is None:
-            self.parent.close_trial(trial.trial_id, "KILLED")  # no-op when the trial finished itself
+            # no-op when the trial finished itself, or returned and its process uploads the rest
+            self.parent.close_trial(trial.trial_id, "KILLED", leave_uploading=True)
+            self._wait_for_uploads_after_the_last(trials, trial)
+
+    def _wait_for_uploads_after_the_last(self, trials, trial) -> None:
+        """After the last trial, before Tune stops the trials' processes (it kills those that
+        take over 5 s): every final upload is in MLflow when the sweep returns."""
+        others_done = all(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
+        if others_done and len(trials) >= self.total_trials:
+            self.parent.wait_for_final_uploads(FINAL_UPLOAD_TIMEOUT_S)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if server_lost(self.sweep.name) is not None:
             return
+        self._close_failed(trial)
+        self._wait_for_uploads_after_the_last(trials, trial)
+
+    def _close_failed(self, trial) -> None:
         error = _trial_error(trial)
         where = f" (traceback: {trial.error_file})" if getattr(trial, "error_file", None) else ""
         reason = (failure_reason(error) if error is not None else "the trial raised an error") + where
@@ -123,6 +143,10 @@ class TrialRunCloser(Callback):
     def on_experiment_end(self, trials, **info):
         if server_lost(self.sweep.name) is not None:
             return
+        for trial_id in self.parent.wait_for_final_uploads(0):  # their processes stopped first
+            reason = "its process stopped before it uploaded the trial's final masks, model and plots"
+            self.parent.close_trial(trial_id, "FAILED", reason=reason)
+            print(f"raysparse: trial {trial_id}: {reason}; its run is FAILED", file=sys.stderr)
         discarded = self.parent.discard_unknown(
             {t.trial_id for t in trials}, reason="its trial was lost with the stopped driver (it started after "
             "Tune's last snapshot); the resumed sweep ran another trial in its place")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import socket
+import sys
 import tempfile
 import time
 from concurrent import futures
@@ -33,7 +35,7 @@ from raysparse.search.spaces import Sweep
 from raysparse.search.trial_times import TrialTimes
 from raysparse.search.user_loop import run_loop
 from raysparse.tracking import TrialRun
-from raysparse.tracking.naming import trial_run_name
+from raysparse.tracking.naming import FINAL_UPLOAD_TAG, trial_run_name
 from raysparse.train.checkpoint import CHECKPOINT_FILE
 from raysparse.train.export import export_program
 from raysparse.train.latency import DEPLOYED_METRICS
@@ -48,6 +50,11 @@ NODE_TAG = "raysparse.node_id"
 # (and at its last epoch, and with each checkpoint): each report waits for the driver's answer,
 # ~30 ms here, a second per 30-epoch digits trial; every epoch still goes to MLflow
 REPORT_EVERY_S = 1.0
+# A trial's final masks, model and plots upload from its process after it returns, while Tune
+# starts the next trial there (its actor is reused): ~0.5 s a digits trial (plots, torch.export,
+# HTTP). One at a time, in order; a process that Tune stops finishes them first (_UploadsFirst),
+# and the driver waits for them before the sweep returns (progress.TrialRunCloser).
+_FINAL_UPLOADS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raysparse-final")
 
 
 @dataclass(frozen=True)
@@ -119,17 +126,49 @@ class _TrialLogger:
         """Wait until everything queued is in MLflow."""
         self._collect(wait=True)
 
-    def final(self) -> None:
-        masks, plain, shape = self.last.masks, self.last.export_model(), self.last.input_shape
-        self.log_events(masks.drain_events())  # updates after the last report (a loop of yours) end the lineage
-        state = {k: v.detach().cpu() for k, v in plain.state_dict().items()}
+    def final(self, *, background: bool = False) -> None:
+        """The final masks, model and plots, then the run's end. ``background``: uploaded after
+        the trial returns; the run, tagged so, stays RUNNING until they are in MLflow (or ends
+        FAILED). What runs the network (the export, the output probe) runs here, before: torch.fx
+        and torch.export patch every module's call while they trace, beside the next trial's."""
+        events = self.last.masks.drain_events()  # updates after the last report (a loop of yours) end the lineage
+        plain, shape = self.last.export_model(), self.last.input_shape
         build = {"import_dirs": list(self.import_dirs)}
         if shape is not None:  # what load_model needs to build the architecture again
             build.update(input_shape=list(shape), num_classes=_num_classes(plain, shape))
-        self.run.log_final(
-            packed_masks=masks.pack(), layer_density=masks.layer_density(), model_state=state, config=self.config,
-            write_program=lambda path: _export_or_skip(plain, shape, path), build_info=build,
-        )
+        program = Path(tempfile.mkdtemp(prefix="raysparse-program-")) / "model.pt2"
+        _export_or_skip(plain, shape, program)
+        final = {"events": events, "state": plain.state_dict(), "build": build, "program": program}
+        self.flush()  # an epoch that could not be logged fails the trial, as it always did
+        if not background:
+            self._finish(**final)
+            return
+        self.run.set_tags({FINAL_UPLOAD_TAG: "background"})
+        _FINAL_UPLOADS.submit(self._finish_or_fail, final)
+
+    def _finish_or_fail(self, final: dict) -> None:
+        try:
+            self._finish(**final)
+        except Exception as err:  # uploads raise many types; the run says which, and so does the trial's log
+            reason = f"its final artifacts were not all uploaded: {failure_reason(err)}"
+            print(f"raysparse: trial run {self.run.run_id}: {reason}", file=sys.stderr, flush=True)
+            try:
+                self.run.fail(reason)
+            except Exception as again:  # the server is gone: the driver finds the run RUNNING and closes it
+                print(f"raysparse: trial run {self.run.run_id} could not be marked FAILED ({again})", file=sys.stderr)
+            self._worker.shutdown()
+
+    def _finish(self, *, events: list, state: dict, build: dict, program: Path) -> None:
+        masks = self.last.masks
+        try:
+            self.log_events(events)
+            self.run.log_final(
+                packed_masks=masks.pack(), layer_density=masks.layer_density(), model_state=state,
+                config=self.config, build_info=build,
+                write_program=lambda path: shutil.move(program, path) if program.exists() else None,
+            )
+        finally:
+            shutil.rmtree(program.parent, ignore_errors=True)
         self.run.finish()
         self._worker.shutdown()  # actors are reused across trials: leave no idle thread behind
 
@@ -137,6 +176,20 @@ class _TrialLogger:
         self.flush()
         self.run.fail(reason)
         self._worker.shutdown()
+
+
+def wait_for_final_uploads() -> None:
+    """Until every final upload this process queued is done (or failed: its run says so)."""
+    _FINAL_UPLOADS.submit(lambda: None).result()
+
+
+class _UploadsFirst:
+    """Mixed into the trial's Tune trainable: a process that Tune stops (the sweep ends, or no
+    trial is left for it) first finishes its final uploads."""
+
+    def cleanup(self):
+        wait_for_final_uploads()
+        super().cleanup()
 
 
 def resolved_config(config: dict) -> dict:
@@ -175,7 +228,8 @@ def _restore_checkpoint(checkpoint, into: str) -> Path | None:
 
 
 def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, checkpoint_interval: float,
-           sweep: Sweep, *, every_epoch: bool = True, times: TrialTimes | None = None) -> None:
+           sweep: Sweep, *, every_epoch: bool = True, times: TrialTimes | None = None,
+           background_uploads: bool = False) -> None:
     """The loop (the built-in one, or the user's) with a report that logs (rank 0) every epoch
     and reports it to Tune (``every_epoch``; else at most every REPORT_EVERY_S seconds and at
     the last epoch), and checkpoints once ``checkpoint_interval`` seconds have passed since the
@@ -230,7 +284,7 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
             logger.fail(failure_reason(err))
         raise
     if logger is not None:
-        logger.final()
+        logger.final(background=background_uploads)
 
 
 def failure_reason(err: BaseException) -> str:
@@ -288,10 +342,13 @@ def trial_function(
         logger = _TrialLogger(target, trial_id, trial_name, config, sweep.import_dirs)
         # a scheduler (ASHA) judges a trial at its epochs: it gets them all
         _train(config, logger, tune.report, tune.get_checkpoint(), sweep.checkpoint_interval, sweep,
-               every_epoch=sweep.early_stopping.enabled, times=times)
+               every_epoch=sweep.early_stopping.enabled, times=times, background_uploads=True)
         times.write(torch.get_num_threads())
         return
     _run_data_parallel(config, sweep, target, trial_id, trial_name, storage_path)
+
+
+trial_function.__mixins__ = (_UploadsFirst,)  # tune.with_parameters and wrap_function carry it
 
 
 def _already_done(target: TrackingTarget, trial_id: str) -> bool:

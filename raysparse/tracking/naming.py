@@ -20,6 +20,9 @@ import torch
 ROLE_TAG, SWEEP_TAG, TRIAL_TAG = "raysparse.role", "raysparse.sweep", "raysparse.trial_id"
 FAILURE_TAG, PARENT_TAG = "raysparse.failure_reason", "mlflow.parentRunId"
 LINEAGE = "masks/lineage.jsonl"
+# on a trial's run whose final artifacts its process uploads after the trial returned: RUNNING
+# until they are in, it is not a killed trial
+FINAL_UPLOAD_TAG = "raysparse.final_upload"
 _MAX_PARAM_LENGTH, _TRUNCATED = 6000, "...[truncated]"
 
 
