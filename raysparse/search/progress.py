@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import cloudpickle
+import ray.exceptions
 from ray.tune import Callback
 
 from raysparse.config import load_config
@@ -82,6 +83,7 @@ class ProgressView(Callback):
             print(f"sweep {self.sweep.name!r} {outcome}: {counts}", flush=True)
 
 
+PROCESS_DIED = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
 FINAL_UPLOAD_TIMEOUT_S = 600.0  # a large model's state_dict and program, through MLflow's retries
 
 
@@ -106,6 +108,7 @@ class TrialRunCloser(Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         error = _trial_error(trial)
+        self._close_uploads_of_a_dead_process(trial, error)
         if error is not None and not is_retryable(error):
             # Tune requeued it already: that attempt finds the recorded reason and fails at once
             trial.max_failures = trial.run_metadata.num_failures
@@ -126,8 +129,17 @@ class TrialRunCloser(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         if server_lost(self.sweep.name) is not None:
             return
+        self._close_uploads_of_a_dead_process(trial, _trial_error(trial))
         self._close_failed(trial)
         self._wait_for_uploads_after_the_last(trials, trial)
+
+    def _close_uploads_of_a_dead_process(self, trial, error: BaseException | None) -> None:
+        """Its process died: what it still uploaded of an earlier trial is lost, and said so."""
+        if server_lost(self.sweep.name) is not None or not isinstance(error, PROCESS_DIED):
+            return
+        reason = "its process died before it uploaded the trial's final masks, model and plots"
+        for trial_id in self.parent.close_uploads_of(trial.trial_id, reason=reason):
+            print(f"raysparse: trial {trial_id}: {reason}; its run is FAILED", file=sys.stderr)
 
     def _close_failed(self, trial) -> None:
         error = _trial_error(trial)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import shutil
 import socket
 import sys
@@ -35,7 +36,7 @@ from raysparse.search.spaces import Sweep
 from raysparse.search.trial_times import TrialTimes
 from raysparse.search.user_loop import run_loop
 from raysparse.tracking import TrialRun
-from raysparse.tracking.naming import FINAL_UPLOAD_TAG, trial_run_name
+from raysparse.tracking.naming import FINAL_UPLOAD_TAG, PROCESS_TAG, trial_run_name
 from raysparse.train.checkpoint import CHECKPOINT_FILE
 from raysparse.train.export import export_program
 from raysparse.train.latency import DEPLOYED_METRICS
@@ -93,7 +94,9 @@ class _TrialLogger:
             run_name=trial_name, params=self.config,
         )
         context = ray.get_runtime_context()  # where it ran (a retry may land on another node)
-        self.run.set_tags({NODE_TAG: context.get_node_id(), "raysparse.host": socket.gethostname()})
+        self.process = f"{context.get_node_id()}:{os.getpid()}"  # whose death leaves its final uploads undone
+        self.run.set_tags({NODE_TAG: context.get_node_id(), "raysparse.host": socket.gethostname(),
+                           PROCESS_TAG: self.process})
         self.import_dirs = import_dirs
         self.last: EpochContext | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raysparse-mlflow")
@@ -143,7 +146,7 @@ class _TrialLogger:
         if not background:
             self._finish(**final)
             return
-        self.run.set_tags({FINAL_UPLOAD_TAG: "background"})
+        self.run.set_tags({FINAL_UPLOAD_TAG: self.process})
         _FINAL_UPLOADS.submit(self._finish_or_fail, final)
 
     def _finish_or_fail(self, final: dict) -> None:

@@ -22,7 +22,8 @@ FAILURE_TAG, PARENT_TAG = "raysparse.failure_reason", "mlflow.parentRunId"
 LINEAGE = "masks/lineage.jsonl"
 # on a trial's run whose final artifacts its process uploads after the trial returned: RUNNING
 # until they are in, it is not a killed trial
-FINAL_UPLOAD_TAG = "raysparse.final_upload"
+FINAL_UPLOAD_TAG = "raysparse.final_upload"  # its value: the uploading process, as PROCESS_TAG gives it
+PROCESS_TAG = "raysparse.process"  # node id and pid of the process a trial ran in
 _MAX_PARAM_LENGTH, _TRUNCATED = 6000, "...[truncated]"
 
 

@@ -17,6 +17,7 @@ from raysparse.tracking.naming import (
     FAILURE_TAG,
     FINAL_UPLOAD_TAG,
     PARENT_TAG,
+    PROCESS_TAG,
     ROLE_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
@@ -135,6 +136,20 @@ class SweepRun:
             if not uploading or time.monotonic() >= deadline:
                 return uploading
             time.sleep(poll)
+
+    def close_uploads_of(self, trial_id: str, *, reason: str) -> list[str]:
+        """The trial's process died: end FAILED, with ``reason``, the runs of earlier trials whose
+        final artifacts it was still uploading; their trial ids."""
+        own = _children(self._client, self.experiment_id, self.run_id, trial_id)
+        process = own[0].data.tags.get(PROCESS_TAG) if own else None
+        if process is None:
+            return []
+        left = [r for r in _children(self._client, self.experiment_id, self.run_id)
+                if r.info.status == "RUNNING" and r.data.tags.get(FINAL_UPLOAD_TAG) == process]
+        for run in left:
+            _set_failure_reason(self._client, run.info.run_id, reason)
+            self._client.set_terminated(run.info.run_id, "FAILED")
+        return [r.data.tags.get(TRIAL_TAG) for r in left]
 
     def close_running(self, status: str, *, reason: str) -> list[str]:
         """End every trial run still RUNNING (a sweep stopped midway: its trials cannot)."""

@@ -7,7 +7,7 @@ from torch import nn
 import raysparse
 from raysparse.errors import ConfigError
 from raysparse.tracking import download_lineage, download_masks
-from raysparse.tracking.naming import FINAL_UPLOAD_TAG
+from raysparse.tracking.naming import FINAL_UPLOAD_TAG, PROCESS_TAG
 from tests.search.conftest import logged_steps, tiny_sweep
 
 
@@ -41,7 +41,7 @@ def test_every_trial_is_whole_in_mlflow_when_the_sweep_returns(four_trials):
     client = MlflowClient(four_trials.tracking_uri)
     for run_id in four_trials.to_dataframe()["run_id"]:
         run = client.get_run(run_id)
-        assert run.info.status == "FINISHED" and run.data.tags[FINAL_UPLOAD_TAG] == "background"
+        assert run.info.status == "FINISHED" and run.data.tags[FINAL_UPLOAD_TAG] == run.data.tags[PROCESS_TAG]
         assert logged_steps(four_trials.tracking_uri, run_id) == {key: [1, 2, 3] for key in
                                                                    ("epoch", "train_loss", "val_accuracy", "density")}
         files = {f.path for folder in ("masks", "model", "plots", "") for f in client.list_artifacts(run_id, folder)}
