@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from raysparse import plots
 from raysparse.config import get_dotted, load_config
 from raysparse.errors import ConfigError, TrackingServerLost, unknown_choice
 from raysparse.imports import add_import_dirs
@@ -305,6 +307,9 @@ def _trainable(sweep: Sweep, target: TrackingTarget, storage_path: str):
 
 def _fit(tuner: tune.Tuner, sweep: Sweep, parent: SweepRun, progress: ProgressView, home: Path) -> SweepResult:
     started = time.monotonic()
+    # the report at the end draws with pyplot (~1 s to import here): imported while the driver
+    # mostly waits on the trials, not after them
+    threading.Thread(target=plots.pyplot, name="raysparse-import-pyplot", daemon=True).start()
     status, lost = "FAILED", None
     embedded_home = home if sweep.tracking_uri is None else None
     with watch_tracking_server(sweep.name, parent.tracking_uri, embedded_home) as watchdog:
