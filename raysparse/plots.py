@@ -23,6 +23,11 @@ def _pyplot():
     return plt
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend; a sweep's driver imports it ahead, in a thread."""
+    return _pyplot()
+
+
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     fig.tight_layout()

@@ -1,7 +1,24 @@
-"""The search service: the only package that imports ray.tune, ray.train and optuna."""
+"""The search service: the only package that imports ray.tune, ray.train and optuna.
 
-from raysparse.search.result import SweepResult
-from raysparse.search.spaces import PythonObjects, Sweep, load_sweep
-from raysparse.search.tuner import check_before_start, resume_sweep, run_sweep
+Its names load when first used: a trial's process imports ``raysparse.search.trial`` (Ray unpickles
+the trainable there), and the driver's tuner, Optuna and report modules would add seconds to every
+new trial process."""
+
+from importlib import import_module
+
+_HOMES = {
+    "SweepResult": "raysparse.search.result", "PythonObjects": "raysparse.search.spaces",
+    "Sweep": "raysparse.search.spaces", "load_sweep": "raysparse.search.spaces",
+    "check_before_start": "raysparse.search.tuner", "resume_sweep": "raysparse.search.tuner",
+    "run_sweep": "raysparse.search.tuner",
+}
 
 __all__ = ["check_before_start", "PythonObjects", "Sweep", "SweepResult", "load_sweep", "resume_sweep", "run_sweep"]
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_HOMES[name]), name)
+    globals()[name] = value  # once: later lookups skip this function
+    return value

@@ -8,12 +8,14 @@ import time
 from pathlib import Path
 
 import cloudpickle
+import ray.exceptions
 from ray.tune import Callback
 
 from raysparse.config import load_config
 from raysparse.errors import ConfigError
 from raysparse.report import stage_line
 from raysparse.search.server_watch import server_lost
+from raysparse.search.spaces import grid_points
 from raysparse.search.trial import failure_reason, is_retryable, run_name_for
 from raysparse.tracking import SweepRun
 
@@ -86,6 +88,10 @@ class ProgressView(Callback):
                 print(stage_line(result.stage()), flush=True)
 
 
+PROCESS_DIED = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
+FINAL_UPLOAD_TIMEOUT_S = 600.0  # a large model's state_dict and program, through MLflow's retries
+
+
 class TrialRunCloser(Callback):
     """A trial that ASHA stops or that crashes is killed mid-run and cannot close its own MLflow
     run; the driver does it, so no child run is left RUNNING, and a trial that failed before it
@@ -95,6 +101,9 @@ class TrialRunCloser(Callback):
 
     def __init__(self, parent: SweepRun, sweep):
         self.parent, self.sweep = parent, sweep
+        # fewer when a grid has fewer points than num_samples
+        self.total_trials = sweep.num_samples if sweep.sampler != "grid" else \
+            min(sweep.num_samples, len(grid_points(sweep.space, sweep.base)))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         try:  # a combination of sampled values that no single value showed to be bad
@@ -104,17 +113,40 @@ class TrialRunCloser(Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         error = _trial_error(trial)
+        self._close_uploads_of_a_dead_process(trial, error)
         if error is not None and not is_retryable(error):
             # Tune requeued it already: that attempt finds the recorded reason and fails at once
             trial.max_failures = trial.run_metadata.num_failures
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if server_lost(self.sweep.name) is None:
-            self.parent.close_trial(trial.trial_id, "KILLED")  # no-op when the trial finished itself
+            # no-op when the trial finished itself, or returned and its process uploads the rest
+            self.parent.close_trial(trial.trial_id, "KILLED", leave_uploading=True)
+            self._wait_for_uploads_after_the_last(trials, trial)
+
+    def _wait_for_uploads_after_the_last(self, trials, trial) -> None:
+        """After the last trial, before Tune stops the trials' processes (it kills those that
+        take over 5 s): every final upload is in MLflow when the sweep returns."""
+        others_done = all(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
+        if others_done and len(trials) >= self.total_trials:
+            self.parent.wait_for_final_uploads(FINAL_UPLOAD_TIMEOUT_S)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if server_lost(self.sweep.name) is not None:
             return
+        self._close_uploads_of_a_dead_process(trial, _trial_error(trial))
+        self._close_failed(trial)
+        self._wait_for_uploads_after_the_last(trials, trial)
+
+    def _close_uploads_of_a_dead_process(self, trial, error: BaseException | None) -> None:
+        """Its process died: what it still uploaded of an earlier trial is lost, and said so."""
+        if server_lost(self.sweep.name) is not None or not isinstance(error, PROCESS_DIED):
+            return
+        reason = "its process died before it uploaded the trial's final masks, model and plots"
+        for trial_id in self.parent.close_uploads_of(trial.trial_id, reason=reason):
+            print(f"raysparse: trial {trial_id}: {reason}; its run is FAILED", file=sys.stderr)
+
+    def _close_failed(self, trial) -> None:
         error = _trial_error(trial)
         where = f" (traceback: {trial.error_file})" if getattr(trial, "error_file", None) else ""
         reason = (failure_reason(error) if error is not None else "the trial raised an error") + where
@@ -128,6 +160,10 @@ class TrialRunCloser(Callback):
     def on_experiment_end(self, trials, **info):
         if server_lost(self.sweep.name) is not None:
             return
+        for trial_id in self.parent.wait_for_final_uploads(0):  # their processes stopped first
+            reason = "its process stopped before it uploaded the trial's final masks, model and plots"
+            self.parent.close_trial(trial_id, "FAILED", reason=reason)
+            print(f"raysparse: trial {trial_id}: {reason}; its run is FAILED", file=sys.stderr)
         discarded = self.parent.discard_unknown(
             {t.trial_id for t in trials}, reason="its trial was lost with the stopped driver (it started after "
             "Tune's last snapshot); the resumed sweep ran another trial in its place")

@@ -11,7 +11,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import shutil
 import socket
+import sys
 import tempfile
 import time
 from concurrent import futures
@@ -31,9 +34,10 @@ from raysparse.imports import add_import_dirs
 from raysparse.methods.registry import add_user_methods, user_methods
 from raysparse.robustness.evaluate import FINAL_METRICS
 from raysparse.search.spaces import Sweep
+from raysparse.search.trial_times import TrialTimes
 from raysparse.search.user_loop import run_loop
 from raysparse.tracking import TrialRun
-from raysparse.tracking.naming import trial_run_name
+from raysparse.tracking.naming import FINAL_UPLOAD_TAG, PROCESS_TAG, trial_run_name
 from raysparse.train.checkpoint import CHECKPOINT_FILE
 from raysparse.train.export import export_program
 from raysparse.train.latency import DEPLOYED_METRICS
@@ -45,6 +49,15 @@ OUT_OF_MEMORY = "out of memory: "
 NOT_RETRIED = (DIVERGED, BAD_CONFIG)
 NODE_TAG = "raysparse.node_id"
 ORIGIN_FILE = "origin.json"  # next to CHECKPOINT_FILE: which trial (and run) wrote the checkpoint, at which epoch
+# with no scheduler judging trials by their epochs, a trial reports to Tune at most this often
+# (and at its last epoch, and with each checkpoint): each report waits for the driver's answer,
+# ~30 ms here, a second per 30-epoch digits trial; every epoch still goes to MLflow
+REPORT_EVERY_S = 1.0
+# A trial's final masks, model and plots upload from its process after it returns, while Tune
+# starts the next trial there (its actor is reused): ~0.5 s a digits trial (plots, torch.export,
+# HTTP). One at a time, in order; a process that Tune stops finishes them first (_UploadsFirst),
+# and the driver waits for them before the sweep returns (progress.TrialRunCloser).
+_FINAL_UPLOADS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raysparse-final")
 
 
 @dataclass(frozen=True)
@@ -75,8 +88,9 @@ class _TrialLogger:
     round trips (about 40 ms an epoch here); a logging error surfaces at the next epoch.
     """
 
-    def __init__(self, run: TrialRun, config: dict, import_dirs: tuple[str, ...] = ()):
+    def __init__(self, run: TrialRun, config: dict, import_dirs: tuple[str, ...] = (), process: str = ""):
         self.run, self.config, self.import_dirs = run, config, import_dirs
+        self.process = process  # node id and pid: whose death leaves its final uploads undone
         self.last: EpochContext | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raysparse-mlflow")
         self._pending: list[Future] = []
@@ -89,8 +103,9 @@ class _TrialLogger:
         run = TrialRun.open(target.tracking_uri, target.experiment_id, target.parent_run_id, trial_id,
                             run_name=trial_name, params=config)
         context = ray.get_runtime_context()  # where it ran (a retry may land on another node)
-        run.set_tags({NODE_TAG: context.get_node_id(), "raysparse.host": socket.gethostname()})
-        return cls(run, config, import_dirs)
+        process = f"{context.get_node_id()}:{os.getpid()}"
+        run.set_tags({NODE_TAG: context.get_node_id(), "raysparse.host": socket.gethostname(), PROCESS_TAG: process})
+        return cls(run, config, import_dirs, process)
 
     def epoch(self, metrics: dict, context: EpochContext) -> None:
         self._collect(wait=False)
@@ -119,17 +134,49 @@ class _TrialLogger:
         """Wait until everything queued is in MLflow."""
         self._collect(wait=True)
 
-    def final(self) -> None:
-        masks, plain, shape = self.last.masks, self.last.export_model(), self.last.input_shape
-        self.log_events(masks.drain_events())  # updates after the last report (a loop of yours) end the lineage
-        state = {k: v.detach().cpu() for k, v in plain.state_dict().items()}
+    def final(self, *, background: bool = False) -> None:
+        """The final masks, model and plots, then the run's end. ``background``: uploaded after
+        the trial returns; the run, tagged so, stays RUNNING until they are in MLflow (or ends
+        FAILED). What runs the network (the export, the output probe) runs here, before: torch.fx
+        and torch.export patch every module's call while they trace, beside the next trial's."""
+        events = self.last.masks.drain_events()  # updates after the last report (a loop of yours) end the lineage
+        plain, shape = self.last.export_model(), self.last.input_shape
         build = {"import_dirs": list(self.import_dirs)}
         if shape is not None:  # what load_model needs to build the architecture again
             build.update(input_shape=list(shape), num_classes=_num_classes(plain, shape))
-        self.run.log_final(
-            packed_masks=masks.pack(), layer_density=masks.layer_density(), model_state=state, config=self.config,
-            write_program=lambda path: _export_or_skip(plain, shape, path), build_info=build,
-        )
+        program = Path(tempfile.mkdtemp(prefix="raysparse-program-")) / "model.pt2"
+        _export_or_skip(plain, shape, program)
+        final = {"events": events, "state": plain.state_dict(), "build": build, "program": program}
+        self.flush()  # an epoch that could not be logged fails the trial, as it always did
+        if not background:
+            self._finish(**final)
+            return
+        self.run.set_tags({FINAL_UPLOAD_TAG: self.process})
+        _FINAL_UPLOADS.submit(self._finish_or_fail, final)
+
+    def _finish_or_fail(self, final: dict) -> None:
+        try:
+            self._finish(**final)
+        except Exception as err:  # uploads raise many types; the run says which, and so does the trial's log
+            reason = f"its final artifacts were not all uploaded: {failure_reason(err)}"
+            print(f"raysparse: trial run {self.run.run_id}: {reason}", file=sys.stderr, flush=True)
+            try:
+                self.run.fail(reason)
+            except Exception as again:  # the server is gone: the driver finds the run RUNNING and closes it
+                print(f"raysparse: trial run {self.run.run_id} could not be marked FAILED ({again})", file=sys.stderr)
+            self._worker.shutdown()
+
+    def _finish(self, *, events: list, state: dict, build: dict, program: Path) -> None:
+        masks = self.last.masks
+        try:
+            self.log_events(events)
+            self.run.log_final(
+                packed_masks=masks.pack(), layer_density=masks.layer_density(), model_state=state,
+                config=self.config, build_info=build,
+                write_program=lambda path: shutil.move(program, path) if program.exists() else None,
+            )
+        finally:
+            shutil.rmtree(program.parent, ignore_errors=True)
         self.run.finish()
         self._worker.shutdown()  # actors are reused across trials: leave no idle thread behind
 
@@ -146,6 +193,20 @@ class _TrialLogger:
         except Exception as err:  # the attempt is over either way; its next one logs again
             print(f"raysparse: logging of an ended attempt failed ({type(err).__name__}: {err})", flush=True)
         self._worker.shutdown()
+
+
+def wait_for_final_uploads() -> None:
+    """Until every final upload this process queued is done (or failed: its run says so)."""
+    _FINAL_UPLOADS.submit(lambda: None).result()
+
+
+class _UploadsFirst:
+    """Mixed into the trial's Tune trainable: a process that Tune stops (the sweep ends, or no
+    trial is left for it) first finishes its final uploads."""
+
+    def cleanup(self):
+        wait_for_final_uploads()
+        super().cleanup()
 
 
 def resolved_config(config: dict) -> dict:
@@ -184,26 +245,32 @@ def _restore_checkpoint(checkpoint, into: str) -> Path | None:
 
 
 def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, checkpoint_interval: float,
-           sweep: Sweep, *, trial_id: str) -> None:
-    """The loop (the built-in one, or the user's) with a report that logs (rank 0) and reports
-    every epoch, and checkpoints once ``checkpoint_interval`` seconds have passed since the last
-    checkpoint (0: every epoch), under PBT every ``interval`` epochs (its perturbations copy those);
-    a loop of yours checkpoints when it passes a state.
+           sweep: Sweep, *, trial_id: str, every_epoch: bool = True, times: TrialTimes | None = None,
+           background_uploads: bool = False) -> None:
+    """The loop (the built-in one, or the user's) with a report that logs (rank 0) every epoch
+    and reports it to Tune (``every_epoch``; else at most every REPORT_EVERY_S seconds and at
+    the last epoch), and checkpoints once ``checkpoint_interval`` seconds have passed since the
+    last checkpoint (0: every epoch), under PBT every ``interval`` epochs (its perturbations copy
+    those); a loop of yours checkpoints when it passes a state.
     Every checkpoint makes Tune persist it and snapshot the experiment: per epoch, that cost
     more than training a digits trial."""
     objects = sweep.objects
     last_saved, epochs = time.monotonic(), load_config(config).epochs
     every = sweep.early_stopping.interval if sweep.early_stopping.pbt else None
+    last_reported = -math.inf
 
     def report(metrics: dict, context: EpochContext, checkpoint_now: bool | None = None) -> None:
-        nonlocal last_saved
+        nonlocal last_saved, last_reported
         if logger is not None:
             logger.epoch(metrics, context)
         # no checkpoint after the last epoch: a retry then redoes that epoch and the final logging
         due = metrics["epoch"] % every == 0 if every else time.monotonic() - last_saved >= checkpoint_interval
         due = due and metrics["epoch"] < epochs
         if not (due if checkpoint_now is None else checkpoint_now):
-            report_to(tune_metrics(metrics, context), checkpoint=None)
+            now = time.monotonic()
+            if every_epoch or metrics["epoch"] >= epochs or now - last_reported >= REPORT_EVERY_S:
+                report_to(tune_metrics(metrics, context), checkpoint=None)
+                last_reported = now
             return
         with tempfile.TemporaryDirectory() as directory:
             context.save_checkpoint(directory)
@@ -214,7 +281,10 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
             if logger is not None:
                 logger.log_events(events)
             report_to(tune_metrics(metrics, context), checkpoint=ray.train.Checkpoint.from_directory(directory))
-        last_saved = time.monotonic()
+        last_saved = last_reported = time.monotonic()
+
+    if times is not None:
+        report = times.timed_report(report)
 
     try:
         with tempfile.TemporaryDirectory() as restored:
@@ -227,9 +297,15 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
                 values = {k: get_dotted(config, k) for k in sweep.space if get_dotted(config, k) is not None}
                 logger.run.exploited(origin, values)
             if objects.loop is not None:
-                run_loop(objects.loop, config, [m for m, _ in sweep.objectives], report, resume_from)
+                def train() -> None:
+                    run_loop(objects.loop, config, [m for m, _ in sweep.objectives], report, resume_from)
             else:
-                fit(config, report, model=objects.model, data=objects.data, resume_from=resume_from)
+                def train() -> None:
+                    fit(config, report, model=objects.model, data=objects.data, resume_from=resume_from)
+            if times is None:
+                train()
+            else:
+                times.timed_loop(train)
     except Exception as err:  # the run ends FAILED with the reason; Tune retries what a retry can change
         if logger is not None:
             logger.fail(failure_reason(err))
@@ -239,7 +315,7 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
             logger.abandon()
         raise
     if logger is not None:
-        logger.final()
+        logger.final(background=background_uploads)
 
 
 def _write_origin(directory: str, trial_id: str, logger: _TrialLogger | None, epoch: int, events: list,
@@ -314,11 +390,17 @@ def trial_function(
         return
     trial_name = run_name_for(trial_id, config)
     if sweep.resources.workers == 1:
+        times = TrialTimes(trial_id)
         logger = _TrialLogger.open(target, trial_id, trial_name, config, sweep.import_dirs)
+        # a scheduler (ASHA, PBT) judges a trial at its epochs: it gets them all
         _train(config, logger, tune.report, tune.get_checkpoint(), sweep.checkpoint_interval, sweep,
-               trial_id=trial_id)
+               trial_id=trial_id, every_epoch=sweep.early_stopping.enabled, times=times, background_uploads=True)
+        times.write(torch.get_num_threads())
         return
     _run_data_parallel(config, sweep, target, trial_id, trial_name, storage_path)
+
+
+trial_function.__mixins__ = (_UploadsFirst,)  # tune.with_parameters and wrap_function carry it
 
 
 def _already_done(target: TrackingTarget, trial_id: str) -> bool:

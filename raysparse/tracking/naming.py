@@ -27,6 +27,10 @@ STAGE_TAG, PRETRAIN = "raysparse.stage", "pretrain"
 LINEAGE = "masks/lineage.jsonl"
 # a PBT trial's exploits (where its weights and masks came from, the values it switched to)
 EXPLOITS, PBT_EXPLOITS_TAG, PBT_PARAM_TAG = "pbt/exploits.json", "raysparse.pbt.exploits", "raysparse.pbt.param."
+# on a trial's run whose final artifacts its process uploads after the trial returned: RUNNING
+# until they are in, it is not a killed trial
+FINAL_UPLOAD_TAG = "raysparse.final_upload"  # its value: the uploading process, as PROCESS_TAG gives it
+PROCESS_TAG = "raysparse.process"  # node id and pid of the process a trial ran in
 _MAX_PARAM_LENGTH, _TRUNCATED = 6000, "...[truncated]"
 
 

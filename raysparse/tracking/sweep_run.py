@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,9 @@ from raysparse.errors import ConfigError, TrackingServerLost
 from raysparse.tracking._client import _children, _experiment_id, _log_metrics, _log_params, _set_failure_reason
 from raysparse.tracking.naming import (
     FAILURE_TAG,
+    FINAL_UPLOAD_TAG,
     PARENT_TAG,
+    PROCESS_TAG,
     ROLE_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
@@ -93,11 +96,16 @@ class SweepRun:
             for r in _children(self._client, self.experiment_id, self.run_id)
         ]
 
-    def close_trial(self, trial_id: str, status: str, *, reason: str | None = None) -> bool:
+    def close_trial(self, trial_id: str, status: str, *, reason: str | None = None,
+                    leave_uploading: bool = False) -> bool:
         """End a trial's run that is still RUNNING (its process was killed, so it cannot): set
-        ``status`` (KILLED, FAILED) and ``reason`` as its failure reason; False if none was running."""
+        ``status`` (KILLED, FAILED) and ``reason`` as its failure reason; False if none was running.
+        ``leave_uploading``: not a run whose trial returned and whose process uploads its final
+        artifacts (it ends itself)."""
         closed = False
         for run in _children(self._client, self.experiment_id, self.run_id, trial_id):
+            if leave_uploading and FINAL_UPLOAD_TAG in run.data.tags:
+                continue
             if run.info.status == "RUNNING":
                 if reason is not None:
                     _set_failure_reason(self._client, run.info.run_id, reason)
@@ -117,6 +125,31 @@ class SweepRun:
         _set_failure_reason(self._client, run.info.run_id, reason)
         self._client.set_terminated(run.info.run_id, "FAILED")
         return run.info.run_id
+
+    def wait_for_final_uploads(self, timeout: float, poll: float = 0.1) -> list[str]:
+        """Wait until no trial run is RUNNING while its process uploads its final artifacts;
+        the trial ids still uploading after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            uploading = [r.data.tags.get(TRIAL_TAG) for r in _children(self._client, self.experiment_id, self.run_id)
+                         if r.info.status == "RUNNING" and FINAL_UPLOAD_TAG in r.data.tags]
+            if not uploading or time.monotonic() >= deadline:
+                return uploading
+            time.sleep(poll)
+
+    def close_uploads_of(self, trial_id: str, *, reason: str) -> list[str]:
+        """The trial's process died: end FAILED, with ``reason``, the runs of earlier trials whose
+        final artifacts it was still uploading; their trial ids."""
+        own = _children(self._client, self.experiment_id, self.run_id, trial_id)
+        process = own[0].data.tags.get(PROCESS_TAG) if own else None
+        if process is None:
+            return []
+        left = [r for r in _children(self._client, self.experiment_id, self.run_id)
+                if r.info.status == "RUNNING" and r.data.tags.get(FINAL_UPLOAD_TAG) == process]
+        for run in left:
+            _set_failure_reason(self._client, run.info.run_id, reason)
+            self._client.set_terminated(run.info.run_id, "FAILED")
+        return [r.data.tags.get(TRIAL_TAG) for r in left]
 
     def close_running(self, status: str, *, reason: str) -> list[str]:
         """End every trial run still RUNNING (a sweep stopped midway: its trials cannot)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from mlflow import MlflowClient
+from mlflow.entities import RunTag
 
 from raysparse import plots
 from raysparse.sparsity.masks import MaskEvent, unpack_masks
@@ -111,8 +112,7 @@ class TrialRun:
         return RecordedTrial(run.info.status, run.data.tags.get(FAILURE_TAG), dict(run.data.metrics))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self._client.set_tag(self.run_id, key, value)
+        self._client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     def log_epoch(self, metrics: dict, step: int) -> None:
         """All numbers of one epoch at ``step`` in one request; a non-number raises TypeError first.

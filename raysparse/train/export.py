@@ -21,7 +21,8 @@ def export_program(model: nn.Module, input_shape: tuple[int, ...], path: str | P
     ``(batch, *input_shape)`` with a dynamic batch dimension."""
     path = Path(path)
     model = model.eval().cpu()
-    example = (torch.randn(2, *input_shape),)
+    # its own generator: a trial's export may run beside the next trial's training (its seeded RNG)
+    example = (torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)),)
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(model, example, dynamic_shapes=({0: batch},))
     torch.export.save(program, path)

@@ -190,12 +190,30 @@ def channel_stats(batches: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
 @DATASETS.register("digits")
 def digits(common: SplitOptions) -> DataSplits:
     """scikit-learn's 8x8 handwritten digits (1797 images, bundled: works offline)."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.from_numpy(bunch.images / 16.0).float().unsqueeze(1)
-    y = torch.from_numpy(bunch.target).long()
+    images, target = _digits_arrays()
+    x = torch.from_numpy(images / 16.0).float().unsqueeze(1)
+    y = torch.from_numpy(target).long()
     return tensor_splits((x, y), None, 10, common, crop_padding=1)
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The images (N, 8, 8) and labels of scikit-learn's digits, read from its bundled file as
+    ``load_digits`` reads it, without importing scikit-learn: that import took ~1 s of every
+    sweep's start and of each new trial process (twice that on a loaded machine)."""
+    import gzip
+    from importlib.util import find_spec
+
+    spec = find_spec("sklearn")  # finds the package without running it
+    data_file = Path(next(iter(spec.submodule_search_locations or []), "")) / "datasets" / "data" / "digits.csv.gz" \
+        if spec is not None else None
+    if data_file is None or not data_file.is_file():  # another layout: scikit-learn's own loader
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    with gzip.open(data_file, mode="rt", encoding="utf-8") as text:
+        data = np.loadtxt(text, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
 @DATASETS.register("synthetic")

@@ -2,11 +2,13 @@
 real MLflow server on 127.0.0.1."""
 
 import pytest
+from torch import nn
 
 import raysparse
 from raysparse.errors import ConfigError
 from raysparse.tracking import download_lineage, download_masks
-from tests.search.conftest import tiny_sweep
+from raysparse.tracking.naming import FINAL_UPLOAD_TAG, PROCESS_TAG
+from tests.search.conftest import logged_steps, tiny_sweep
 
 
 def test_four_trials_four_child_runs_with_metrics_and_masks(four_trials):
@@ -28,6 +30,53 @@ def test_four_trials_four_child_runs_with_metrics_and_masks(four_trials):
     assert_model_loads_without_raysparse(result.tracking_uri, best["run_id"])
     assert best["config"]["sparsity"]["method"] in ("gmp", "granet")
     assert result.experiment_name == "four" and result.parent_run_id
+
+
+def test_every_trial_is_whole_in_mlflow_when_the_sweep_returns(four_trials):
+    """Trials report to Tune at most every second, and upload their final artifacts after they
+    return (while the next trial trains): MLflow still holds every epoch, and every artifact,
+    as soon as the sweep returns."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(four_trials.tracking_uri)
+    for run_id in four_trials.to_dataframe()["run_id"]:
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.tags[FINAL_UPLOAD_TAG] == run.data.tags[PROCESS_TAG]
+        assert logged_steps(four_trials.tracking_uri, run_id) == {key: [1, 2, 3] for key in
+                                                                   ("epoch", "train_loss", "val_accuracy", "density")}
+        files = {f.path for folder in ("masks", "model", "plots", "") for f in client.list_artifacts(run_id, folder)}
+        assert {"masks/final.bin", "masks/lineage.jsonl", "layer_density.csv", "model/state_dict.pt",
+                "model/model.pt2", "model/config.json", "model/build.json", "plots/training.png",
+                "plots/layer_density.png"} <= files
+
+
+class UnsavableExtraState(nn.Module):
+    """Trains as any network, but its extra state (a lambda) cannot be pickled: torch.save of
+    the final state_dict fails, in the upload that runs after the trial returned."""
+
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+
+    def forward(self, x):
+        return self.layers(x)
+
+    def get_extra_state(self):
+        return {"made_by": lambda: None}
+
+    def set_extra_state(self, state):
+        pass
+
+
+def test_a_final_upload_that_fails_after_the_trial_returned_ends_its_run_failed(ray_runtime, home):
+    sweep = tiny_sweep("upload-fails", num_samples=1, max_concurrent=1, space={})
+    sweep["base"].update(epochs=1, measure_latency=False, model={})
+    sweep["base"]["sparsity"].update(method="gmp", prune_end=1)
+    result = raysparse.sweep(sweep, model=UnsavableExtraState, home=home, verbose=False)
+    trials = result.to_dataframe()
+    assert trials["status"].tolist() == ["FAILED"]
+    reason = trials["failure_reason"].iloc[0]
+    assert "final artifacts were not all uploaded" in reason and "lambda" in reason
 
 
 def test_robustness_metrics_plots_and_report_land_in_the_runs(four_trials, tmp_path):

@@ -4,6 +4,7 @@ import pytest
 
 from raysparse.errors import ConfigError
 from raysparse.tracking import SweepRun, load_sweep
+from raysparse.tracking.naming import FINAL_UPLOAD_TAG, PROCESS_TAG
 from tests.tracking.conftest import log_two_trials_one_left_running
 
 
@@ -12,6 +13,21 @@ def test_close_trial_kills_running_children_and_leaves_finished_ones(sweep):
     assert sweep.close_trial("t1", "KILLED", reason="stopped early by ASHA") is True
     assert sweep.close_trial("t0", "KILLED") is False  # already finished: left as it was
     assert {c.trial_id: c.status for c in sweep.child_runs()} == {"t0": "FINISHED", "t1": "KILLED"}
+
+
+def test_runs_a_process_still_uploaded_are_left_to_it_waited_for_and_failed_when_it_dies(sweep):
+    from tests.tracking.conftest import open_trial
+
+    runs = {trial_id: open_trial(sweep, trial_id) for trial_id in ("t0", "t1", "t2")}
+    runs["t0"].set_tags({PROCESS_TAG: "node:1", FINAL_UPLOAD_TAG: "node:1"})  # returned; its process uploads
+    runs["t1"].set_tags({PROCESS_TAG: "node:2", FINAL_UPLOAD_TAG: "node:2"})
+    runs["t2"].set_tags({PROCESS_TAG: "node:1"})  # trains in t0's process
+    assert sweep.close_trial("t0", "KILLED", leave_uploading=True) is False  # it ends itself
+    assert sorted(sweep.wait_for_final_uploads(0)) == ["t0", "t1"]
+    runs["t1"].finish()
+    assert sweep.close_uploads_of("t2", reason="its process died") == ["t0"]  # t0's artifacts never come
+    assert sweep.wait_for_final_uploads(0) == []
+    assert {c.trial_id: c.status for c in sweep.child_runs()} == {"t0": "FAILED", "t1": "FINISHED", "t2": "RUNNING"}
 
 
 def test_runs_of_trials_tune_does_not_know_are_moved_to_the_deleted_runs(sweep):
