@@ -1,6 +1,12 @@
 import copy
+import os
 
 import pytest
+
+# the fault tests kill a trial a few epochs into training, seen through MLflow: its epochs must
+# reach the server about as they are trained (the default batches 0.5 s of a trial's epochs);
+# set before any Ray runtime starts, whose workers inherit it
+os.environ.setdefault("RAYSPARSE_LOG_EVERY_S", "0.1")
 
 
 def small_config(method: str = "granet", **sparsity) -> dict:

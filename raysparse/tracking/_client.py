@@ -45,8 +45,13 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> No
 
 
 def _log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    _log_metric_steps(client, run_id, [(metrics, step)])
+
+
+def _log_metric_steps(client: MlflowClient, run_id: str, rows: list[tuple[dict[str, float], int]]) -> None:
+    """Metrics of several steps in as few requests as MLflow's batch limit allows."""
     now = int(time.time() * 1000)
-    items = [Metric(k, v, now, int(step)) for k, v in metrics.items()]
+    items = [Metric(k, v, now, int(step)) for metrics, step in rows for k, v in metrics.items()]
     for start in range(0, len(items), _METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=items[start : start + _METRICS_PER_BATCH])
 

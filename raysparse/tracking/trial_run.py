@@ -16,7 +16,7 @@ from mlflow.entities import RunTag
 
 from raysparse import plots
 from raysparse.sparsity.masks import MaskEvent, unpack_masks
-from raysparse.tracking._client import _children, _log_metrics, _log_params, _set_failure_reason, _stage_runs
+from raysparse.tracking._client import _children, _log_metric_steps, _log_params, _set_failure_reason, _stage_runs
 from raysparse.tracking.naming import (
     EXPLOITS,
     FAILURE_TAG,
@@ -121,9 +121,17 @@ class TrialRun:
         (all of them without one). MLflow cannot delete a metric's points, so those already in the
         run are not logged again: the retry is bit-identical on them (tests/search/test_faults.py),
         and each epoch appears once in the history."""
-        flat = {k: v for k, v in flatten_metrics(metrics).items() if (k, int(step)) not in self._recorded}
-        if flat:
-            _log_metrics(self._client, self.run_id, flat, step)
+        self.log_epochs([(metrics, step)])
+
+    def log_epochs(self, epochs: list[tuple[dict, int]]) -> None:
+        """Several epochs (metrics, step) as ``log_epoch`` logs one, in one request where they fit."""
+        rows = []
+        for metrics, step in epochs:
+            flat = {k: v for k, v in flatten_metrics(metrics).items() if (k, int(step)) not in self._recorded}
+            if flat:
+                rows.append((flat, step))
+        if rows:
+            _log_metric_steps(self._client, self.run_id, rows)
 
     def log_mask_events(self, events: list[MaskEvent]) -> None:
         """Each event's packed masks as ``masks/step_<step>_<hash>.bin`` plus a row in the lineage."""
