@@ -97,7 +97,8 @@ def test_a_server_we_do_not_own_stops_the_sweep_with_one_line_and_resume_continu
     raw["tracking_uri"] = uri
     path = tmp_path / "notours.yaml"
     path.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "RAYSPARSE_HOME": str(home)}
+    # each epoch to MLflow as it ends: the kill must land in a window of a few epochs, seen there
+    env = {**os.environ, "RAYSPARSE_HOME": str(home), "RAYSPARSE_LOG_EVERY_S": "0"}
     driver = subprocess.Popen([sys.executable, "-m", "raysparse.cli", "sweep", str(path)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
