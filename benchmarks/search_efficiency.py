@@ -113,7 +113,7 @@ def trial_records(result) -> list[dict]:
             "trial": str(last["trial_id"]), "started": str(started.get(last["trial_id"], "")),
             # PBT reports every epoch and an exploit redoes epochs: count its reports; without a
             # scheduler Tune may get fewer reports than epochs, so count the epoch reached
-            "epochs_trained": len(frame) if result.sweep.early_stopping.scheduler == "pbt" else int(last["epoch"]),
+            "epochs_trained": len(frame) if result.sweep.early_stopping.pbt else int(last["epoch"]),
             "finished": finished, "val": float(last["val_accuracy"]) if finished else None,
             "test": float(last["test_accuracy"]) if finished else None, "history": history,
             "method": trial.config.get("sparsity.method"),
@@ -125,8 +125,7 @@ def run_strategy(strategy: str, seed: int, trials: int, epochs: int, home: str) 
     from raysparse.search import run_sweep
 
     result = run_sweep(sweep_dict(strategy, seed, trials, epochs), home=home, verbose=False)
-    pretrain = getattr(result, "pretrain_epochs", 0) or 0
-    return {"strategy": strategy, "seed": seed, "epochs": epochs, "pretrain_epochs": pretrain,
+    return {"strategy": strategy, "seed": seed, "epochs": epochs, "pretrain_epochs": result.pretrain_epochs,
             "trials": trial_records(result)}
 
 
