@@ -142,8 +142,8 @@ def test_plan_has_one_row_per_weight_and_chooses_what_it_measured_fastest(batch,
         assert plan.network_ms["deployed"] > SPARSE_MARGIN * plan.network_ms["dense"]
     if plan.sparse_layers():  # ... and kept only where they did
         assert plan.network_ms["deployed"] <= SPARSE_MARGIN * plan.network_ms["dense"]
-    sparse_modules = sum(isinstance(m, SparseLinear) for m in deployed.modules())
-    assert sparse_modules == plan.sparse_layers()
+    sparse_modules = sum(isinstance(m, (SparseLinear, UnfoldConv2d)) for m in deployed.modules())
+    assert sparse_modules == plan.sparse_layers()  # a layer on a sparse kernel: a Linear or a convolution
     assert "kernel" in str(plan) and f"batch {batch}" in str(plan)
 
 
