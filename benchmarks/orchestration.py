@@ -16,7 +16,6 @@ from the times each trial writes (RAYSPARSE_TRIAL_TIMES):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -27,7 +26,7 @@ import optuna
 import torch
 
 from raysparse.search import load_sweep, run_sweep
-from raysparse.search.trial_times import TIMES_ENV
+from raysparse.search.trial_times import TIMES_ENV, breakdown, read_times
 from raysparse.train import fit
 
 CONCURRENCY = 2
@@ -78,20 +77,7 @@ def through_raysparse(raw: dict, times: Path) -> tuple[float, dict]:
     import ray
 
     ray.shutdown()
-    return seconds, breakdown(seconds, wall_started, [json.loads(line) for line in times.read_text().splitlines()])
-
-
-def breakdown(seconds: float, wall_started: float, trials: list[dict]) -> dict:
-    startup = min(t["first_step"] for t in trials) - wall_started
-    training = [t["training_seconds"] for t in trials]
-    return {
-        "startup": startup,
-        "in_process": statistics.mean(t["ended"] - t["started"] - t["training_seconds"] for t in trials),
-        "over_sweep": (seconds - startup) * CONCURRENCY / len(trials) - statistics.mean(training),
-        "training": statistics.mean(training),
-        "after_startup": seconds - startup,
-        "threads": sorted({t["threads"] for t in trials}),
-    }
+    return seconds, breakdown(seconds, wall_started, read_times(times), CONCURRENCY)
 
 
 def main() -> None:

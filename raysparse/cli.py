@@ -148,7 +148,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from raysparse.report import pareto_front, rank_trials, report_sweep, stage_line, sweep_objectives
+    from raysparse.report import TOP_ROWS, pareto_front, rank_trials, report_sweep, stage_line, sweep_objectives
     from raysparse.tracking import default_home, ensure_local_server, load_sweep
 
     uri = args.tracking_uri or ensure_local_server(default_home())
@@ -160,10 +160,15 @@ def cmd_report(args) -> int:
     print(f"sweep {data.sweep_name!r} ({data.parent_status}), {len(ranked)} trials, best first:")
     if data.stage is not None:
         print(stage_line(data.stage))
-    print(ranked[shown].to_string(index=False))
+    print(ranked[shown].head(TOP_ROWS).to_string(index=False))
+    if len(ranked) > TOP_ROWS:  # the terminal gets the best; the CSV (written below) has every trial
+        print(f"... {len(ranked) - TOP_ROWS} more in {data.sweep_name}_trials.csv")
     if len(objectives) > 1:
-        print("Pareto front:")
-        print(pareto_front(data.trials, objectives)[shown].to_string(index=False))
+        front = pareto_front(data.trials, objectives)
+        print(f"Pareto front ({len(front)} trials):")
+        print(front[shown].head(TOP_ROWS).to_string(index=False))
+        if len(front) > TOP_ROWS:
+            print(f"... {len(front) - TOP_ROWS} more in {data.sweep_name}_pareto.csv")
     out = Path(args.out) if args.out else default_home() / "reports" / data.sweep_name
     paths = report_sweep(uri, data, out, delta=args.delta)
     print(f"report: {paths['html']}")

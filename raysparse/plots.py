@@ -103,6 +103,28 @@ def pareto(trials: pd.DataFrame, x: str, y: str, front: pd.DataFrame | None, pat
     return _save(fig, path)
 
 
+def search_history(trials: pd.DataFrame, y: str, mode: str, path: str | Path, *, title: str) -> Path:
+    """Each trial's ``y`` in the order the trials started, and the best so far: how the search
+    converged, readable for a thousand trials where a table is not."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    if y in trials.columns and trials[y].notna().any():
+        ordered = trials.sort_values("start_time", kind="stable") if "start_time" in trials.columns else trials
+        values = ordered[y].to_numpy(float)
+        order = range(1, len(values) + 1)
+        best = pd.Series(values).cummax() if mode == "max" else pd.Series(values).cummin()
+        ax.scatter(order, values, s=8, alpha=0.5, label="trial")
+        ax.plot(order, best.ffill(), "k-", lw=1.2, label="best so far")
+        ax.set_xlabel("trial (in start order)")
+        ax.set_ylabel(y.removeprefix("metrics."))
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, f"no trial reported {y.removeprefix('metrics.')!r}", ha="center", va="center")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def potential(table: pd.DataFrame, path: str | Path, *, title: str) -> Path:
     """Grouped bars: one group per evaluation distribution, one bar per method."""
     plt = _pyplot()

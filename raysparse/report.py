@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ from raysparse import plots
 from raysparse.report_html import ReportPage, render
 
 Objectives = Sequence[tuple[str, str]]  # (column, "max" | "min")
+# rows of each HTML table: a page of a thousand rows is read by nobody and takes seconds to open;
+# the CSV holds every trial
+TOP_ROWS = 20
 
 
 def rank_trials(trials: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
@@ -57,11 +61,13 @@ def pareto_front(trials: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
 def write_report(
     trials: pd.DataFrame, objectives: Objectives, out_dir: str | Path, *, name: str,
     best_config: dict | None = None, potential: pd.DataFrame | None = None, delta: float = 0.005,
-    page: dict | None = None,
+    page: dict | None = None, top: int = TOP_ROWS,
 ) -> dict[str, Path]:
-    """``<name>_trials.csv`` (ranked), ``<name>_best.json``, ``<name>_pareto.csv`` (several
-    objectives), ``<name>.png`` (objectives, front marked), ``<name>_potential.csv/.png`` (given a
-    prune-potential table) and ``<name>.html`` with all of them. ``page`` adds ReportPage fields
+    """``<name>_trials.csv`` (every trial, ranked), ``<name>_best.json``, ``<name>_pareto.csv``
+    (several objectives), ``<name>.png`` (objectives, front marked), ``<name>_history.png`` (the
+    first objective in start order, best so far), ``<name>_potential.csv/.png`` (given a
+    prune-potential table) and ``<name>.html`` with all of them: its tables hold the ``top`` best
+    trials (and at most ``top`` of the front), the CSVs every one. ``page`` adds ReportPage fields
     (trial figures, MLflow links). Returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,6 +85,9 @@ def write_report(
     x = objectives[1][0] if len(objectives) > 1 else "metrics.density"
     title = f"{name}: {len(trials)} trials" + (", Pareto front" if front is not None else "")
     plots.pareto(ranked, x, y, front if len(objectives) == 2 else None, paths["plot"], title=title)
+    paths["history"] = out / f"{name}_history.png"
+    plots.search_history(trials, y, objectives[0][1], paths["history"], title=f"{name}: {y.removeprefix('metrics.')} "
+                         "by trial")
     if potential is not None:
         paths["potential"], paths["potential_plot"] = out / f"{name}_potential.csv", out / f"{name}_potential.png"
         potential.to_csv(paths["potential"])
@@ -89,8 +98,10 @@ def write_report(
     paths["html"].write_text(render(ReportPage(
         sweep_name=name,
         objectives=list(objectives), ranked=ranked, columns=list(dict.fromkeys(columns)),
-        objective_plot=paths["plot"], front=front, potential=potential, potential_plot=paths.get("potential_plot"),
-        delta=delta, best_config=best_config, **(page or {}),
+        objective_plot=paths["plot"], history_plot=paths["history"], front=front, potential=potential,
+        potential_plot=paths.get("potential_plot"), delta=delta, best_config=best_config, top=top,
+        csv_names={"trials": paths["trials"].name, "pareto": paths["pareto"].name if "pareto" in paths else ""},
+        **(page or {}),
     )))
     return paths
 
@@ -169,10 +180,10 @@ def report_sweep(tracking_uri: str, data, out_dir: str | Path, *, delta: float =
     objectives = sweep_objectives(data.params)
     done = finished(rank_trials(data.trials, objectives))
     shown = pareto_front(done, objectives) if len(objectives) > 1 else done.head(figures_of)
-    figures = {
-        row.trial_id: download_plots(tracking_uri, row.run_id, out / "trials" / str(row.trial_id))
-        for row in shown.head(2 * figures_of).itertuples()
-    }
+    with ThreadPoolExecutor(max_workers=4) as pool:  # each download waits on the server, not on this CPU
+        figures = dict(pool.map(
+            lambda row: (row.trial_id, download_plots(tracking_uri, row.run_id, out / "trials" / str(row.trial_id))),
+            list(shown.head(2 * figures_of).itertuples())))
     potential, note = sweep_potential(data.trials, delta, data.stage)
     best = {k: v for k, v in done.iloc[0].items() if k.startswith("params.")} if len(done) else None
     experiment_url = f"{tracking_uri}/#/experiments/{data.experiment_id}"

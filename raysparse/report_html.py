@@ -33,6 +33,9 @@ class ReportPage:
     ranked: pd.DataFrame
     columns: list[str]
     objective_plot: Path
+    history_plot: Path | None = None
+    top: int = 20  # rows of each table: the best trials (the CSVs hold every one)
+    csv_names: dict[str, str] = field(default_factory=dict)  # "trials", "pareto": the CSV files' names
     status: str = "FINISHED"
     front: pd.DataFrame | None = None
     potential: pd.DataFrame | None = None
@@ -62,8 +65,12 @@ def render(page: ReportPage) -> str:
     if page.stage_line:
         parts.append(f"<p>{_e(page.stage_line)} (not a trial: trained once, before them).</p>")
     parts += ["<h2>Objectives</h2>", _img(page.objective_plot, "objectives")]
+    if page.history_plot is not None:
+        parts.append(_img(page.history_plot, "objective by trial"))
     if page.front is not None:
-        parts += [f"<h2>Pareto front ({len(page.front)} trials)</h2>", _table(page.front, page.columns, page)]
+        parts += [f"<h2>Pareto front ({len(page.front)} trials)</h2>",
+                  _bounded(page.front, page, "pareto", "trials of the front"),
+                  _table(page.front.head(page.top), page.columns, page)]
     parts.append("<h2>Prune potential</h2>")
     if page.potential is not None:
         parts += [
@@ -74,7 +81,8 @@ def render(page: ReportPage) -> str:
         ]
     else:
         parts.append(f"<p class='note'>{_e(page.potential_note)}</p>")
-    parts += ["<h2>Trials, best first</h2>", _table(page.ranked, page.columns, page)]
+    parts += ["<h2>Trials, best first</h2>", _bounded(page.ranked, page, "trials", "trials"),
+              _table(page.ranked.head(page.top), page.columns, page)]
     for trial_id, figures in page.trial_figures.items():
         parts.append(f"<h2>Trial {_e(trial_id)}</h2><div class='figures'>")
         parts += [f"<figure>{_img(path, f'{trial_id} {path.stem}')}</figure>" for path in figures]
@@ -84,6 +92,14 @@ def render(page: ReportPage) -> str:
         parts += ["<h2>Best configuration</h2>", f"<pre>{_e(config)}</pre>"]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _bounded(trials: pd.DataFrame, page: ReportPage, csv: str, what: str) -> str:
+    """The note above a table cut to its ``top`` rows; nothing when it shows them all."""
+    if len(trials) <= page.top:
+        return ""
+    where = f" in {_e(page.csv_names[csv])}" if page.csv_names.get(csv) else " in the CSV"
+    return f"<p class='note'>The {page.top} best of {len(trials)} {what}; every one{where}.</p>"
 
 
 def _e(text) -> str:

@@ -32,10 +32,10 @@ def test_rank_puts_best_first_and_missing_last():
 
 def test_write_report_files(tmp_path):
     paths = write_report(TRIALS, BOTH, tmp_path, name="s", best_config={"params.sparsity.method": "granet"})
-    assert set(paths) == {"trials", "plot", "best", "pareto", "html"}
+    assert set(paths) == {"trials", "plot", "history", "best", "pareto", "html"}
     assert pd.read_csv(paths["trials"])["trial_id"].tolist() == ["d", "b", "a", "c", "e"]
     assert len(pd.read_csv(paths["pareto"])) == 3
-    assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["plot"].read_bytes()[:4] == b"\x89PNG" and paths["history"].read_bytes()[:4] == b"\x89PNG"
 
 
 def test_html_report_embeds_figures_marks_the_front_and_links_trials(tmp_path):
@@ -48,7 +48,7 @@ def test_html_report_embeds_figures_marks_the_front_and_links_trials(tmp_path):
     page = paths["html"].read_text()
     assert "<title>s&lt;1&gt;: raysparse report</title>" in page  # names are escaped
     assert page.count("<tr class='front'>") == 2 * 3  # front rows, in the front table and the trial table
-    assert page.count("data:image/png;base64,") == 3  # objectives, potential, the trial's figure
+    assert page.count("data:image/png;base64,") == 4  # objectives, search history, potential, the trial's figure
     assert "<h2>Trial d</h2>" in page and "0.950" in page and "contrast_5" in page
     assert pd.read_csv(paths["potential"], index_col=0).loc["contrast_5", "granet"] == 0.7
     no_dense = write_report(TRIALS, BOTH[:1], tmp_path / "one", name="s", page={"potential_note": "no dense trial"})
@@ -63,3 +63,26 @@ def test_tied_trials_rank_in_their_recorded_order():
     trials = pd.DataFrame({"trial_id": [f"t{i}" for i in range(40)], "metrics.val_accuracy": [0.5, 0.9] * 20})
     ranked = rank_trials(trials, [("metrics.val_accuracy", "max")])
     assert list(ranked["trial_id"][:20]) == [f"t{i}" for i in range(1, 40, 2)]
+
+
+def test_html_tables_show_the_best_trials_and_the_csv_holds_all(tmp_path):
+    """A thousand-trial sweep's page holds ``top`` rows per table and says where the rest are."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    many = pd.DataFrame({
+        "trial_id": [f"t{i:03d}" for i in range(120)], "status": "FINISHED",
+        "metrics.val_accuracy": rng.uniform(0.5, 1.0, 120), "metrics.flops_sparse": rng.uniform(10, 300, 120),
+    })
+    paths = write_report(many, BOTH, tmp_path, name="many", top=7)
+    page = paths["html"].read_text()
+    table = page.split("<h2>Trials, best first</h2>")[1].split("<h2>")[0]
+    assert table.count("<tr") == 7 + 1 and "The 7 best of 120 trials; every one in many_trials.csv" in table
+    best = rank_trials(many, BOTH)["trial_id"].head(7).tolist()
+    assert [row.split("</td>")[0].split(">")[-1] for row in table.split("<tr")[2:]] == best  # the best, in order
+    assert len(pd.read_csv(paths["trials"])) == 120
+    front = pd.read_csv(paths["pareto"])
+    shown = page.split("<h2>Pareto front")[1].split("<h2>")[0]
+    assert f"({len(front)} trials)" in shown and shown.count("<tr class='front'>") == min(7, len(front))
+    small = write_report(many.head(5), BOTH, tmp_path / "small", name="small", top=7)["html"].read_text()
+    assert "best of" not in small  # all shown: no note

@@ -21,7 +21,8 @@ from raysparse.tracking import SweepRun
 
 
 class ProgressView(Callback):
-    """One status line: trials running / finished / stopped early / failed, and the best so far."""
+    """One status line: trials running / finished / stopped early / failed, and the best so far;
+    at most every ``every_seconds`` (overwritten in place on a terminal), and at each failure."""
 
     def __init__(self, sweep, *, enabled: bool = True, every_seconds: float = 5.0):
         self.sweep, self.enabled, self.every = sweep, enabled, every_seconds
@@ -42,7 +43,10 @@ class ProgressView(Callback):
             self._show(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._show(trials, force=True)
+        # not a line per trial: a thousand short trials would print a thousand; the last one shows
+        last = len(trials) >= self.sweep.num_samples and all(t.is_finished() for t in trials if t is not trial)
+        if last or time.monotonic() - self._printed >= self.every:
+            self._show(trials, force=last)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.errors.add(trial.trial_id)

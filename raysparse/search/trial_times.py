@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from collections.abc import Callable
 
@@ -52,3 +53,25 @@ class TrialTimes:
                "pid": os.getpid(), "threads": threads}
         with open(path, "a") as out:  # one short line per write: appends from two processes do not interleave
             out.write(json.dumps(row) + "\n")
+
+
+def read_times(path: str | os.PathLike) -> list[dict]:
+    """The rows the trials wrote to ``path`` (one JSON line each)."""
+    with open(path) as rows:
+        return [json.loads(line) for line in rows if line.strip()]
+
+
+def breakdown(seconds: float, wall_started: float, trials: list[dict], concurrency: int) -> dict:
+    """Where a sweep's ``seconds`` went (it began at clock time ``wall_started``), from its trials'
+    rows: start-up until the first training step, seconds per trial beyond its own training in
+    the trial's process and over the sweep ((wall - start-up) x concurrency / trials - mean training)."""
+    startup = min(t["first_step"] for t in trials) - wall_started
+    training = [t["training_seconds"] for t in trials]
+    return {
+        "startup": startup,
+        "in_process": statistics.mean(t["ended"] - t["started"] - t["training_seconds"] for t in trials),
+        "over_sweep": (seconds - startup) * concurrency / len(trials) - statistics.mean(training),
+        "training": statistics.mean(training),
+        "after_startup": seconds - startup,
+        "threads": sorted({t["threads"] for t in trials}),
+    }

@@ -103,15 +103,28 @@ def _scheduler(sweep: Sweep):
 
 
 SWEEP_STATE = "raysparse_sweep.json"
+SNAPSHOT_ENV = "TUNE_GLOBAL_CHECKPOINT_S"
+_USER_SNAPSHOT_S = os.environ.get(SNAPSHOT_ENV)  # a user's own setting wins
+
+
+def snapshot_seconds(num_samples: int) -> float:
+    """How often Tune writes the experiment state (which trials exist, the searcher's study): at
+    most 1 s old, so a killed driver's sweep resumes without forgetting trials it had started
+    (Tune's default is 10 s); but each write is the whole state, every trial's and the study's, as
+    indented JSON encoded in Python: with 200 trials it was a quarter of the driver's CPU. Every
+    100 trials add a second, so the cost per second stays that of a 100-trial sweep; trials a
+    resumed sweep forgets are run again (their runs are discarded, see TrialRunCloser)."""
+    return max(1.0, num_samples / 100)
+
+
+def _set_snapshot_period(sweep: Sweep) -> None:
+    os.environ[SNAPSHOT_ENV] = _USER_SNAPSHOT_S or f"{snapshot_seconds(sweep.num_samples):g}"  # read by Tuner.fit
 
 
 def _start_ray(address: str | None) -> None:
     # one checkpoint kept per trial forces an experiment snapshot per epoch: cheap on local
     # storage, but Tune warns about it on every report
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # the experiment state (which trials exist, the searcher's state) at most 1 s old: a killed
-    # driver's sweep resumes without forgetting trials it had started (Tune's default is 10 s)
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # Ctrl-C stops the sweep at once, as SIGTERM does, and its runs are closed as KILLED (Tune's
     # own handler would end the run as if it had finished, leaving the trials' runs open)
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
@@ -179,6 +192,7 @@ def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbo
         # user's objects: plain pickle cannot hold a closure; only the trainable carries them (cloudpickle)
         described = sweep.without_objects()
         progress = ProgressView(described, enabled=verbose)
+        _set_snapshot_period(sweep)
         trainable = _trainable(sweep, TrackingTarget(parent.tracking_uri, parent.experiment_id, parent.run_id),
                                storage_path)
         if restore is not None:

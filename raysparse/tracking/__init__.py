@@ -19,21 +19,19 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
-from raysparse.tracking.naming import flatten_metrics, flatten_params  # noqa: E402  (after the environment defaults)
-from raysparse.tracking.reading import (
-    SweepData,
-    add_run_artifacts,
-    download_exploits,
-    download_lineage,
-    download_masks,
-    download_model,
-    download_plots,
-    load_sweep,
-    run_params,
-)
-from raysparse.tracking.server import check_tracking_uri, default_home, ensure_local_server, stop_local_server
-from raysparse.tracking.sweep_run import ChildRun, SweepRun
-from raysparse.tracking.trial_run import TrialRun
+from importlib import import_module  # noqa: E402
+
+# names load when first used: reports and ``raysparse potential`` read runs without torch (the
+# trial's run and the masks' readers need it: seconds to import here)
+_HOMES = {
+    **dict.fromkeys(["flatten_metrics", "flatten_params"], "raysparse.tracking.naming"),
+    **dict.fromkeys(["SweepData", "add_run_artifacts", "download_exploits", "download_lineage", "download_masks",
+                     "download_model", "download_plots", "load_sweep", "run_params"], "raysparse.tracking.reading"),
+    **dict.fromkeys(["check_tracking_uri", "default_home", "ensure_local_server", "stop_local_server"],
+                    "raysparse.tracking.server"),
+    **dict.fromkeys(["ChildRun", "SweepRun"], "raysparse.tracking.sweep_run"),
+    "TrialRun": "raysparse.tracking.trial_run",
+}
 
 __all__ = [
     "add_run_artifacts",
@@ -55,3 +53,11 @@ __all__ = [
     "run_params",
     "stop_local_server",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_HOMES[name]), name)
+    globals()[name] = value  # once: later lookups skip this function
+    return value

@@ -73,12 +73,20 @@ def _search(client: MlflowClient, experiment_id: str, query: str, order_by: str 
             return runs
 
 
-def _children(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str | None = None) -> list[Run]:
-    """The trials' runs under a sweep's parent run (its dense stage is a child run, not a trial)."""
+def _children(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str | None = None, *,
+              where: str = "") -> list[Run]:
+    """The trials' runs under a sweep's parent run (its dense stage is a child run, not a trial);
+    ``where``: more of MLflow's filter (``attributes.status = 'RUNNING'``), applied by the server:
+    a sweep of a thousand trials is a thousand runs to send for every call that looks for a few."""
     query = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{ROLE_TAG}` = 'trial'"
     if trial_id is not None:
         query += f" and tags.`{TRIAL_TAG}` = '{_quotable(trial_id, 'trial_id')}'"
+    if where:
+        query += f" and {where}"
     return _search(client, experiment_id, query)
+
+
+RUNNING = "attributes.status = 'RUNNING'"
 
 
 def _stage_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, stage: str) -> list[Run]:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numbers
 import re
+import sys
 
 import numpy as np
-import torch
 
 ROLE_TAG, SWEEP_TAG, TRIAL_TAG = "raysparse.role", "raysparse.sweep", "raysparse.trial_id"
 FAILURE_TAG, PARENT_TAG = "raysparse.failure_reason", "mlflow.parentRunId"
@@ -69,7 +69,7 @@ def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
         name = prefix + re.sub(r"[^A-Za-z0-9_.\- ]", "_", str(key))
         if isinstance(value, dict):
             flat.update(flatten_metrics(value, name + "."))
-        elif isinstance(value, (numbers.Real, np.bool_)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+        elif isinstance(value, (numbers.Real, np.bool_)) or _one_element_tensor(value):
             if name in flat:
                 raise ValueError(f"metric names {key!r} and another key both become {name!r}")
             flat[name] = float(value)
@@ -77,3 +77,9 @@ def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
             raise TypeError(f"metric {prefix + str(key)!r} is a {type(value).__name__} ({value!r:.60}); only numbers "
                             "or dicts of numbers can be logged")
     return flat
+
+
+def _one_element_tensor(value) -> bool:
+    # a tensor exists only once torch is imported: reports read runs without importing it (seconds)
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor) and value.numel() == 1

@@ -7,14 +7,13 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from raysparse.errors import ConfigError, unknown_choice
-from raysparse.sparsity.masks import unpack_masks
 from raysparse.tracking._client import _children, _quotable, _search, _stage_runs
 from raysparse.tracking.naming import (
     EXPLOITS,
@@ -27,6 +26,9 @@ from raysparse.tracking.naming import (
     SWEEP_TAG,
     TRIAL_TAG,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -79,6 +81,8 @@ def load_sweep(tracking_uri: str, experiment_name: str, sweep_name: str | None =
 
 def download_masks(tracking_uri: str, run_id: str, artifact: str = "masks/final.bin") -> dict[str, torch.Tensor]:
     """The masks stored in a run's artifact (``masks/final.bin`` or a lineage ``file``)."""
+    from raysparse.sparsity.masks import unpack_masks  # torch: not for reports
+
     with tempfile.TemporaryDirectory() as tmp:
         return unpack_masks(Path(MlflowClient(tracking_uri).download_artifacts(run_id, artifact, tmp)).read_bytes())
 
@@ -128,9 +132,22 @@ def _current_params(run: Run) -> dict[str, str]:
 
 def download_plots(tracking_uri: str, run_id: str, dst: str | Path) -> list[Path]:
     """A trial's ``plots/*.png`` copied into ``dst`` (none for a trial that did not finish)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
     client = MlflowClient(tracking_uri)
     Path(dst).mkdir(parents=True, exist_ok=True)
-    return [Path(client.download_artifacts(run_id, f.path, str(dst))) for f in client.list_artifacts(run_id, "plots")]
+    # the folder at once, by its artifact URI: a file at a time through runs:/ took ~0.35 s a file here
+    # (each resolves the run again), and a report downloads the plots of its best trials
+    folder = f"{client.get_run(run_id).info.artifact_uri}/plots"
+    try:
+        downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=folder, dst_path=str(dst),
+                                                              tracking_uri=tracking_uri))
+    except MlflowException:
+        if client.list_artifacts(run_id, "plots"):
+            raise
+        return []  # a trial that did not finish drew none
+    return sorted(downloaded.glob("*.png"))
 
 
 def _trial_row(run: Run) -> dict:

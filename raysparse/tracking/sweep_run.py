@@ -12,7 +12,14 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from raysparse.errors import ConfigError, TrackingServerLost
-from raysparse.tracking._client import _children, _experiment_id, _log_metrics, _log_params, _set_failure_reason
+from raysparse.tracking._client import (
+    RUNNING,
+    _children,
+    _experiment_id,
+    _log_metrics,
+    _log_params,
+    _set_failure_reason,
+)
 from raysparse.tracking.naming import (
     FAILURE_TAG,
     FINAL_UPLOAD_TAG,
@@ -131,7 +138,9 @@ class SweepRun:
         the trial ids still uploading after ``timeout`` s."""
         deadline = time.monotonic() + timeout
         while True:
-            uploading = [r.data.tags.get(TRIAL_TAG) for r in _children(self._client, self.experiment_id, self.run_id)
+            found = _children(self._client, self.experiment_id, self.run_id,
+                              where=f"{RUNNING} and tags.`{FINAL_UPLOAD_TAG}` IS NOT NULL")
+            uploading = [r.data.tags.get(TRIAL_TAG) for r in found
                          if r.info.status == "RUNNING" and FINAL_UPLOAD_TAG in r.data.tags]
             if not uploading or time.monotonic() >= deadline:
                 return uploading
@@ -144,7 +153,7 @@ class SweepRun:
         process = own[0].data.tags.get(PROCESS_TAG) if own else None
         if process is None:
             return []
-        left = [r for r in _children(self._client, self.experiment_id, self.run_id)
+        left = [r for r in _children(self._client, self.experiment_id, self.run_id, where=RUNNING)
                 if r.info.status == "RUNNING" and r.data.tags.get(FINAL_UPLOAD_TAG) == process]
         for run in left:
             _set_failure_reason(self._client, run.info.run_id, reason)
@@ -153,7 +162,8 @@ class SweepRun:
 
     def close_running(self, status: str, *, reason: str) -> list[str]:
         """End every trial run still RUNNING (a sweep stopped midway: its trials cannot)."""
-        left = [c.trial_id for c in self.child_runs() if c.status == "RUNNING"]
+        left = [r.data.tags.get(TRIAL_TAG) for r in _children(self._client, self.experiment_id, self.run_id,
+                                                              where=RUNNING) if r.info.status == "RUNNING"]
         for trial_id in left:
             self.close_trial(trial_id, status, reason=reason)
         return left
