@@ -179,6 +179,9 @@ class _TrialLogger:
         if not background:
             self._finish(**final)
             return
+        # at most one trial's final upload waits in a process: when the server is slower than the
+        # trials (a thousand short ones), their models and masks must not pile up in memory
+        wait_for_final_uploads()
         self.run.set_tags({FINAL_UPLOAD_TAG: self.process})
         _FINAL_UPLOADS.submit(self._finish_or_fail, final)
 
