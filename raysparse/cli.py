@@ -241,6 +241,8 @@ def cmd_masks(args) -> int:
 
     if args.out and args.step is None:
         raise ConfigError("--out", f"got {args.out!r} without --step; allowed: --step N --out FILE")
+    if args.out and Path(args.out).is_dir():
+        raise ConfigError("--out", f"{args.out!r} is a directory; allowed: a file path")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ensure_local_server(default_home())
     if args.step is None:
         print(f"{'step':>8}  {'encoding':<8}  {'density':>8}  {'churn':>8}  {'hash':<12}  reason")
@@ -258,8 +260,6 @@ def cmd_masks(args) -> int:
         import torch
 
         out = Path(args.out)
-        if out.is_dir():
-            raise ConfigError("--out", f"{str(out)!r} is a directory; allowed: a file path")
         torch.save({name: mask.clone() for name, mask in masks.items()}, out)
         print(f"written: {out} (torch.load(path, weights_only=True) gives layer -> bool tensor)")
     return 0
