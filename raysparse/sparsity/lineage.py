@@ -41,7 +41,9 @@ class Encoded:
 
 
 def encode_full(packed: bytes) -> bytes:
-    return MAGIC + bytes([VERSION]) + b"F" + zlib.compress(packed, 9)
+    # level 6: 1-2% larger than 9 on a 1 M-weight mask here, 5x faster (the encoder compresses
+    # every update's snapshot to see whether its delta is smaller)
+    return MAGIC + bytes([VERSION]) + b"F" + zlib.compress(packed, 6)
 
 
 def encode_delta(packed: bytes, parent: bytes) -> bytes:
