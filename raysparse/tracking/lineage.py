@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import threading
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,9 +19,6 @@ from raysparse.tracking.naming import LINEAGE, redact
 
 if TYPE_CHECKING:
     import torch
-
-COLUMNS = ("step", "reason", "encoding", "density", "churn", "hash")
-
 
 def masks_at_step(tracking_uri: str, run_id: str, step: int) -> dict[str, torch.Tensor]:
     """The masks (layer -> bool tensor) a trial held at ``step``, after the last row logged there
@@ -38,10 +37,8 @@ def masks_at_step(tracking_uri: str, run_id: str, step: int) -> dict[str, torch.
         raise ConfigError("step", f"run {run_id} logged no masks at step {step}; logged steps: {steps}")
     try:
         packed = rebuild(rows, at[-1], lineage.read)
-    except ConfigError:
-        raise
-    except ValueError as err:  # a damaged file or row: one line naming the run, not a traceback
-        raise ConfigError("run", f"run {run_id}, masks at step {step}: {err}") from None
+    except (ValueError, KeyError, zlib.error) as err:  # a damaged file or row: one line, not a traceback
+        raise ConfigError("run", f"run {run_id}, masks at step {step}: {type(err).__name__}: {err}") from None
     return unpack_masks(packed)
 
 
@@ -99,15 +96,19 @@ class _Lineage:
         """A lineage file's bytes. Kept for later calls: a file's name says what it holds (step,
         masks hash, and a delta's base hash), a retry rewrites it with the same bytes, and every
         rebuilt row is checked against its logged hash anyway."""
-        key = (self.root, file)
-        if key in _FILES:
-            _FILES.move_to_end(key)
-            return _FILES[key]
         global _cached
-        blob = _FILES[key] = self._download(file)
-        _cached += len(blob)
-        while _cached > _CACHED_BYTES and len(_FILES) > 1:
-            _cached -= len(_FILES.popitem(last=False)[1])
+        key = (self.root, file)
+        with _FILES_LOCK:  # readers in several threads (a report's) share it
+            if key in _FILES:
+                _FILES.move_to_end(key)
+                return _FILES[key]
+        blob = self._download(file)
+        with _FILES_LOCK:
+            if key not in _FILES:
+                _FILES[key] = blob
+                _cached += len(blob)
+            while _cached > _CACHED_BYTES and len(_FILES) > 1:
+                _cached -= len(_FILES.popitem(last=False)[1])
         return blob
 
     def _download(self, file: str) -> bytes:
@@ -122,3 +123,4 @@ class _Lineage:
 # reads each file once (a file costs two HTTP requests, ~25 ms here)
 _FILES: OrderedDict[tuple[str, str], bytes] = OrderedDict()
 _CACHED_BYTES, _cached = 64 << 20, 0
+_FILES_LOCK = threading.Lock()
