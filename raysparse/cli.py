@@ -1,4 +1,4 @@
-"""raysparse command line: train, sweep, submit, job, report, potential, deploy, ui, list.
+"""raysparse command line: train, sweep, submit, job, report, potential, deploy, masks, ui, list.
 
 Bad input exits with status 2 and one line naming the field, never a traceback.
 """
@@ -234,6 +234,37 @@ def cmd_deploy(args) -> int:
     return 0
 
 
+def cmd_masks(args) -> int:
+    import os
+
+    from raysparse.tracking import default_home, ensure_local_server, lineage_rows, masks_at_step
+
+    if args.out and args.step is None:
+        raise ConfigError("--out", f"got {args.out!r} without --step; allowed: --step N --out FILE")
+    if args.out and Path(args.out).is_dir():
+        raise ConfigError("--out", f"{args.out!r} is a directory; allowed: a file path")
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ensure_local_server(default_home())
+    if args.step is None:
+        print(f"{'step':>8}  {'encoding':<8}  {'density':>8}  {'churn':>8}  {'hash':<12}  reason")
+        for row in lineage_rows(uri, args.run_id):
+            print(f"{row['step']:>8}  {row.get('encoding', 'full'):<8}  {row['density']:>8.4f}  {row['churn']:>8.4f}  "
+                  f"{row['hash'][:12]:<12}  {row['reason']}")
+        return 0
+    masks = masks_at_step(uri, args.run_id, args.step)
+    kept, total = sum(int(m.sum()) for m in masks.values()), sum(m.numel() for m in masks.values())
+    print(f"run {args.run_id}, step {args.step}: {len(masks)} masks, density {kept / total:.4f} "
+          "(rebuilt from the lineage, hash checked)")
+    for name, mask in masks.items():
+        print(f"  {name:<30} {tuple(mask.shape)!s:<20} density {float(mask.float().mean()):.4f}")
+    if args.out:
+        import torch
+
+        out = Path(args.out)
+        torch.save({name: mask.clone() for name, mask in masks.items()}, out)
+        print(f"written: {out} (torch.load(path, weights_only=True) gives layer -> bool tensor)")
+    return 0
+
+
 def cmd_submit(args) -> int:
     from raysparse.search import jobs, load_sweep
     from raysparse.tracking.naming import redact
@@ -357,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--batch-size", type=int, default=1, help="the batch size it will serve (default 1)")
     deploy.add_argument("--tracking-uri", help="MLflow server (default: the embedded one)")
     deploy.set_defaults(handler=cmd_deploy)
+    masks = sub.add_parser("masks", help="a trial's mask lineage, or its masks at a logged step")
+    masks.add_argument("run_id", help="the trial's MLflow run id (see raysparse report)")
+    masks.add_argument("--step", type=int, help="rebuild the masks at this step (default: list the lineage)")
+    masks.add_argument("--out", help="with --step: save them (torch.save of layer -> bool tensor)")
+    masks.add_argument("--tracking-uri", help="MLflow server (default: the embedded one)")
+    masks.set_defaults(handler=cmd_masks)
     ui = sub.add_parser("ui", help="start the MLflow UI on the embedded store and print its URL")
     ui.add_argument("--port", type=int, help="port (default: a free one)")
     ui.add_argument("--host", help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0: every interface)")

@@ -31,6 +31,7 @@ _HOMES = {
                     "raysparse.tracking.server"),
     **dict.fromkeys(["ChildRun", "SweepRun"], "raysparse.tracking.sweep_run"),
     "TrialRun": "raysparse.tracking.trial_run",
+    **dict.fromkeys(["lineage_rows", "masks_at_step"], "raysparse.tracking.lineage"),
 }
 
 __all__ = [
@@ -49,7 +50,9 @@ __all__ = [
     "ensure_local_server",
     "flatten_metrics",
     "flatten_params",
+    "lineage_rows",
     "load_sweep",
+    "masks_at_step",
     "run_params",
     "stop_local_server",
 ]

@@ -80,11 +80,17 @@ def load_sweep(tracking_uri: str, experiment_name: str, sweep_name: str | None =
 
 
 def download_masks(tracking_uri: str, run_id: str, artifact: str = "masks/final.bin") -> dict[str, torch.Tensor]:
-    """The masks stored in a run's artifact (``masks/final.bin`` or a lineage ``file``)."""
+    """The masks stored in a run's artifact (``masks/final.bin`` or a full snapshot's lineage
+    ``file``; a delta's masks: ``masks_at_step``)."""
+    from raysparse.sparsity.lineage import DELTA, decode, encoding_of
     from raysparse.sparsity.masks import unpack_masks  # torch: not for reports
 
     with tempfile.TemporaryDirectory() as tmp:
-        return unpack_masks(Path(MlflowClient(tracking_uri).download_artifacts(run_id, artifact, tmp)).read_bytes())
+        blob = Path(MlflowClient(tracking_uri).download_artifacts(run_id, artifact, tmp)).read_bytes()
+    if encoding_of(blob) == DELTA:
+        raise ConfigError("artifact", f"{artifact} of run {run_id} holds the changes against an earlier file; "
+                          "rebuild its masks with raysparse.tracking.masks_at_step (raysparse masks RUN_ID --step N)")
+    return unpack_masks(decode(blob))
 
 
 def download_lineage(tracking_uri: str, run_id: str) -> list[dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from mlflow import MlflowClient
 from mlflow.entities import RunTag
 
 from raysparse import plots
+from raysparse.sparsity.lineage import DELTA, FULL, LineageEncoder
 from raysparse.sparsity.masks import MaskEvent, unpack_masks
 from raysparse.tracking._client import _children, _log_metric_steps, _log_params, _set_failure_reason, _stage_runs
 from raysparse.tracking.naming import (
@@ -54,6 +56,9 @@ class TrialRun:
         self._lineage.parent.mkdir(parents=True)
         self._recorded: set[tuple[str, int]] = set()  # (metric, step) pairs an earlier attempt logged
         self._exploit: dict | None = None  # a PBT exploit whose lineage row is not written yet
+        # each row's file is a delta on the row before it or a full snapshot (sparsity/lineage.py);
+        # a new TrialRun (a retry) knows no parent, so its first row is full
+        self._encoder, self._last_row = LineageEncoder(), None
 
     @classmethod
     def open(cls, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str, *,
@@ -134,7 +139,9 @@ class TrialRun:
             _log_metric_steps(self._client, self.run_id, rows)
 
     def log_mask_events(self, events: list[MaskEvent]) -> None:
-        """Each event's packed masks as ``masks/step_<step>_<hash>.bin`` plus a row in the lineage."""
+        """Each event as a lineage row plus its file: ``masks/step_<step>_<hash>.bin`` (a full
+        snapshot) or ``masks/step_<step>_<hash>_<base hash>.delta`` (the positions that changed
+        against the row before it, ``base``); ``encoding`` says which (sparsity/lineage.py)."""
         if not events:
             return
         upload = Path(self._workdir.name) / "upload"
@@ -146,21 +153,51 @@ class TrialRun:
                 source, self._exploit = self._exploit, None
                 event = dataclasses.replace(event, reason=f"exploit of trial {source['source_trial_id']} at epoch "
                                             f"{source['source_epoch']}")
+                self._encoder.restart()
             elif event.reason.startswith("resume"):
-                self._forget_lineage_after(event.step)
-            name = f"step_{event.step:08d}_{event.hash[:12]}.bin"
-            (upload / name).write_bytes(event.packed)
-            self._client.log_artifact(self.run_id, str(upload / name), "masks")
-            (upload / name).unlink()
+                self._forget_lineage_after(event.step, event.weights_hash and (event.hash, event.weights_hash))
+            encoded = self._encoder.encode(event.packed)
             row = {"step": event.step, "reason": event.reason, "density": event.density, "churn": event.churn,
-                   "hash": event.hash, "parent_hash": event.parent_hash, "file": f"masks/{name}"}
+                   "hash": event.hash, "parent_hash": event.parent_hash,
+                   "file": self._upload(upload, event.step, event.hash, encoded), "encoding": encoded.encoding}
+            if encoded.encoding == DELTA:
+                row["base"] = self._last_row["file"]
             if event.weights_hash:
                 row["weights_hash"] = event.weights_hash
             row.update({k: source[k] for k in ("source_trial_id", "source_run_id", "source_epoch",
                                                 "source_masks_hash") if k in source})
             with open(self._lineage, "a") as lineage:
                 lineage.write(json.dumps(row) + "\n")
+            self._last_row = row
         self._client.log_artifact(self.run_id, str(self._lineage), "masks")
+
+    def _upload(self, folder: Path, step: int, masks_hash: str, encoded) -> str:
+        # a delta's name holds its base's hash too: a retry that rewrites a file under the same name
+        # writes the same bytes (a full snapshot is its masks, a delta the change between two)
+        if encoded.encoding == FULL:
+            name = f"step_{step:08d}_{masks_hash[:12]}.bin"
+        else:
+            name = f"step_{step:08d}_{masks_hash[:12]}_{self._last_row['hash'][:12]}.delta"
+        (folder / name).write_bytes(encoded.blob)
+        self._client.log_artifact(self.run_id, str(folder / name), "masks")
+        (folder / name).unlink()
+        return f"masks/{name}"
+
+    def _end_lineage(self, packed_masks: bytes) -> None:
+        """The run's last row as a full snapshot, if it holds the final masks as a delta: reading
+        the end of a run then needs one file. (The delta file stays: artifacts cannot be deleted.)"""
+        lines = self._lineage.read_text().splitlines() if self._lineage.exists() else []
+        last = json.loads(lines[-1]) if lines else {}
+        if last.get("encoding") != DELTA or last["hash"] != hashlib.sha256(packed_masks).hexdigest():
+            return  # already full (or an old run's), or not the final masks: nothing to redo
+        upload = Path(self._workdir.name) / "upload"
+        upload.mkdir(exist_ok=True)
+        encoded = self._encoder.encode(packed_masks, full=True)
+        last.pop("base")
+        last.update(file=self._upload(upload, last["step"], last["hash"], encoded), encoding=FULL)
+        self._lineage.write_text("".join(line + "\n" for line in [*lines[:-1], json.dumps(last)]))
+        self._client.log_artifact(self.run_id, str(self._lineage), "masks")
+        self._last_row = last
 
     def exploited(self, record: dict, params: dict) -> None:
         """A PBT exploit: this trial goes on from another trial's checkpoint (``record``: source_trial_id,
@@ -180,6 +217,7 @@ class TrialRun:
         self.set_tags({PBT_EXPLOITS_TAG: str(len(exploits)),
                        **{f"{PBT_PARAM_TAG}{key}": str(value) for key, value in params.items()}})
         self._exploit = record
+        self._encoder.restart()
         self._recorded = {(key, step) for key, step in self._recorded if step <= record["source_epoch"]}
 
     def _recorded_exploits(self) -> list[dict]:
@@ -194,17 +232,26 @@ class TrialRun:
         own, from its initial masks on)."""
         self._forget_lineage_after(-1)
 
-    def _forget_lineage_after(self, step: int) -> None:
+    def _forget_lineage_after(self, step: int, checkpoint: tuple[str, str] | None = None) -> None:
         """A retried trial restarts from its checkpoint at ``step``: rows the lost attempt logged
         after it are redone by the retry, so they leave the lineage (their mask files are
-        rewritten under the same names: same step, same hash)."""
+        rewritten under the same names: same step, same hashes). ``checkpoint``: the (masks,
+        weights) hashes the retry restored; the rows after the checkpoint's own row go, even those
+        at its step (an update on the first step of the next epoch)."""
+        self._encoder.restart()  # the next row's parent is a kept row, not the last one written
         if self._lineage.exists():
             lines = self._lineage.read_text().splitlines()
+            rows = [json.loads(line) for line in lines]
             # rows up to the last PBT exploit are history a retry after it does not redo
-            exploits = [i for i, line in enumerate(lines) if json.loads(line)["reason"].startswith("exploit")]
+            exploits = [i for i, row in enumerate(rows) if row["reason"].startswith("exploit")]
             kept = exploits[-1] + 1 if exploits else 0
-            rows = lines[:kept] + [line for line in lines[kept:] if json.loads(line)["step"] <= step]
-            self._lineage.write_text("".join(row + "\n" for row in rows))
+            saved = [i for i, row in enumerate(rows) if i >= kept and row["step"] == step and checkpoint
+                     and (row["hash"], row.get("weights_hash")) == checkpoint]
+            if saved:
+                lines = lines[: saved[-1] + 1]
+            else:
+                lines = lines[:kept] + [line for line, row in zip(lines[kept:], rows[kept:]) if row["step"] <= step]
+            self._lineage.write_text("".join(line + "\n" for line in lines))
 
     def log_final(self, *, packed_masks: bytes, layer_density: dict[str, float], model_state: dict,
                   config: dict, write_program=None, build_info: dict | None = None) -> None:
@@ -215,6 +262,7 @@ class TrialRun:
         out = Path(self._workdir.name) / "final"
         for folder in ("masks", "model", "plots"):
             (out / folder).mkdir(parents=True, exist_ok=True)
+        self._end_lineage(packed_masks)
         (out / "masks" / "final.bin").write_bytes(packed_masks)
         masks = unpack_masks(packed_masks)
         with open(out / "layer_density.csv", "w", newline="") as table:

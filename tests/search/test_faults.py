@@ -21,7 +21,14 @@ from mlflow import MlflowClient
 
 import raysparse
 from raysparse.sparsity.masks import masks_hash
-from raysparse.tracking import TrialRun, download_lineage, download_masks, ensure_local_server, load_sweep
+from raysparse.tracking import (
+    TrialRun,
+    download_lineage,
+    download_masks,
+    ensure_local_server,
+    load_sweep,
+    masks_at_step,
+)
 from tests.search.conftest import logged_steps, tiny_sweep
 
 
@@ -115,6 +122,11 @@ def test_killed_trial_is_retried_from_its_checkpoint_and_ends_as_if_uninterrupte
     assert trials["metrics.val_accuracy"].iloc[0] == final["val_accuracy"]
     assert trials["metrics.train_loss"].iloc[0] == final["train_loss"]
     assert masks_hash(download_masks(uri, run_id)) == lineage[-1]["hash"]
+    # the retry's first row is a full snapshot (its TrialRun knows no parent), and so is the run's end;
+    # every step rebuilds through the lineage the retry left, to the masks its last row there logged
+    assert resume["encoding"] == lineage[-1]["encoding"] == "full"
+    last_at = {row["step"]: row["hash"] for row in lineage}
+    assert all(masks_hash(masks_at_step(uri, run_id, step)) == last_at[step] for step in last_at)
 
 
 def test_killed_trial_without_a_checkpoint_starts_over_and_logs_each_epoch_once(ray_runtime, home):

@@ -10,7 +10,7 @@ import torch
 from mlflow import MlflowClient  # tests may read MLflow directly to check what our code wrote
 
 from raysparse.sparsity.masks import masks_hash, unpack_masks
-from raysparse.tracking import download_lineage, download_masks
+from raysparse.tracking import download_lineage, download_masks, masks_at_step
 from tests.tracking.conftest import CONFIG, masked_model, open_trial, prune
 
 
@@ -91,10 +91,13 @@ def test_logged_masks_round_trip_with_the_lineage_hash_and_density(sweep, tmp_pa
     assert [(r["step"], r["hash"], r["parent_hash"]) for r in lineage] == [
         (e.step, e.hash, e.parent_hash) for e in events
     ]
-    for row in lineage:
-        logged = download_masks(sweep.tracking_uri, run.run_id, row["file"])
+    assert [r["encoding"] for r in lineage] == ["full", "full"]  # the first row; the run's end
+    for row, event in zip(lineage, events):  # rebuilt through the lineage
+        logged = masks_at_step(sweep.tracking_uri, run.run_id, row["step"])
         kept, total = sum(int(m.sum()) for m in logged.values()), sum(m.numel() for m in logged.values())
         assert masks_hash(logged) == row["hash"] and kept / total == pytest.approx(row["density"])
+        assert all(torch.equal(logged[n], m) for n, m in unpack_masks(event.packed).items())
+        assert masks_hash(download_masks(sweep.tracking_uri, run.run_id, row["file"])) == row["hash"]  # full files
     final = download_masks(sweep.tracking_uri, run.run_id)
     assert masks_hash(final) == masks.content_hash() == lineage[-1]["hash"]
 
@@ -154,6 +157,8 @@ def test_a_retry_drops_the_lineage_rows_of_the_lost_attempt_after_its_checkpoint
     assert [(r["step"], r["reason"]) for r in lineage] == [(10, "prune to 0.5"), (20, "prune to 0.3"),
                                                            (20, "resume at epoch 2")]
     assert lineage[-1]["hash"] == lineage[-1]["parent_hash"] == lineage[1]["hash"]  # the checkpoint's masks
+    assert lineage[-1]["encoding"] == "full"  # its parent is a kept row, not the last one written
+    assert all(torch.equal(masks_at_step(sweep.tracking_uri, again.run_id, 20)[n], m) for n, m in retried.masks.items())
 
 
 def test_a_pbt_exploit_keeps_the_trials_rows_and_says_whose_masks_it_went_on_with(sweep):
@@ -192,3 +197,8 @@ def test_a_pbt_exploit_keeps_the_trials_rows_and_says_whose_masks_it_went_on_wit
     rows = download_lineage(sweep.tracking_uri, retried.run_id)
     assert [r["reason"] for r in rows][-2:] == ["exploit of trial t0 at epoch 2", "resume at epoch 2"]
     assert len(rows) == 5  # the rows before the exploit are history, even those after step 20
+    # another trial's masks, then a retry's: neither is a delta on the row before it
+    assert [r["encoding"] for r in rows][-2:] == ["full", "full"]
+    rebuilt = masks_at_step(sweep.tracking_uri, retried.run_id, 20)  # the last row there: this trial's now
+    assert all(torch.equal(rebuilt[n], m) for n, m in copied.masks.items())
+    assert all(torch.equal(masks_at_step(sweep.tracking_uri, retried.run_id, 30)[n], m) for n, m in masks.masks.items())
