@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 
-.PHONY: setup lock browser quickstart test lint bench clean
+.PHONY: setup lock browser postgres quickstart test lint bench clean
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -38,10 +38,15 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver)
 
+# the PostgreSQL test starts Debian's server (initdb / pg_ctl) in a temporary directory
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql)
+
 quickstart: setup
 	$(VENV)/bin/raysparse sweep search_spaces/quickstart.yaml
 
-test: setup browser
+test: setup browser postgres
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 

@@ -47,3 +47,16 @@ def test_the_cluster_runs_the_ray_this_machine_submits_with(cluster):
 
     pinned = [m for c in cluster["setup_commands"] for m in re.findall(r"ray\[[\w,]+\]==([\d.]+)", c)]
     assert pinned == [ray.__version__]  # a driver and a cluster on different Rays do not connect
+
+
+def test_mlflow_on_the_head_keeps_its_runs_in_postgresql_and_no_password_in_the_file(cluster):
+    mlflow = next(c for c in cluster["head_start_ray_commands"] if "mlflow server --host" in c)
+    assert "postgresql+psycopg2://" in mlflow and "sqlite" not in mlflow
+    assert "--artifacts-destination /mnt/shared/mlflow/artifacts" in mlflow
+    setup = " ".join(cluster["head_setup_commands"])
+    assert "raysparse[postgres]" in setup and "createdb --owner ubuntu mlflow" in setup  # the role is the OS user
+    text = CLUSTER.read_text()
+    import re
+
+    assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text)  # no user:password@ in any URI
+    assert "PGPASSWORD" not in text and "PASSWORD '" not in text.upper()  # nor in the environment or SQL
