@@ -122,7 +122,7 @@ def _set_snapshot_period(sweep: Sweep) -> None:
 
 
 def _start_ray(address: str | None) -> None:
-    # one checkpoint kept per trial forces an experiment snapshot per epoch: cheap on local
+    # keeping few checkpoints per trial forces an experiment snapshot per checkpoint: cheap on local
     # storage, but Tune warns about it on every report
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Ctrl-C stops the sweep at once, as SIGTERM does, and its runs are closed as KILLED (Tune's
@@ -213,8 +213,11 @@ def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbo
                 callbacks=[progress, TrialRunCloser(parent, described), StopWhenServerLost(sweep.name),
                            CSVLoggerCallback(), JsonLoggerCallback()],
                 # PBT restores a trial from another's checkpoint, perhaps after that one wrote a newer one:
-                # every checkpoint is kept then (Tune warns that keeping 1 or 2 breaks exploits)
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 1),
+                # every checkpoint is kept then (Tune warns that keeping 1 or 2 breaks exploits). Otherwise
+                # 2: a driver killed after a trial's newest checkpoint, before the experiment snapshot
+                # naming it, resumes from the snapshot's, which must still exist (with 1 it was deleted:
+                # "Could not recover from checkpoint as it does not exist on storage anymore", under load)
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 2),
                 # a trial whose process dies is retried from its last checkpoint, its MLflow run continued
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             ),
