@@ -5,12 +5,12 @@ The curated public API; everything else is internal.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import raysparse.train  # noqa: F401  (loaded first: the function `train` below then keeps the name)
+from raysparse._lazy import lazy_names
 from raysparse.errors import ConfigError, TrainingDiverged
 
 if TYPE_CHECKING:
@@ -43,12 +43,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'raysparse' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # once: later lookups do not come here
-    return value
+__getattr__ = lazy_names(globals(), _LAZY)
 
 
 def __dir__() -> list[str]:

@@ -4,7 +4,7 @@ Its names load when first used: a trial's process imports ``raysparse.search.tri
 the trainable there), and the driver's tuner, Optuna and report modules would add seconds to every
 new trial process."""
 
-from importlib import import_module
+from raysparse._lazy import lazy_names
 
 _HOMES = {
     "SweepResult": "raysparse.search.result", "PythonObjects": "raysparse.search.spaces",
@@ -16,9 +16,4 @@ _HOMES = {
 __all__ = ["check_before_start", "PythonObjects", "Sweep", "SweepResult", "load_sweep", "resume_sweep", "run_sweep"]
 
 
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_HOMES[name]), name)
-    globals()[name] = value  # once: later lookups skip this function
-    return value
+__getattr__ = lazy_names(globals(), _HOMES)

@@ -19,7 +19,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
-from importlib import import_module  # noqa: E402
+from raysparse._lazy import lazy_names  # noqa: E402
 
 # names load when first used: reports and ``raysparse potential`` read runs without torch (the
 # trial's run and the masks' readers need it: seconds to import here)
@@ -58,9 +58,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_HOMES[name]), name)
-    globals()[name] = value  # once: later lookups skip this function
-    return value
+__getattr__ = lazy_names(globals(), _HOMES)
