@@ -16,7 +16,8 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) --upgrade pip
 	# torch 2.14.1 + torchvision 0.29.1: the pair that imports together on these machines
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) $(TORCH_PAIR)
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	# hf: the tests build HuggingFace models (model.name: hf)
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,hf]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -28,7 +29,7 @@ lock:
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet --upgrade pip
 	.venv-lock/bin/python -m pip install --quiet $(TORCH_PAIR)
-	.venv-lock/bin/python -m pip install --quiet -e ".[dev]"
+	.venv-lock/bin/python -m pip install --quiet -e ".[dev,hf]"
 	(echo "# pip install -c constraints.txt: what the green test suite ran with (written by make lock)"; \
 	 .venv-lock/bin/python -m pip freeze --all --exclude-editable) > $(CONSTRAINTS)
 	rm -rf .venv-lock

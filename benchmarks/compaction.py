@@ -112,8 +112,8 @@ def describe(module: nn.Module) -> str:
 
 def profile(dense: nn.Module, small: nn.Module, x: torch.Tensor, rounds: int) -> None:
     """Per-layer table of the pair (same module names: compaction keeps them), interleaved."""
-    shape, cpu = tuple(x.shape[1:]), torch.device("cpu")
-    flops = {"dense": layer_flops(dense, shape, cpu)[1], "compact": layer_flops(small, shape, cpu)[1]}
+    example = torch.zeros(1, *x.shape[1:])
+    flops = {"dense": layer_flops(dense, example)[1], "compact": layer_flops(small, example)[1]}
     inputs = {"dense": layer_inputs(dense, x), "compact": layer_inputs(small, x)}
     models = {"dense": dense, "compact": small}
     budget = 0.02 if x.shape[0] == 1 else 0.1  # per layer and round: enough runs for a median
@@ -163,10 +163,10 @@ def main() -> None:
           f"{'channels_last' if args.channels_last else 'NCHW'}")
     print("| plan | params | FLOPs ratio | form | batch | dense ms | compact ms | speedup | speedup / FLOPs ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
-    profiles, cpu = [], torch.device("cpu")
+    profiles = []
     for ranking in ("uniform", "global"):
         small = compact(dense, args.ratio, SHAPE, ranking).eval()
-        flops_ratio = layer_flops(dense, SHAPE, cpu)[0] / layer_flops(small, SHAPE, cpu)[0]
+        flops_ratio = layer_flops(dense, torch.zeros(1, *SHAPE))[0] / layer_flops(small, torch.zeros(1, *SHAPE))[0]
         params = f"{count_params(dense)} -> {count_params(small)}"
         for form, prepare in (("folded", fold_batchnorm), ("eager", lambda m: m)):
             pair = {"dense": prepare(dense), "compact": prepare(small)}

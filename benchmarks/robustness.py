@@ -43,7 +43,7 @@ def main() -> None:
         cfg = {"epochs": 1, "measure_latency": False, **case,
                "sparsity": {"method": "gmp", "final_sparsity": 0.9, "prune_end": 1}}
         data = build_data(cfg["data"], 0)
-        net = build_model(cfg["model"], data.input_shape, data.num_classes)
+        net = build_model(cfg["model"], data.info["input_shape"], data.info["num_classes"])
         reference = copy.deepcopy(net)
         epoch, judged = [], []
         for _ in range(args.rounds):  # an epoch of training (the loop's epoch_seconds), then the suite

@@ -30,6 +30,7 @@ _LAZY = {
     "channel_hessian_traces": "raysparse.structured",
     "MethodOptions": "raysparse.methods", "SparseMethod": "raysparse.methods", "register_method": "raysparse.methods",
     "Sparsifier": "raysparse.train.sparsifier",
+    "Task": "raysparse.tasks", "TaskOptions": "raysparse.tasks",
     "deploy": "raysparse.deployment", "load_deployed": "raysparse.deployment",
 }
 
@@ -39,7 +40,7 @@ __all__ = [
     "layer_densities", "load_config", "load_deployed", "load_model", "masks_hash", "pack_masks", "prune_potential",
     "resume_sweep",
     "Sparsifier", "sweep", "train", "unpack_masks",
-    "MethodOptions", "SparseMethod", "register_method",
+    "MethodOptions", "SparseMethod", "register_method", "Task", "TaskOptions",
 ]
 
 
@@ -50,13 +51,15 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-def sweep(space: str | Path | dict, *, model=None, data=None, loop=None, **overrides):
+def sweep(space: str | Path | dict, *, model=None, data=None, loop=None, task=None, **overrides):
     """Run a sweep (a sweep file path or dict) with Ray Tune + Optuna, every trial in MLflow.
 
     ``model`` (an nn.Module subclass or a callable building one, called with the base's model
-    options plus ``input_shape`` / ``num_classes`` when it names them) and ``data`` (a callable
-    returning ``{"train": Dataset, "test": Dataset, "val": ... (optional), "num_classes": ...
-    (optional)}``) replace the zoo's; ``loop`` is a training loop of yours, ``loop(trial)`` (see
+    options plus what describes the data when it names it: ``input_shape`` / ``num_classes``,
+    ``vocab_size`` / ``block_size``) and ``data`` (a callable returning ``{"train": Dataset,
+    "test": Dataset, "val": ... (optional), "num_classes" or "vocab_size": ... (optional)}``)
+    replace the zoo's; ``task`` (a ``raysparse.Task`` subclass or instance) the config's
+    ``task``; ``loop`` is a training loop of yours, ``loop(trial)`` (see
     ``raysparse.search.user_loop.LoopTrial``). They reach the trials by Ray's serialization, so
     classes and closures from a notebook or ``__main__`` work; each trial builds a fresh model.
 
@@ -68,10 +71,10 @@ def sweep(space: str | Path | dict, *, model=None, data=None, loop=None, **overr
     """
     from raysparse.search import PythonObjects, run_sweep  # Ray and Optuna load only when a sweep runs
 
-    return run_sweep(space, objects=PythonObjects(model=model, data=data, loop=loop), **overrides)
+    return run_sweep(space, objects=PythonObjects(model=model, data=data, loop=loop, task=task), **overrides)
 
 
-def resume_sweep(name: str, *, model=None, data=None, loop=None, **options):
+def resume_sweep(name: str, *, model=None, data=None, loop=None, task=None, **options):
     """Continue sweep ``name`` after its driver stopped: finished trials are kept, the others go
     on from their last checkpoints in the same MLflow runs. ``options``: ``address=``, ``home=``,
     ``storage_path=`` (if the sweep set one), ``verbose=``. A sweep started with Python objects
@@ -79,21 +82,21 @@ def resume_sweep(name: str, *, model=None, data=None, loop=None, **options):
     from raysparse.search import PythonObjects
     from raysparse.search import resume_sweep as resume
 
-    return resume(name, objects=PythonObjects(model=model, data=data, loop=loop), **options)
+    return resume(name, objects=PythonObjects(model=model, data=data, loop=loop, task=task), **options)
 
 
-def train(config: Config | dict | str | Path, *, model=None, data=None, report=None) -> dict:
+def train(config: Config | dict | str | Path, *, model=None, data=None, task=None, report=None) -> dict:
     """Train one sparse network in this process; returns the final metrics.
 
     ``config`` is a dict, a YAML path or a Config. ``model`` is an nn.Module subclass or a
     callable building one (the config's model block holds its options; an nn.Module instance
     is trained as it is), ``data`` a zero-argument callable returning ``{"train": Dataset,
-    "test": Dataset, ...}``, as in ``sweep``. ``report(metrics, context)`` is called after
-    every epoch.
+    "test": Dataset, ...}``, ``task`` a Task subclass or instance, as in ``sweep``.
+    ``report(metrics, context)`` is called after every epoch.
     """
     from raysparse.train.loop import fit
 
-    return fit(config, report, model=model, data=data)
+    return fit(config, report, model=model, data=data, task=task)
 
 
 def load_model(run, *, tracking_uri: str | None = None, model=None) -> nn.Module:

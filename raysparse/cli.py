@@ -27,11 +27,11 @@ def _apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _print_epoch(metrics: dict, context) -> None:
+def _print_epoch(metrics: dict, main: str) -> None:
     m = metrics
     print(
-        f"epoch {m['epoch']:>3}  loss {m['train_loss']:.4f}  val {m['val_accuracy']:.4f}  "
-        f"test {m['test_accuracy']:.4f}  density {m['density']:.4f}  churn {m['mask_churn']:.4f}  "
+        f"epoch {m['epoch']:>3}  loss {m['train_loss']:.4f}  val {m[f'val_{main}']:.4f}  "
+        f"test {m[f'test_{main}']:.4f}  density {m['density']:.4f}  churn {m['mask_churn']:.4f}  "
         f"lr {m['lr']:.4g}  {m['epoch_seconds']:.2f}s",
         flush=True,
     )
@@ -40,6 +40,7 @@ def _print_epoch(metrics: dict, context) -> None:
 def cmd_train(args) -> int:
     from raysparse.config import load_config, read_yaml
     from raysparse.imports import add_import_dirs
+    from raysparse.tasks import build_task
     from raysparse.train import fit
     from raysparse.train.loop import NothingLeftToTrain, resumable_checkpoint
     from raysparse.train.preflight import check_before_training
@@ -50,6 +51,7 @@ def cmd_train(args) -> int:
     add_import_dirs([Path(args.config).parent, Path.cwd()])  # where model.factory / data.factory are found
     check_user_code(config)  # a broken factory is one line, before anything is printed
     check_before_training(config)  # init_from / robustness.reference files, memory
+    main = build_task(config.task).main_metric  # what the epoch lines show: accuracy, perplexity, ...
     if args.resume:
         try:
             resumable_checkpoint(args.resume, config.epochs, "--resume")
@@ -63,7 +65,7 @@ def cmd_train(args) -> int:
     )
 
     def report(metrics: dict, context) -> None:
-        _print_epoch(metrics, context)
+        _print_epoch(metrics, main)
         if args.save_model and metrics["epoch"] == config.epochs:  # the trained network, e.g. a robustness.reference
             import torch
 
@@ -72,8 +74,8 @@ def cmd_train(args) -> int:
 
     final = fit(config, report, checkpoint_dir=args.checkpoint_dir, resume_from=args.resume)
     print(
-        f"done: test accuracy {final['test_accuracy']:.4f} at density {final['density']:.4f} "
-        f"(best val {final['best_val_accuracy']:.4f} at epoch {final['best_epoch']})"
+        f"done: test {main} {final[f'test_{main}']:.4f} at density {final['density']:.4f} "
+        f"(best val {final[f'best_val_{main}']:.4f} at epoch {final['best_epoch']})"
         + (f"; model state_dict: {args.save_model}" if args.save_model else "")
     )
     if config.robustness is not None:

@@ -53,6 +53,9 @@ class Config:
     seed: int = 0
     epochs: int = 30
     device: str = "auto"
+    # what is learned: classification (the default), causal_lm, "pkg.module:MyTask", or a mapping
+    # {name: ..., <option>: ...} with the task's own options (raysparse.tasks)
+    task: str | dict = "classification"
     label_smoothing: float = 0.0
     init_from: str | None = None  # a state_dict file (torch.save) to start from, e.g. a trained network
     measure_latency: bool = True  # batch 1 and 64: dense at start / after a restructure, deployed at the end
@@ -99,7 +102,7 @@ def get_dotted(tree: dict, key: str, default: Any = None) -> Any:
 
 
 # the config keys that name files or directories
-PATH_KEYS = ("init_from", "data.root", "robustness.reference")
+PATH_KEYS = ("init_from", "data.root", "data.path", "robustness.reference")
 
 
 def absolute_path(value: Any) -> Any:
@@ -177,8 +180,13 @@ def _coerce(hint, value, path):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, path)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # e.g. str | dict: a name or a block of options
+            if not isinstance(value, tuple(typing.get_origin(a) or a for a in inner)):
+                kinds = " or ".join("a mapping" if a is dict else f"a {a.__name__}" for a in inner)
+                raise ConfigError(path, f"expected {kinds}, got {value!r}")
+            return copy.deepcopy(value)
+        return _coerce(inner[0], value, path)
     if hint is SparsityConfig:
         return _sparsity_from_dict(value, path)
     if dataclasses.is_dataclass(hint):
@@ -239,9 +247,19 @@ def _check_values(c: Config) -> None:
     _require(0 < s.gamma <= 1, "lr_schedule.gamma", s.gamma, "(0, 1]")
 
     _check_sparsity(c.sparsity, c.epochs)
+    _check_task(c)
     _check_blocks(c)
     if c.robustness is not None:
         _check_robustness(c.robustness, c.data)
+
+
+def _check_task(c: Config) -> None:
+    """The task's name and options (a task of yours is imported here, as a method is); the object
+    given as task= is checked where it is given."""
+    from raysparse.tasks.registry import PYTHON, build_task
+
+    if not (isinstance(c.task, dict) and PYTHON in c.task):
+        build_task(c.task, label_smoothing=c.label_smoothing)
 
 
 def _check_robustness(r: RobustnessConfig, data: dict) -> None:
@@ -359,6 +377,10 @@ def _check_other_methods_options(raw: Any, sparsity: SparsityConfig, epochs: int
             raise err
 
 
+# data of some shape, for checking a zoo model's options before any data is read
+PLACEHOLDER_INFO = {"input_shape": (3, 32, 32), "num_classes": 10, "vocab_size": 256, "block_size": 32}
+
+
 def _check_blocks(c: Config) -> None:
     import torch
 
@@ -383,7 +405,7 @@ def _check_blocks(c: Config) -> None:
         check_data_spec(c.data)
     if not is_user_code(c.model):
         with torch.device("meta"):  # every option of the model, checked without allocating it
-            build_model(c.model, (3, 32, 32), 10)
+            build_model(c.model, PLACEHOLDER_INFO)
     from raysparse.zoo.formats import FILE_DATASETS
 
     if c.data.get("name") in FILE_DATASETS:  # caught here, before a sweep starts, not in a trial

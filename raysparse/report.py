@@ -45,6 +45,8 @@ def pareto_front(trials: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
     """The non-dominated finished trials: no other is at least as good on every objective and
     strictly better on one. Trials missing an objective value are left out."""
     columns = [c for c, _ in objectives]
+    if not set(columns) <= set(trials.columns):  # an objective no trial reported: no trial is on the front
+        return trials.iloc[:0]
     valid = finished(trials).dropna(subset=columns)
     if valid.empty:
         return valid
@@ -114,8 +116,7 @@ def sweep_potential(trials: pd.DataFrame, delta: float, stage: dict | None = Non
     try:
         return potential_table(prune_potential(sweep_potential_rows(trials, stage), delta=delta)), ""
     except ConfigError as missing:
-        return None, (f"Not measured: {missing.message}. Add a trial with sparsity.method: dense, or a pretrain: "
-                      "block (a dense stage), to measure it.")
+        return None, f"Not measured: {missing.message}."
 
 
 # metric prefix -> the prefix of the distributions it measures
@@ -129,20 +130,34 @@ def sweep_potential_rows(trials: pd.DataFrame, stage: dict | None = None) -> lis
     (``SweepData.stage``), measured as a trial is."""
     from raysparse.errors import ConfigError
 
-    rows = [row for _, trial in finished(trials).iterrows() for row in _potential_rows(trial)]
+    done = finished(trials)
+    # a sweep of a task without accuracy (a language model's val_perplexity, a loop's val_loss) has
+    # nothing to compare; say so before asking for a dense trial it may well have
+    if not done.empty and all(pd.isna(trial.get(_clean_column(trial))) for _, trial in done.iterrows()):
+        names = sorted({_clean_column(trial).removeprefix("metrics.") for _, trial in done.iterrows()})
+        raise ConfigError("metrics", f"no finished trial reported {' or '.join(names)} (prune potential "
+                          "compares accuracies)")
+    rows = [row for _, trial in done.iterrows() for row in _potential_rows(trial)]
     if not any(r["sparsity"] == 0 for r in rows) and stage is not None and stage.get("status") == "FINISHED":
         rows += _potential_rows(pd.Series(stage), method="dense")
     if not any(r["sparsity"] == 0 for r in rows):
-        raise ConfigError("name", "the sweep has no finished dense reference trial (sparsity.method: dense)")
+        raise ConfigError("name", "the sweep has no finished dense reference trial (sparsity.method: dense). Add "
+                          "a trial with sparsity.method: dense, or a pretrain: block (a dense stage), to measure it")
     return rows
+
+
+def _clean_column(trial: pd.Series) -> str:
+    # corruptions are measured on robustness.split: "clean" is the same split's accuracy
+    return "metrics.val_accuracy" if trial.get("params.robustness.split") == "val" else "metrics.test_accuracy"
 
 
 def _potential_rows(trial: pd.Series, method: str | None = None) -> list[dict]:
     method = method or trial.get("params.sparsity.method")
-    sparsity = 0.0 if method == "dense" else round(1.0 - float(trial["metrics.density"]), 4)
-    # corruptions are measured on robustness.split: "clean" is the same split's accuracy
-    clean = "metrics.val_accuracy" if trial.get("params.robustness.split") == "val" else "metrics.test_accuracy"
-    rows = [{"method": method, "sparsity": sparsity, "distribution": "clean", "accuracy": trial[clean]}]
+    accuracy, density = trial.get(_clean_column(trial)), trial.get("metrics.density")
+    if pd.isna(accuracy) or (method != "dense" and pd.isna(density)):  # a trial that never measured them
+        return []
+    sparsity = 0.0 if method == "dense" else round(1.0 - float(density), 4)
+    rows = [{"method": method, "sparsity": sparsity, "distribution": "clean", "accuracy": accuracy}]
     for column, value in trial.items():
         for prefix, named in _DISTRIBUTIONS.items():
             if column.startswith(prefix) and pd.notna(value):
@@ -151,15 +166,23 @@ def _potential_rows(trial: pd.Series, method: str | None = None) -> list[dict]:
     return rows
 
 
-def stage_line(stage: dict | None) -> str:
-    """One line on a sweep's dense stage (``SweepData.stage``); empty without one."""
+def stage_line(stage: dict | None, objectives: Objectives = ()) -> str:
+    """One line on a sweep's dense stage (``SweepData.stage``): its val accuracy, or else the first
+    of the sweep's ``objectives`` it reported (a language model's val_perplexity); empty without one."""
     if stage is None:
         return ""
     epochs = stage.get("params.epochs", "?")
-    accuracy = stage.get("metrics.val_accuracy")
-    shown = f"{accuracy:.4f}" if isinstance(accuracy, float) else "-"
     status = "" if stage.get("status") == "FINISHED" else f" ({str(stage.get('status')).lower()})"
-    return f"dense stage: {epochs} epochs, val accuracy {shown}, run {stage['run_id']}{status}"
+    return f"dense stage: {epochs} epochs, {_stage_metric(stage, objectives)}, run {stage['run_id']}{status}"
+
+
+def _stage_metric(stage: dict, objectives: Objectives) -> str:
+    for column in ("metrics.val_accuracy", *(c for c, _ in objectives)):
+        value = stage.get(column)
+        if isinstance(value, float) and not np.isnan(value):
+            name = "val accuracy" if column == "metrics.val_accuracy" else column.removeprefix("metrics.")
+            return f"{name} {value:.4f}"
+    return "val accuracy -"  # neither reported (a stage that failed early)
 
 
 def sweep_objectives(sweep_params: dict[str, str]) -> list[tuple[str, str]]:
@@ -190,7 +213,7 @@ def report_sweep(tracking_uri: str, data, out_dir: str | Path, *, delta: float =
     paths = write_report(
         data.trials, objectives, out, name=data.sweep_name, best_config=best, potential=potential, delta=delta,
         page={"status": data.parent_status, "potential_note": note, "trial_figures": figures,
-              "stage_line": stage_line(data.stage),
+              "stage_line": stage_line(data.stage, objectives),
               "experiment_url": experiment_url, "run_url": experiment_url + "/runs/{run_id}"},
     )
     parent = SweepRun.attach(tracking_uri, data.experiment_name, data.parent_run_id)

@@ -86,3 +86,59 @@ def test_html_tables_show_the_best_trials_and_the_csv_holds_all(tmp_path):
     assert f"({len(front)} trials)" in shown and shown.count("<tr class='front'>") == min(7, len(front))
     small = write_report(many.head(5), BOTH, tmp_path / "small", name="small", top=7)["html"].read_text()
     assert "best of" not in small  # all shown: no note
+
+
+def recorded_language_model_sweep(tracking_uri, name, objectives):
+    """A sweep as the session's MLflow server holds it whose trials and dense stage report no
+    accuracy: a language model's val_loss and val_perplexity, and density."""
+    import math
+
+    from raysparse.tracking import SweepRun, TrialRun, load_sweep
+
+    parent = SweepRun.start(tracking_uri, name, name, params={"sweep": {"objectives": objectives}})
+    stage = TrialRun.open_stage(tracking_uri, parent.experiment_id, parent.run_id, run_name="pretrain",
+                                params={"epochs": 3})
+    stage.log_epoch({"val_loss": math.log(9.5), "val_perplexity": 9.5}, step=3)
+    stage.finish()
+    for trial_id, method, density, perplexity in (("t0", "dense", 1.0, 10.0), ("t1", "gmp", 0.2, 12.0),
+                                                  ("t2", "gmp", 0.1, 15.0)):
+        run = TrialRun.open(tracking_uri, parent.experiment_id, parent.run_id, trial_id, run_name=trial_id,
+                            params={"sparsity": {"method": method}})
+        run.log_epoch({"val_loss": math.log(perplexity), "val_perplexity": perplexity, "density": density}, step=3)
+        run.finish()
+    parent.finish()
+    return load_sweep(tracking_uri, name, name)
+
+
+def test_report_of_a_sweep_without_accuracy_draws_its_objectives_and_skips_prune_potential(tracking_uri, tmp_path):
+    from raysparse.report import report_sweep
+
+    data = recorded_language_model_sweep(tracking_uri, "perplexity", {"val_perplexity": "min"})
+    paths = report_sweep(tracking_uri, data, tmp_path)
+    page = paths["html"].read_text()
+    assert "Objectives: val_perplexity (min)" in page and "potential" not in paths
+    assert "Not measured: no finished trial reported test_accuracy" in page
+    assert "dense stage: 3 epochs, val_perplexity 9.5000, run" in page  # its first objective, not an accuracy
+    trials = page.split("<h2>Trials, best first</h2>")[1]
+    assert trials.index(">t0<") < trials.index(">t1<") < trials.index(">t2<")  # lowest perplexity first
+    assert pd.read_csv(paths["trials"])["trial_id"].tolist() == ["t0", "t1", "t2"]
+
+
+def test_report_tolerates_an_objective_no_trial_reported(tracking_uri, tmp_path):
+    from raysparse.report import report_sweep
+
+    data = recorded_language_model_sweep(tracking_uri, "unreported", {"val_perplexity": "min", "flops_sparse": "min"})
+    paths = report_sweep(tracking_uri, data, tmp_path)
+    assert len(pd.read_csv(paths["pareto"])) == 0  # no trial has both objectives
+    assert "<h2>Pareto front (0 trials)</h2>" in paths["html"].read_text()
+
+
+def test_stage_line_shows_the_first_objective_without_an_accuracy():
+    from raysparse.report import stage_line
+
+    stage = {"params.epochs": "3", "metrics.val_perplexity": 9.5, "run_id": "r1", "status": "FINISHED"}
+    objectives = [("metrics.val_perplexity", "min")]
+    assert stage_line(stage, objectives) == "dense stage: 3 epochs, val_perplexity 9.5000, run r1"
+    accurate = {**stage, "metrics.val_accuracy": 0.9}
+    assert stage_line(accurate, objectives) == "dense stage: 3 epochs, val accuracy 0.9000, run r1"
+    assert stage_line({**stage, "status": "FAILED"}) == "dense stage: 3 epochs, val accuracy -, run r1 (failed)"

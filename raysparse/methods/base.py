@@ -99,7 +99,7 @@ class SparseMethod:
         self.config, self.options = config, options
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.loss_fn = self.train_batches = self.input_shape = None  # until bind()
+        self.task = self.train_batches = self.example_input = None  # until bind()
         self._restructure: Restructure | None = None
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -152,11 +152,22 @@ class SparseMethod:
     def pattern_of(self, name: str) -> Pattern:
         return getattr(self, "patterns", {}).get(name, UNSTRUCTURED)
 
-    def bind(self, *, loss_fn, train_batches, input_shape: tuple[int, ...]) -> None:
-        """What a method may need beyond the model: the loss, a zero-argument callable giving a
-        fresh iterator of shuffled training batches (for its own estimates: HAP's Hessian, Wanda's
-        activation norms) and one example's shape."""
-        self.loss_fn, self.train_batches, self.input_shape = loss_fn, train_batches, input_shape
+    def bind(self, *, task, train_batches, example_input) -> None:
+        """What a method may need beyond the model: the task (a ``raysparse.tasks.Task``: the loss
+        of a batch, how to run the model on one), a zero-argument callable giving a fresh iterator
+        of shuffled training batches (for its own estimates: HAP's Hessian, Wanda's activation
+        norms) and one giving a real model input of one example on the model's device."""
+        self.task, self.train_batches, self.example_input = task, train_batches, example_input
+
+    def batch_loss(self, batch) -> torch.Tensor:
+        """The task's mean loss of a training batch, on the model's device."""
+        device = next(self.model.parameters()).device
+        return self.task.loss(self.model, self.task.to_device(batch, device))[0]
+
+    def run_batch(self, batch):
+        """The model on a training batch (on the model's device), as the task calls it."""
+        device = next(self.model.parameters()).device
+        return self.task.forward(self.model, self.task.to_device(batch, device))
 
     # ---- hooks the loop calls ---------------------------------------------------------------
     def on_train_start(self) -> None:

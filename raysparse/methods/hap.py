@@ -71,7 +71,7 @@ class HAP(SparseMethod):
         selected, dense = self.masks.weights, self.masks.dense_layers
         self.masks = MaskSet(prunable_weights(model))
         self.kept_weights = [n for n in self.masks.weights if n not in selected or n in dense]
-        if hasattr(self, "input_shape"):  # bound by the loop: refuse a model torch-pruning cannot cut now,
+        if self.example_input is not None:  # bound by the loop: refuse a model torch-pruning cannot cut now,
             self._compactable_groups()     # not at prune_end in the middle of a trial
         self.plan: dict | None = None
         self.restructured_epoch: int | None = None
@@ -89,14 +89,14 @@ class HAP(SparseMethod):
         if epoch + 1 == self.prune_end_epoch and self.plan is None:
             self.prune(epochs_done=epoch + 1)
         if epoch + 1 == self.epochs and self.plan is not None:
-            recalibrate_batchnorm(self.model, self.train_batches(), BN_BATCHES)
+            recalibrate_batchnorm(self.model, self.run_batch, self.train_batches(), BN_BATCHES)
 
     # ---- pruning ----------------------------------------------------------------------------
     def channel_importance(self) -> dict[str, torch.Tensor]:
         opts = self.options
         weights = prunable_weights(self.model)
         traces = channel_hessian_traces(
-            self.model, self.loss_fn, self.train_batches(), samples=opts.hessian_samples, tol=opts.hessian_tol,
+            self.model, self.batch_loss, self.train_batches(), samples=opts.hessian_samples, tol=opts.hessian_tol,
             max_batches=opts.hessian_batches, weights=weights, generator=torch.Generator().manual_seed(self.seed),
         )
         importance = {}
@@ -130,9 +130,8 @@ class HAP(SparseMethod):
         # a dense mask view of the compact model: density and FLOPs come from its real size
         self.masks = MaskSet(prunable_weights(self.model))
 
-    def _example(self) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        return torch.zeros(1, *self.input_shape, device=device)
+    def _example(self):
+        return self.example_input()
 
     def _kept_layers(self) -> list[nn.Module]:
         """The classifier and the layers the selection leaves out or keeps dense: none loses an output."""
@@ -198,7 +197,7 @@ def _same_on_every_rank(plan: dict) -> dict:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches, max_batches: int) -> None:
+def recalibrate_batchnorm(model: nn.Module, run_batch, batches, max_batches: int) -> None:
     """Re-estimate BatchNorm running statistics on training batches (cumulative average), as
     the seed does after fine-tuning: pruning shifted every layer's activation statistics."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -210,11 +209,10 @@ def recalibrate_batchnorm(model: nn.Module, batches, max_batches: int) -> None:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average over the batches below
     model.train()
-    device = next(model.parameters()).device
-    for i, (x, _) in enumerate(batches):
+    for i, batch in enumerate(batches):
         if i >= max_batches:
             break
-        model(x.to(device))
+        run_batch(batch)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)

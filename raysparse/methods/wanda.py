@@ -31,7 +31,7 @@ evaluates it, without fine-tuning.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -75,7 +75,7 @@ class Wanda(SparseMethod):
 
     def prune(self, step: int) -> None:
         weights = self.masks.weights
-        norms = input_norms(self.model, weights, self._calibration_inputs())
+        norms = input_norms(self.model, weights, self._calibration_batches(), run=self.run_batch)
         unseen = [n for n, norm in norms.items() if norm is None and n not in self.masks.dense_layers]
         if unseen:
             warnings.warn(f"wanda: no input seen for {', '.join(unseen)}; pruned by |W| alone", stacklevel=2)
@@ -86,14 +86,13 @@ class Wanda(SparseMethod):
         self.masks.update(new, step=step, reason="wanda", optimizer=self.optimizer)
         self.pruned = True
 
-    def _calibration_inputs(self) -> Iterable[torch.Tensor]:
+    def _calibration_batches(self) -> Iterable:
         if self.train_batches is None:
             raise RuntimeError("wanda needs calibration batches: bind(train_batches=...) before it prunes")
-        device = next(self.model.parameters()).device
         for i, batch in enumerate(self.train_batches()):
             if i >= self.options.calibration_batches:
                 break
-            yield (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)
+            yield batch
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "pruned": self.pruned}
@@ -113,10 +112,11 @@ def wanda_score(weight: torch.Tensor, norms: torch.Tensor | None) -> torch.Tenso
 
 @torch.no_grad()
 def input_norms(
-    model: nn.Module, weights: dict[str, torch.Tensor], inputs: Iterable[torch.Tensor]
+    model: nn.Module, weights: dict[str, torch.Tensor], inputs: Iterable, run: Callable | None = None,
 ) -> dict[str, torch.Tensor | None]:
     """||X_j||_2 per weight, shaped ``[rows or 1, columns]`` against ``weight.flatten(1)``; None
-    where no forward pass of a Linear/Conv1d/Conv2d owning the weight saw an input."""
+    where no forward pass of a Linear/Conv1d/Conv2d owning the weight saw an input. ``run(input)``
+    makes the forward pass (default: ``model(input)``; a task's batch of any form: the task's)."""
     owners = {id(m.weight): m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
     squares: dict[str, torch.Tensor] = {}
 
@@ -132,7 +132,7 @@ def input_norms(
     model.eval()  # BatchNorm's running statistics and dropout stay as they are
     try:
         for x in inputs:
-            model(x)
+            (run or model)(x)
     finally:
         for handle in handles:
             handle.remove()

@@ -111,14 +111,16 @@ def _layer_sizes(config: dict) -> tuple[dict[str, int], frozenset[str]]:
 
     from raysparse.config import load_config
     from raysparse.sparsity.masks import prunable_weights, resolve_dense_layers
-    from raysparse.zoo import build_data, build_model
+    from raysparse.tasks import build_task
+    from raysparse.zoo.user_code import build_network, build_splits
 
     key = json.dumps([config.get("model"), config.get("data"), config.get("sparsity", {}).get("dense_layers")],
                      sort_keys=True, default=str)
     if key not in _SIZES_CACHE:
         cfg = load_config(config)
-        data = build_data(cfg.data, cfg.seed)
-        weights = prunable_weights(build_model(cfg.model, data.input_shape, data.num_classes),
+        # the zoo's or the user's factories, as a trial builds them (the data describes itself)
+        data = build_splits(cfg.data, cfg.seed, build_task(cfg.task, label_smoothing=cfg.label_smoothing))
+        weights = prunable_weights(build_network(cfg.model, data.info),
                                    include=cfg.sparsity.include, exclude=cfg.sparsity.exclude)
         dense = resolve_dense_layers(list(weights), cfg.sparsity.dense_layers)
         _SIZES_CACHE[key] = ({n: w.numel() for n, w in weights.items()}, dense)

@@ -52,7 +52,8 @@ def _train(sweep: Sweep, parent: SweepRun, path: Path, verbose: bool) -> str:
     _say(verbose, f"dense stage: training {sweep.pretrain_epochs} epochs (run {run.run_id})")
     started = time.monotonic()
     try:
-        final = fit(sweep.pretrain, logger.epoch, model=sweep.objects.model, data=sweep.objects.data)
+        final = fit(sweep.pretrain, logger.epoch, model=sweep.objects.model, data=sweep.objects.data,
+                    task=sweep.objects.task)
         _save_state_dict(logger.last.export_model(), path)
     except (KeyboardInterrupt, SystemExit):  # stopped with the sweep: --resume trains it again
         logger.flush()

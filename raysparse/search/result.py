@@ -68,13 +68,14 @@ class SweepResult:
         return self.data().stage
 
     def best(self) -> dict:
-        """The best finished trial on the first objective (or the best of all when none finished):
-        its metrics and the config it trained. Under PBT, ``config`` and ``params`` are those it
-        ended with and ``exploits`` says from which trial and epoch its weights and masks came,
-        with the values it switched to (the epochs before came from that trial's own schedule)."""
+        """The best finished trial on the first objective: its metrics and the config it trained.
+        A failed or early-stopped trial is never chosen (its metrics are from an epoch it did not
+        train past); with none finished this raises, saying how the trials ended. Under PBT,
+        ``config`` and ``params`` are those it ended with and ``exploits`` says from which trial
+        and epoch its weights and masks came, with the values it switched to (the epochs before
+        came from that trial's own schedule)."""
         trials = self.to_dataframe()
-        done = finished(trials)
-        ranked = rank_trials(done if len(done) else trials, objective_columns(self.sweep.objectives))
+        ranked = rank_trials(finished(trials), objective_columns(self.sweep.objectives))
         column = f"metrics.{self.sweep.metric}"
         if ranked.empty or column not in ranked or ranked[column].isna().all():
             raise RuntimeError(self._why_no_best(trials))
@@ -93,7 +94,9 @@ class SweepResult:
         if trials.empty:
             return f"sweep {self.sweep.name!r} has no trials"
         counts = ", ".join(f"{n} {status.lower()}" for status, n in trials["status"].value_counts().items())
-        text = f"no trial of sweep {self.sweep.name!r} reported {self.sweep.metric} ({len(trials)} trials: {counts})"
+        # "finished": a FAILED or KILLED trial may have reported the metric, at an epoch before its end
+        text = (f"no finished trial of sweep {self.sweep.name!r} reported {self.sweep.metric} "
+                f"({len(trials)} trials: {counts})")
         reasons = trials["failure_reason"].dropna() if "failure_reason" in trials else []
         return text + (f"; the first failure: {reasons.iloc[0]}" if len(reasons) else "")
 
@@ -119,7 +122,11 @@ class SweepResult:
         return len(statuses) > 0 and bool((statuses == "FAILED").all())
 
     def pareto(self) -> pd.DataFrame:
-        return pareto_front(self.to_dataframe(), objective_columns(self.sweep.objectives))
+        """The non-dominated finished trials; raises as ``best`` does when none finished."""
+        trials = self.to_dataframe()
+        if finished(trials).empty:
+            raise RuntimeError(self._why_no_best(trials))
+        return pareto_front(trials, objective_columns(self.sweep.objectives))
 
     @property
     def errors(self) -> list[str]:

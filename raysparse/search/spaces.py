@@ -48,7 +48,7 @@ from raysparse.search.stage import (
     without_stage,
 )
 from raysparse.train.latency import DEPLOYED_METRICS
-from raysparse.train.loop import REPORTED_METRICS
+from raysparse.train.loop import REPORTED_METRICS, task_metrics
 from raysparse.zoo.user_code import describe
 
 SWEEP_KEYS = (
@@ -70,13 +70,14 @@ class LayerSparsity:
 
 @dataclass(frozen=True)
 class PythonObjects:
-    """What ``raysparse.sweep(model=, data=, loop=)`` was given. They travel to the trials with
+    """What ``raysparse.sweep(model=, data=, loop=, task=)`` was given. They travel to the trials with
     the Sweep by Ray's own serialization (cloudpickle), so classes and closures defined in a
     notebook, a test module or ``__main__`` work; the sweep's files only record their names."""
 
     model: Any = None
     data: Any = None
     loop: Any = None
+    task: Any = None
 
     def names(self) -> dict[str, str]:
         return {k: describe(v) for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -200,7 +201,10 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
 
     layer_sparsity = parse_layer_sparsity(raw["layer_sparsity"], base, space) if "layer_sparsity" in raw else None
     # a loop of yours reports metrics of its own choosing: any name can be an objective
-    objectives = _objectives(raw.get("objectives", {"val_accuracy": "max"}), any_metric=objects.loop is not None)
+    task_metrics = _task_metrics(base, objects)
+    main = next(iter(task_metrics))  # val_<the task's main metric>: the default objective
+    objectives = _objectives(raw.get("objectives", {main: task_metrics[main]}), task_metrics,
+                             any_metric=objects.loop is not None)
     sampler = raw.get("sampler", "auto")
     if sampler not in SAMPLERS:
         allowed = ", ".join(SAMPLERS)
@@ -337,7 +341,7 @@ def _with_objects(base: dict, objects: PythonObjects) -> dict:
     """The base config saying which Python objects build its model and data, or train in its loop."""
     from raysparse.zoo.user_code import PYTHON, with_python_objects
 
-    base = with_python_objects(base, objects.model, objects.data)
+    base = with_python_objects(base, objects.model, objects.data, objects.task)
     if objects.loop is not None:
         return {"model": {}, "data": {}, **base, "loop": describe(objects.loop)}
     if base.get("loop") is not None:
@@ -433,7 +437,19 @@ def _check_pattern_pairs(sweep: Sweep) -> None:
                                       f"config: {err} (a `when` on {PATTERN_KEY} can leave it out)") from None
 
 
-def _objectives(raw: Any, any_metric: bool = False) -> tuple[tuple[str, str], ...]:
+def _task_metrics(base: dict, objects) -> dict[str, str]:
+    """The metrics a trial of the base config's task reports (val_accuracy, ...: the first is
+    val_<main metric>), with their directions."""
+    from raysparse.tasks.registry import DEFAULT_TASK, PYTHON, get_task_class
+
+    spec = base.get("task", DEFAULT_TASK)
+    given = getattr(objects, "task", None)
+    if given is None and isinstance(spec, dict) and PYTHON in spec:  # checked when the object is given
+        return {"val_loss": "min"}
+    return task_metrics(get_task_class(spec, "base.task", given=given))
+
+
+def _objectives(raw: Any, reported: dict[str, str], any_metric: bool = False) -> tuple[tuple[str, str], ...]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError("objectives", f"expected a mapping metric -> max|min, got {raw!r}")
     for metric, mode in raw.items():
@@ -444,11 +460,11 @@ def _objectives(raw: Any, any_metric: bool = False) -> tuple[tuple[str, str], ..
                 f"objectives.{metric}",
                 "test data is never used for selection; use the validation metric (val_accuracy, val_loss)",
             )
-        if metric not in REPORTED_METRICS and not any_metric:
+        known = [*(m for m in reported if not m.startswith("test_")), *REPORTED_METRICS]
+        if metric not in known and not any_metric:
             raise ConfigError(
                 f"objectives.{metric}",
-                f"unknown metric; reported metrics: {', '.join(REPORTED_METRICS)}"
-                f"{did_you_mean(metric, REPORTED_METRICS)}",
+                f"unknown metric; reported metrics: {', '.join(known)}{did_you_mean(metric, known)}",
             )
         if mode not in MODES:
             raise ConfigError(f"objectives.{metric}", f"got mode {mode!r}; allowed: max, min")

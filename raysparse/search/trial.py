@@ -168,12 +168,12 @@ class _TrialLogger:
         FAILED). What runs the network (the export, the output probe) runs here, before: torch.fx
         and torch.export patch every module's call while they trace, beside the next trial's."""
         events = self.last.masks.drain_events()  # updates after the last report (a loop of yours) end the lineage
-        plain, shape = self.last.export_model(), self.last.input_shape
-        build = {"import_dirs": list(self.import_dirs)}
-        if shape is not None:  # what load_model needs to build the architecture again
-            build.update(input_shape=list(shape), num_classes=_num_classes(plain, shape))
+        plain, example = self.last.export_model(), self.last.example_input
+        # what load_model needs to build the architecture again: what the data told the factory
+        build = {"import_dirs": list(self.import_dirs), "data_info": _plain(self.last.data_info)}
         program = Path(tempfile.mkdtemp(prefix="raysparse-program-")) / "model.pt2"
-        _export_or_skip(plain, shape, program)
+        if example is not None:  # a loop of yours that never ran its model on a batch has none
+            _export_or_skip(plain, example, program)
         final = {"events": events, "state": plain.state_dict(), "build": build, "program": program}
         self.flush()  # an epoch that could not be logged fails the trial, as it always did
         if not background:
@@ -249,20 +249,16 @@ def resolved_config(config: dict) -> dict:
         return config
 
 
-@torch.no_grad()
-def _num_classes(model: torch.nn.Module, input_shape) -> int:
-    was_training, device = model.training, next(iter(model.parameters()), torch.empty(0)).device
-    try:
-        return int(model.eval()(torch.zeros(1, *input_shape, device=device)).shape[-1])
-    finally:
-        model.train(was_training)
+def _plain(info: dict) -> dict:
+    """``info`` as JSON (shapes as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in info.items()}
 
 
-def _export_or_skip(model, input_shape, path) -> None:
+def _export_or_skip(model, example, path) -> None:
     """The program file is a convenience: a model torch.export cannot trace still gets its
     state_dict logged, and the trial says why the program is missing."""
     try:
-        export_program(copy.deepcopy(model), input_shape, path)
+        export_program(copy.deepcopy(model), example, path)
     except Exception as err:  # torch.export raises many types for untraceable models
         print(f"raysparse: model not exported as a program ({type(err).__name__}: {err})", flush=True)
 
@@ -332,7 +328,8 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
                     run_loop(objects.loop, config, [m for m, _ in sweep.objectives], report, resume_from)
             else:
                 def train() -> None:
-                    fit(config, report, model=objects.model, data=objects.data, resume_from=resume_from)
+                    fit(config, report, model=objects.model, data=objects.data, task=objects.task,
+                        resume_from=resume_from)
             if times is None:
                 train()
             else:

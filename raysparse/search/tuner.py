@@ -290,7 +290,8 @@ def check_before_start(sweep: Sweep, address: str | None, home: Path | None = No
     if sweep.objects.loop is None:
         base = load_config(without_stage(sweep.base))  # the stage's file: once the driver has trained it
         try:
-            check_user_code(base, model=sweep.objects.model, data=sweep.objects.data, searched=tuple(sweep.space))
+            check_user_code(base, model=sweep.objects.model, data=sweep.objects.data, task=sweep.objects.task,
+                            searched=tuple(sweep.space))
         except ConfigError as err:  # a factory is the sweep file's base.model.factory; an object is model=
             if not err.field.startswith(("model.", "data.")):
                 raise

@@ -83,7 +83,8 @@ class LoopTrial:
         context = EpochContext(
             mask_events=sparsifier.masks.drain_events(), masks=sparsifier.masks, model=sparsifier.model,
             save_checkpoint=lambda directory: self._save(directory, checkpoint, reports),
-            export_model=sparsifier.export, input_shape=sparsifier.input_shape,
+            export_model=sparsifier.export, example_input=sparsifier.example_input,
+            data_info={"input_shape": sparsifier.input_shape} if sparsifier.input_shape is not None else {},
         )
         self._report(metrics, context, checkpoint is not None)
 

@@ -33,11 +33,17 @@ def weight_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     any other weight after the module and the attribute (``blocks.0.attn.in_proj_weight``). Torch
     forbids a child module named like a parameter, so the names are unique. Order: the model's module
     order, a module's own weights before its children's (``in_proj_weight`` before ``out_proj``).
+
+    A Linear whose weight *is* an Embedding's (a language model's head tied to its token embedding,
+    HuggingFace's ``tie_word_embeddings``) is left out: masking it would prune the embedding table
+    through the tie. :func:`weights_outside` counts it instead.
     """
     slots = {}
+    tied = _embedding_tables(model)
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE_TYPES) and module.weight is not None:
-            slots[name] = (module, "weight")
+            if id(module.weight) not in tied:
+                slots[name] = (module, "weight")
         elif isinstance(module, nn.MultiheadAttention):
             for attribute in ATTENTION_WEIGHTS:
                 if getattr(module, attribute, None) is not None:
@@ -65,10 +71,27 @@ def prunable_weights(
 
 
 def weights_outside(model: nn.Module, masked: Iterable[str]) -> dict[str, int]:
-    """Weights that do a matmul but are not among ``masked`` (left out by ``include`` / ``exclude``):
-    ``name -> number of weights``. They stay dense; an honest density counts them at 1."""
+    """Weights that do a matmul but are not among ``masked`` (left out by ``include`` / ``exclude``,
+    or a tied LM head): ``name -> number of weights``. They stay dense; an honest density counts them
+    at 1."""
     masked = set(masked)
-    return {n: w.numel() for n, w in prunable_weights(model).items() if n not in masked}
+    outside = {n: w.numel() for n, w in prunable_weights(model).items()} | _tied_heads(model)
+    return {n: size for n, size in outside.items() if n not in masked}
+
+
+def _tied_heads(model: nn.Module) -> dict[str, int]:
+    """Linears whose weight is an Embedding's (tied LM heads): ``name -> number of weights``, each
+    shared table once. They do a matmul, are never masked (:func:`weight_slots`) and stay dense."""
+    tied, heads = _embedding_tables(model), {}
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_TYPES) and id(module.weight) in tied:
+            heads[name] = tied.pop(id(module.weight)).numel()
+    return heads
+
+
+def _embedding_tables(model: nn.Module) -> dict[int, nn.Parameter]:
+    # by identity: a tie shares the Parameter object itself (equal values are no tie)
+    return {id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Embedding)}
 
 
 def resolve_dense_layers(

@@ -16,8 +16,8 @@ from raysparse.sparsity.masks import prunable_weights
 
 def channel_hessian_traces(
     model: nn.Module,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batch_loss: Callable[[object], torch.Tensor],
+    batches: Iterable,
     *,
     samples: int = 4,
     tol: float = 0.01,
@@ -39,6 +39,7 @@ def channel_hessian_traces(
     ``max_batches`` or when ``batches`` runs out; the caller shuffles. Comparing needs two estimates,
     so at least two batches are used when there are two.
 
+    ``batch_loss(batch)`` is the mean loss of one batch (the task's, on the model's device).
     ``weights`` defaults to :func:`prunable_weights` (keys like ``layer1.0.conv1``). The model is in
     eval mode meanwhile (BatchNorm statistics stay put) and every module's mode is restored after.
     If ``info`` is a dict, it receives ``batches`` and ``draws`` (= batches * samples) used.
@@ -67,9 +68,9 @@ def channel_hessian_traces(
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
-        for x, y in batches:
+        for batch in batches:
             with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no second derivative
-                loss = loss_fn(model(x.to(device)), y.to(device))
+                loss = batch_loss(batch)
             grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             for draw in range(samples):
                 vectors = [_rademacher(w, generator) for w in params]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,15 +18,18 @@ from raysparse.imports import add_import_dirs, import_object, is_import_path
 from raysparse.zoo.user_code import PYTHON, build_network, one_line
 
 
-def export_program(model: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
-    """Write ``model`` (eval mode, on CPU) as a torch.export program for inputs of
-    ``(batch, *input_shape)`` with a dynamic batch dimension."""
+def export_program(model: nn.Module, example: Any, path: str | Path) -> Path:
+    """Write ``model`` (eval mode, on CPU) as a torch.export program traced on ``example`` (a
+    real model input of at least 2 examples: a tensor, or a dict of keyword tensors), with a
+    dynamic batch dimension."""
     path = Path(path)
     model = model.eval().cpu()
-    # its own generator: a trial's export may run beside the next trial's training (its seeded RNG)
-    example = (torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)),)
     batch = torch.export.Dim("batch", min=1)
-    program = torch.export.export(model, example, dynamic_shapes=({0: batch},))
+    if isinstance(example, Mapping):
+        example = {k: v.cpu() for k, v in example.items()}
+        program = torch.export.export(model, (), kwargs=example, dynamic_shapes={k: {0: batch} for k in example})
+    else:
+        program = torch.export.export(model, (example.cpu(),), dynamic_shapes=({0: batch},))
     torch.export.save(program, path)
     return path
 
@@ -56,8 +61,10 @@ def load_trained(folder: str | Path, *, model=None) -> nn.Module:
 def _architecture(config: dict, build: dict, given) -> nn.Module:
     if isinstance(given, nn.Module):
         return given
-    if "input_shape" not in build:
-        raise ConfigError("model", "the run recorded no input shape to build its network with")
+    # what the data told the model factory (runs before tasks existed recorded two keys of it)
+    info = build.get("data_info", {k: build[k] for k in ("input_shape", "num_classes") if k in build})
+    if not info and given is None:
+        raise ConfigError("model", "the run recorded nothing of its data to build its network with; pass model=")
     add_import_dirs(d for d in build.get("import_dirs", []) if Path(d).is_dir())
     spec = dict(config.get("model") or {})
     if given is None and config.get("loop") is not None:
@@ -69,4 +76,4 @@ def _architecture(config: dict, build: dict, given) -> nn.Module:
     if given is not None:  # it replaces what the block named; the block's other keys are its options
         spec = {k: v for k, v in spec.items() if k not in ("name", "factory", PYTHON)}
     torch.manual_seed(config.get("seed", 0))  # as the trial built it (the weights are replaced anyway)
-    return build_network(spec, build["input_shape"], build["num_classes"], given=given)
+    return build_network(spec, info, given=given)

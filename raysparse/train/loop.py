@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from raysparse.errors import ConfigError, TrainingDiverged
 from raysparse.methods import SparseMethod, get_method
 from raysparse.robustness.evaluate import FINAL_METRICS, robustness_metrics
 from raysparse.sparsity.masks import MaskEvent, MaskSet, weights_outside
+from raysparse.tasks import DEFAULT_TASK, MAX, Task, build_task
 from raysparse.train.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -30,9 +32,16 @@ from raysparse.train.checkpoint import (
     save_checkpoint,
     state_hash,
 )
-from raysparse.train.latency import DEPLOYED_METRICS, count_params, deployed_latency, inference_model, measure_latency
+from raysparse.train.latency import (
+    DEPLOYED_METRICS,
+    LATENCY_BATCHES,
+    count_params,
+    deployed_latency,
+    inference_model,
+    measure_latency,
+)
 from raysparse.train.memory import check_fits_in_memory
-from raysparse.train.metrics import evaluate, layer_flops, sparse_flops
+from raysparse.train.metrics import layer_flops, sparse_flops
 from raysparse.train.optim import build_lr_schedule, build_optimizer
 from raysparse.zoo import make_loader
 from raysparse.zoo.user_code import (
@@ -55,17 +64,26 @@ class EpochContext:
     model: nn.Module
     save_checkpoint: Callable[[str | Path], None]  # and its lineage row, in masks.events until drained
     export_model: Callable[[], nn.Module]  # a plain nn.Module with the masks in its weights
-    input_shape: tuple[int, ...]  # of one example, for exporting the model
+    example_input: Any  # a real model input of two examples (CPU), for exporting the model; None: unknown
+    data_info: dict  # what the data told the model factory (input_shape, num_classes; vocab_size): to build it again
 
 
 Report = Callable[[dict, EpochContext], None]
 
 # what reports carry: the metrics a sweep may name as objectives (FINAL_METRICS: last report only)
+# (besides these, every task metric as val_<metric>, test_<metric> and best_val_<main metric>)
 REPORTED_METRICS = FINAL_METRICS + (
-    "val_accuracy", "val_loss", "test_accuracy", "test_loss", "train_loss", "density", "flops_dense",
-    "flops_sparse", "mask_churn", "epoch_seconds", "best_val_accuracy", "epoch", "lr", "params", "params_dense",
-    "latency_dense_ms_b1", "latency_dense_ms_b64", "weights_outside_masks",
+    "train_loss", "density", "flops_dense", "flops_sparse", "mask_churn", "epoch_seconds", "epoch", "lr", "params",
+    "params_dense", "latency_dense_ms_b1", "latency_dense_ms_b64", "weights_outside_masks",
 ) + DEPLOYED_METRICS
+
+
+def task_metrics(task: Task | type[Task]) -> dict[str, str]:
+    """Every metric a run of ``task`` reports that names the task, with its direction
+    (``val_<main metric>`` first)."""
+    metrics = {f"{split}_{name}": direction for split in ("val", "test") for name, direction in task.metrics.items()}
+    main = next(iter(task.metrics))
+    return {**metrics, f"best_val_{main}": task.metrics[main]}
 
 
 def seed_everything(seed: int) -> None:
@@ -86,6 +104,7 @@ def fit(
     *,
     model: nn.Module | Callable | None = None,
     data: Callable | None = None,
+    task: Task | type[Task] | None = None,
     checkpoint_dir: str | Path | None = None,
     resume_from: str | Path | None = None,
 ) -> dict:
@@ -93,13 +112,14 @@ def fit(
 
     ``model`` (an nn.Module class or a callable building one, or an instance used as is) and
     ``data`` (a callable returning ``{"train": ..., "test": ...}``) replace the config's zoo
-    entries (see ``raysparse.zoo.user_code``). ``checkpoint_dir`` writes a checkpoint after
+    entries (see ``raysparse.zoo.user_code``); ``task`` (a Task subclass or instance) the config's
+    ``task``. ``checkpoint_dir`` writes a checkpoint after
     every epoch; ``resume_from`` continues a run from one, ending bit-identical to an
     uninterrupted run.
     """
-    cfg = _config_with_objects(config, model, data)
+    cfg = _config_with_objects(config, model, data, task)
     state = None if resume_from is None else resumable_checkpoint(resume_from, cfg.epochs)
-    run = _Run(cfg, model, data)
+    run = _Run(cfg, model, data, task)
     if state is not None:
         run.restore(state)
     else:
@@ -136,12 +156,12 @@ def resumable_checkpoint(path: str | Path, epochs: int, field: str = "resume_fro
     return state
 
 
-def _config_with_objects(config: Config | dict | str | Path, model, data) -> Config:
-    """The config, its model / data blocks marked as built by the given Python objects."""
-    if model is not None or data is not None:
+def _config_with_objects(config: Config | dict | str | Path, model, data, task=None) -> Config:
+    """The config, its model / data / task blocks marked as built by the given Python objects."""
+    if model is not None or data is not None or task is not None:
         raw = config.to_dict() if isinstance(config, Config) else config
         raw = read_yaml(raw) if isinstance(raw, (str, Path)) else raw
-        config = with_python_objects(raw, model, data) if isinstance(raw, dict) else raw
+        config = with_python_objects(raw, model, data, task) if isinstance(raw, dict) else raw
     cfg = load_config(config)
     if cfg.loop is not None:
         raise ConfigError("loop", f"names a training loop of yours ({cfg.loop}); it runs in "
@@ -154,17 +174,18 @@ class _Run:
     channel compaction): then the optimizer, LR schedule, DDP wrapper and cost metrics follow
     (``follow_structure``), the same way whether it happens live or on resume."""
 
-    def __init__(self, cfg: Config, model, data_source):
+    def __init__(self, cfg: Config, model, data_source, task=None):
         self.cfg, self.device = cfg, pick_device(cfg.device)
         seed_everything(cfg.seed)
-        self.data = data = build_splits(cfg.data, cfg.seed, given=data_source)
+        self.task = build_task(cfg.task, label_smoothing=cfg.label_smoothing, given=task)
+        self.data = data = build_splits(cfg.data, cfg.seed, self.task, given=data_source)
         # a class or factory builds a fresh network per run; an instance is trained as it is
         self.model_source = None if isinstance(model, nn.Module) else model
         if model is None and not is_user_code(cfg.model):  # before allocating: a trial's own node decides
-            check_fits_in_memory(cfg, data.input_shape, data.num_classes)
-        self.net = build_network(cfg.model, data.input_shape, data.num_classes, given=model)
-        if model is not None or is_user_code(cfg.model) or is_user_code(cfg.data):
-            check_model(self.net, data, model_field(cfg.model, model))
+            check_fits_in_memory(cfg, data.info)
+        self.net = build_network(cfg.model, data.info, given=model)
+        if model is not None or is_user_code(cfg.model) or is_user_code(cfg.data) or cfg.task != DEFAULT_TASK:
+            check_model(self.net, data, self.task, model_field(cfg.model, model))
         self.net.to(self.device)
         if cfg.init_from is not None:  # e.g. a pretrained network for one-shot or HAP pruning
             load_into(self.net, cfg.init_from, "init_from", self.device)
@@ -180,12 +201,12 @@ class _Run:
         )
         self.val_loader = make_loader(data.val, batch_size=512, shuffle=False, generator=None)
         self.test_loader = make_loader(data.test, batch_size=512, shuffle=False, generator=None)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps_per_epoch = len(self.train_loader)
 
         self.optimizer = build_optimizer(self.net, cfg.optimizer)
         self.method: SparseMethod = get_method(cfg.sparsity.method)(cfg.sparsity, seed=cfg.seed)
-        self.method.bind(loss_fn=self.criterion, train_batches=self._sample_batches, input_shape=data.input_shape)
+        self.method.bind(task=self.task, train_batches=self._sample_batches,
+                         example_input=lambda: self.example_input(1))
         total_steps = self.steps_per_epoch * cfg.epochs
         self.method.attach(self.net, self.optimizer, steps_per_epoch=self.steps_per_epoch, total_steps=total_steps)
         self._count_weights_outside_masks()
@@ -194,7 +215,8 @@ class _Run:
         self.params_dense = count_params(self.net)
         self._measure_structure()
         self.flops_dense = self.flops_now  # of the network as built, before any structural change
-        self.start_epoch, self.best = 0, {"best_val_accuracy": -1.0, "best_epoch": 0}
+        self.best_key = f"best_val_{self.task.main_metric}"
+        self.start_epoch, self.best = 0, {self.best_key: None, "best_epoch": 0}
         self.last_masks = self.method.masks.snapshot()
 
     def _count_weights_outside_masks(self) -> None:
@@ -224,15 +246,20 @@ class _Run:
         generator = torch.Generator().manual_seed(self.cfg.seed + 17)
         return iter(make_loader(self.data.train, batch_size=self.batch_size, shuffle=True, generator=generator))
 
+    def example_input(self, size: int, device: torch.device | None = None):
+        """A model input of ``size`` real validation examples (the task says how they look)."""
+        return self.task.example_input(self.data.val, size, device or self.device)
+
     def _measure_structure(self) -> None:
         """FLOPs, parameters and latency of the model as it is now; DDP wraps this structure."""
-        shape, device = self.data.input_shape, self.device
-        self.flops_now, self.flops_by_layer = layer_flops(self.net, shape, device)
+        device = self.device
+        self.flops_now, self.flops_by_layer = layer_flops(self.net, self.example_input(1))
         self.costs = {"params": count_params(self.net), "params_dense": self.params_dense}
         if self.cfg.measure_latency:  # at dense speed (BatchNorm folded): the deployed form is timed at the end
             folded = inference_model(self.net)
-            for batch in (1, 64):
-                self.costs[f"latency_dense_ms_b{batch}"] = measure_latency(folded, shape, batch=batch, device=device)
+            for batch in LATENCY_BATCHES:
+                self.costs[f"latency_dense_ms_b{batch}"] = measure_latency(folded, self.example_input(batch),
+                                                                           device=device)
         # DDP broadcasts rank 0's weights and all-reduces gradients; the method works on the
         # unwrapped module (same parameters) and broadcasts rank 0's masks on every update
         self.trained = _data_parallel(self.net, device) if self.world > 1 else self.net
@@ -315,7 +342,7 @@ class _Run:
         # the shuffle order depends only on (seed, epoch): a resumed run sees the same batches
         self.loader_seed.manual_seed(cfg.seed * 1_000_003 + epoch)
         train_loss = _train_epoch(
-            self.trained, self.train_loader, self.optimizer, method, self.criterion, self.device,
+            self.trained, self.train_loader, self.optimizer, method, self.task, self.device,
             epoch * self.steps_per_epoch,
         )
         self.schedule.step()
@@ -325,25 +352,23 @@ class _Run:
         method.on_epoch_end(epoch)
         self.follow_structure()
 
-        val_accuracy, val_loss = evaluate(self.net, self.val_loader, self.device)
-        test_accuracy, test_loss = evaluate(self.net, self.test_loader, self.device)
+        val = self.task.evaluate(self.net, self.val_loader, self.device)
+        test = self.task.evaluate(self.net, self.test_loader, self.device)
         layer_density = method.layer_density()
-        if val_accuracy > self.best["best_val_accuracy"]:  # model selection on validation, never test
-            self.best = {"best_val_accuracy": val_accuracy, "best_epoch": epoch + 1}
+        if self._better(val[self.task.main_metric]):  # model selection on validation, never test
+            self.best = {self.best_key: val[self.task.main_metric], "best_epoch": epoch + 1}
         last = epoch + 1 == cfg.epochs
         robust = self._robustness() if last and cfg.robustness is not None else {}
         # the trained network as deployed (sparse kernels where they pay), timed once, at the end
-        deployed = deployed_latency(method.export(self.net), self.data.input_shape, device=self.device) \
+        deployed = deployed_latency(method.export(self.net), self.example_input, device=self.device) \
             if last and cfg.measure_latency else {}
         metrics = {
             **robust,
             "epoch": epoch + 1,
             "step": (epoch + 1) * self.steps_per_epoch,
             "train_loss": train_loss,
-            "val_accuracy": val_accuracy,
-            "val_loss": val_loss,
-            "test_accuracy": test_accuracy,
-            "test_loss": test_loss,
+            **{f"val_{name}": value for name, value in val.items()},
+            **{f"test_{name}": value for name, value in test.items()},
             "density": self.density(),
             "weights_outside_masks": sum(self.outside.values()),
             "layer_density": layer_density,
@@ -360,12 +385,17 @@ class _Run:
         self.last_masks = method.masks.snapshot()
         return metrics
 
+    def _better(self, value: float) -> bool:
+        best = self.best[self.best_key]
+        if best is None:
+            return True
+        return value > best if self.task.metrics[self.task.main_metric] == MAX else value < best
+
     def _robustness(self) -> dict:
         """Corruptions, calibration and (with a reference) noise-ball agreement, once, at the end."""
         cfg, reference = self.cfg.robustness, None
         if cfg.reference is not None:
-            reference = build_network(self.cfg.model, self.data.input_shape, self.data.num_classes,
-                                      given=self.model_source).to(self.device)
+            reference = build_network(self.cfg.model, self.data.info, given=self.model_source).to(self.device)
             load_into(reference, cfg.reference, "robustness.reference", self.device)
         split = self.data.val if cfg.split == "val" else self.data.test
         return robustness_metrics(self.net, split, cfg, self.device, reference)
@@ -374,7 +404,8 @@ class _Run:
         return EpochContext(
             mask_events=self.method.masks.drain_events(), masks=self.method.masks, model=self.net,
             save_checkpoint=lambda path: self.save_for_retry(path, epoch),
-            export_model=lambda: self.method.export(self.net), input_shape=self.data.input_shape,
+            export_model=lambda: self.method.export(self.net), example_input=self.example_input(2, torch.device("cpu")),
+            data_info=dict(self.data.info),
         )
 
 
@@ -416,20 +447,20 @@ def _mean_over_ranks(value: float, device: torch.device) -> float:
     return float(tensor) / world
 
 
-def _train_epoch(net, loader, optimizer, method: SparseMethod, criterion, device, step: int) -> float:
+def _train_epoch(net, loader, optimizer, method: SparseMethod, task: Task, device, step: int) -> float:
     net.train()
     loss_sum = torch.zeros((), device=device)
     seen = 0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    for batch in loader:
+        batch = task.to_device(batch, device)
         optimizer.zero_grad(set_to_none=True)
-        loss = criterion(net(x), y)
+        loss, weight = task.loss(net, batch)  # the mean over ``weight`` examples (or tokens)
         penalty = method.regularization_loss()
         (loss if penalty is None else loss + penalty).backward()
         method.after_backward(step)
         optimizer.step()
         method.after_optimizer_step(step)
-        loss_sum += loss.detach() * y.numel()  # no .item() per step: it would sync the device
-        seen += y.numel()
+        loss_sum += loss.detach() * weight  # no .item() per step: it would sync the device
+        seen += weight
         step += 1
     return _mean_over_ranks(float(loss_sum) / max(seen, 1), device)

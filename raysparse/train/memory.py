@@ -27,12 +27,13 @@ def optimizer_buffers(optimizer) -> int:
     return 1 if optimizer.momentum > 0 else 0
 
 
-def training_bytes(spec: Mapping, input_shape, num_classes: int, optimizer) -> tuple[int, int]:
-    """(parameters, bytes to train them) of a zoo model, built on the meta device."""
+def training_bytes(spec: Mapping, info: Mapping, optimizer) -> tuple[int, int]:
+    """(parameters, bytes to train them) of a zoo model for data described by ``info``, built on
+    the meta device."""
     from raysparse.zoo.models import build_model
 
     with torch.device("meta"):
-        model = build_model(spec, input_shape, num_classes)
+        model = build_model(spec, info)
     params = list(model.parameters())
     copies = 3 + optimizer_buffers(optimizer)  # weight, gradient, mask multiplier, optimizer state
     needed = sum(p.numel() * (p.element_size() * copies + 2) for p in params)
@@ -59,7 +60,7 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def check_fits_in_memory(config, input_shape, num_classes: int, field: str = "model") -> None:
+def check_fits_in_memory(config, info: Mapping, field: str = "model") -> None:
     """A ConfigError on ``field`` when training the config's zoo model needs more memory than is
     available here. Models of the user's are built by their own code (``check_user_code``), and
     a GPU run's weights live on the GPU: neither is estimated here."""
@@ -69,7 +70,7 @@ def check_fits_in_memory(config, input_shape, num_classes: int, field: str = "mo
     available = available_memory()
     if available is None:
         return
-    params, needed = training_bytes(spec, input_shape, num_classes, config.optimizer)
+    params, needed = training_bytes(spec, info, config.optimizer)
     if needed > available:
         raise ConfigError(field, f"{spec['name']!r} has {params:,} parameters; training it needs at least "
                           f"{_gib(needed)} (weights, gradients, masks and optimizer state), and this machine has "

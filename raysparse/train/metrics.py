@@ -1,32 +1,21 @@
-"""Evaluation and cost metrics: accuracy, loss, FLOPs of one forward pass."""
+"""Cost metrics: FLOPs of one forward pass, in total, per layer, and with the masks applied.
+(A task evaluates its own metrics: ``raysparse.tasks``.)"""
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over a loader; the model is left in eval mode."""
-    model.eval()
-    correct, total, loss_sum = 0, 0, 0.0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == y).sum())
-        total += y.numel()
-    if total == 0:
-        return float("nan"), float("nan")
-    return correct / total, loss_sum / total
+from raysparse.tasks.base import call
 
 
-def layer_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> tuple[int, dict[str, int]]:
-    """FLOPs of one forward pass of one example (torch.utils.flop_counter), in total and per
+def layer_flops(model: nn.Module, example: Any) -> tuple[int, dict[str, int]]:
+    """FLOPs of one forward pass of ``example`` (a model input of one example, on the model's
+    device: a tensor, or a dict of keyword tensors) (torch.utils.flop_counter), in total and per
     module name, plus per attention weight by mask name (``...self_attn.in_proj_weight``,
     ``...self_attn.out_proj``). A multiply-add counts as 2 FLOPs, as FlopCounterMode counts them."""
     was_training = model.training
@@ -41,7 +30,7 @@ def layer_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.de
     # fast paths whose ops FlopCounterMode does not know, and a transformer would count 0 FLOPs
     try:
         with torch.enable_grad(), counter:
-            model(torch.zeros(1, *input_shape, device=device))
+            call(model, example)
     finally:
         for hook in hooks:
             hook.remove()

@@ -14,6 +14,7 @@ def check_before_training(config, *, memory: bool = True, data: object = None, p
     Python object that builds the data (``raysparse.sweep(data=...)``)."""
     import torch
 
+    from raysparse.tasks import build_task
     from raysparse.train.loop import load_into
     from raysparse.zoo.models import build_model
     from raysparse.zoo.user_code import build_splits, is_user_code
@@ -28,10 +29,13 @@ def check_before_training(config, *, memory: bool = True, data: object = None, p
         return
     if not (files or memory):
         return
-    splits = build_splits(config.data, config.seed, given=data)
+    if isinstance(config.task, dict) and "python" in config.task:  # task=: the data needs the object
+        return
+    task = build_task(config.task, label_smoothing=config.label_smoothing)
+    splits = build_splits(config.data, config.seed, task, given=data)
     if memory:
-        check_fits_in_memory(config, splits.input_shape, splits.num_classes, prefix + "model")
+        check_fits_in_memory(config, splits.info, prefix + "model")
     with torch.device("meta"):  # the architecture only: the files' tensors are not copied anywhere
-        network = build_model(config.model, splits.input_shape, splits.num_classes)
+        network = build_model(config.model, splits.info)
     for field, path in files.items():
         load_into(network, path, prefix + field, assign=True)

@@ -26,16 +26,19 @@ from torch import nn
 from raysparse.config import load_config
 from raysparse.errors import ConfigError
 from raysparse.methods import SparseMethod, get_method
-from raysparse.sparsity.masks import MaskSet
+from raysparse.sparsity.masks import MaskSet, weight_slots
+from raysparse.tasks import DEFAULT_TASK, Task, build_task, logits_of, move
 
 
 class Sparsifier:
     """Masks ``model``'s prunable weights by ``sparsity`` (a dict like a config's ``sparsity:``
     block) over ``epochs`` epochs of ``steps_per_epoch`` optimizer steps.
 
-    ``loss_fn`` (default cross-entropy) and ``train_batches`` (a zero-argument callable giving
-    an iterator of ``(x, y)`` training batches) are what a method may need for estimates of its
-    own; ``input_shape`` (one example's) is otherwise read from the first forward pass.
+    ``task`` (a ``raysparse.tasks.Task`` or a task's name; default classification) says how a
+    batch is fed to the model and scored, ``loss_fn(output, target)`` replaces its loss, and
+    ``train_batches`` (a zero-argument callable giving an iterator of training batches) is what a
+    method may need for estimates of its own. The first forward pass's input is kept (two
+    examples, on the CPU) as the real example a trial exports the model with.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class Sparsifier:
         steps_per_epoch: int,
         epochs: int,
         seed: int = 0,
+        task: Task | str = DEFAULT_TASK,
         loss_fn: Callable | None = None,
         train_batches: Callable[[], Iterator] | None = None,
         input_shape: tuple[int, ...] | None = None,
@@ -64,23 +68,37 @@ class Sparsifier:
                               "(channels removed), which your loop's optimizer cannot follow; train it with "
                               "raysparse.train or a sweep, whose loop rebuilds the optimizer")
         self.model, self.steps_per_epoch, self.epochs = model, steps_per_epoch, epochs
+        self.task = task if isinstance(task, Task) else build_task(task, field="task")
+        if loss_fn is not None:
+            self.task = _WithLoss(self.task, loss_fn)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
-        if self.input_shape is None:
-            self._shape_hook = model.register_forward_pre_hook(self._record_input_shape)
+        self.example_input = None  # the first forward pass's input: two real examples, on the CPU
+        self._example_hook = model.register_forward_pre_hook(self._record_example, with_kwargs=True)
         self.method: SparseMethod = method_class(config.sparsity, seed=seed)
-        self.method.bind(loss_fn=loss_fn or nn.CrossEntropyLoss(),
-                         train_batches=train_batches or _needs_batches(config.sparsity.method),
-                         input_shape=self.input_shape)
+        self.method.bind(task=self.task, train_batches=train_batches or _needs_batches(config.sparsity.method),
+                         example_input=self._example_on_model_device)
         self.steps = 0
         self.method.attach(model, optimizer, steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * epochs)
         # the gradients of this step, before the optimizer moves the weights: where fit calls it
         optimizer.register_step_pre_hook(lambda *_: self.method.after_backward(self.steps))
         self.method.on_train_start()
 
-    def _record_input_shape(self, module, args) -> None:
+    def _record_example(self, module, args, kwargs) -> None:
         if args and isinstance(args[0], torch.Tensor):
-            self.input_shape = tuple(args[0].shape[1:])
-            self._shape_hook.remove()
+            self.example_input = args[0][:2].detach().cpu()
+            self.input_shape = self.input_shape or tuple(args[0].shape[1:])
+        elif not args and kwargs and all(isinstance(v, torch.Tensor) for v in kwargs.values()):
+            self.example_input = {k: v[:2].detach().cpu() for k, v in kwargs.items()}  # an HF model's keywords
+        else:
+            return
+        self._example_hook.remove()
+
+    def _example_on_model_device(self):
+        if self.example_input is None:
+            raise RuntimeError("the Sparsifier has seen no forward pass yet, so it has no example input")
+        device = next(self.model.parameters()).device
+        return move(self.example_input[:1] if isinstance(self.example_input, torch.Tensor) else
+                    {k: v[:1] for k, v in self.example_input.items()}, device)
 
     def step(self) -> None:
         """After every ``optimizer.step()``: apply the masks, update them when the schedule says."""
@@ -115,9 +133,11 @@ class Sparsifier:
         if plain is self.model:
             plain = copy.deepcopy(self.model)
         if self.masks.apply_to_weights:  # what a step did not mask yet (an optimizer step since) is masked here
+            slots = weight_slots(plain)  # an attention mask names a parameter, not a module's .weight
             with torch.no_grad():
                 for name, mask in self.masks.masks.items():
-                    plain.get_submodule(name).weight.mul_(mask)
+                    module, attribute = slots[name]
+                    getattr(module, attribute).mul_(mask)
         return plain
 
     def state_dict(self) -> dict:
@@ -135,3 +155,19 @@ def _needs_batches(method: str) -> Callable[[], Iterator]:
                           "Sparsifier(..., train_batches=fn), fn() giving an iterator of (x, y) batches")
 
     return missing
+
+
+class _WithLoss(Task):
+    """A task whose loss is the user's ``loss_fn(output, target)`` (the Sparsifier's ``loss_fn=``)."""
+
+    def __init__(self, task: Task, loss_fn: Callable):
+        super().__init__(task.options, label_smoothing=task.label_smoothing)
+        self.inner, self.loss_fn = task, loss_fn
+        self.metrics, self.name = task.metrics, task.name
+
+    def loss(self, model, batch):
+        inputs, target = batch[0], batch[1]
+        return self.loss_fn(logits_of(model(inputs)), target), len(inputs)
+
+    def evaluate(self, model, loader, device):
+        return self.inner.evaluate(model, loader, device)

@@ -1,6 +1,6 @@
 """Models and datasets by name: ``build_model({"name": "resnet20"}, ...)``, ``build_data(...)``."""
 
-from raysparse.zoo import formats  # noqa: F401 - registers the on-disk datasets into DATASETS
+from raysparse.zoo import formats, gpt, hf, text  # noqa: F401 - register on-disk datasets, "text", models "gpt", "hf"
 from raysparse.zoo.datasets import (
     DATASETS,
     DataSplits,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +35,14 @@ TEST_HOLDOUT_SEED = 0
 
 @dataclass
 class DataSplits:
-    """Train, validation and test data (``TensorSplit`` or torch ``Dataset``) and their shape."""
+    """Train, validation and test data (``TensorSplit`` or torch ``Dataset``) and what describes
+    them (``info``): ``input_shape`` and ``num_classes`` for images, ``vocab_size`` and
+    ``block_size`` for text. A model factory gets the entries its signature names."""
 
     train: Dataset
     val: Dataset
     test: Dataset
-    input_shape: tuple[int, ...]
-    num_classes: int
+    info: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,7 @@ def tensor_splits(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor] | No
         train=split(x[train_index], y[train_index], train_index),
         val=split(x[val_index], y[val_index], val_index),
         test=split(*test, test_index),
-        input_shape=tuple(x.shape[1:]),
-        num_classes=num_classes,
+        info={"input_shape": tuple(x.shape[1:]), "num_classes": num_classes},
     )
 
 

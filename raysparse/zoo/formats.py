@@ -223,8 +223,8 @@ def imagefolder(common: SplitOptions, *, image_size: int = 32) -> DataSplits:
     normalize = transforms.Compose([shape_images, transforms.Normalize(mean, std)])
     for folder in parts.values():
         folder.transform = normalize
-    return DataSplits(train=train, val=val, test=parts["test"], input_shape=(3, size, size),
-                      num_classes=len(parts["train"].classes))
+    info = {"input_shape": (3, size, size), "num_classes": len(parts["train"].classes)}
+    return DataSplits(train=train, val=val, test=parts["test"], info=info)
 
 
 def _dataset_stats(dataset: Dataset) -> tuple[list[float], list[float]]:

@@ -1,12 +1,14 @@
 """Models by name: MLPs, LeNets, CIFAR ResNets and VGGs, a small ViT, and any torchvision classifier.
 
-Every factory has the signature ``fn(input_shape, num_classes, **options) -> nn.Module`` with
-``input_shape = (C, H, W)``; all of them work on 8x8 inputs and on any channel count, so the same
-sweep runs on ``digits`` in seconds and on CIFAR for real.
+A factory names what it needs of the data (its ``info``) as parameters: the classifiers take
+``input_shape = (C, H, W)`` and ``num_classes``, language models ``vocab_size`` (and
+``block_size``); then its own options by keyword. The classifiers work on 8x8 inputs and on any
+channel count, so the same sweep runs on ``digits`` in seconds and on CIFAR for real.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -26,18 +28,19 @@ def model_names() -> list[str]:
     return MODELS.names() + [f"{TORCHVISION_PREFIX}<name>"]
 
 
-def build_model(
-    spec: Mapping | str | nn.Module,
-    input_shape: Sequence[int],
-    num_classes: int,
-    field: str = "model",
-) -> nn.Module:
+DATA_INFO = ("input_shape", "num_classes", "vocab_size", "block_size")  # what data may describe itself by
+
+
+def build_model(spec: Mapping | str | nn.Module, info: Mapping | Sequence[int], num_classes: int | None = None,
+                field: str = "model") -> nn.Module:
     """Build the model described by ``spec``, e.g. ``{"name": "mlp", "hidden": [64, 32]}``.
 
     A bare name is the same as ``{"name": name}``; an ``nn.Module`` is returned as is, so the
     Python API accepts any user model. Bad names, unknown options and bad option values raise a
     ConfigError naming ``<field>.name`` or ``<field>.<option>``. The caller seeds torch first.
     """
+    if num_classes is not None:  # a classifier's two facts given directly: build_model(spec, (1, 8, 8), 10)
+        info = {"input_shape": tuple(info), "num_classes": num_classes}
     if isinstance(spec, nn.Module):
         return spec
     if isinstance(spec, str):
@@ -54,14 +57,31 @@ def build_model(
         factory = MODELS.get(name, f"{field}.name")
     else:
         raise unknown_choice(f"{field}.name", "model", name, model_names())
-    allowed = keyword_options(factory, skip=("input_shape", "num_classes"))
+    allowed = keyword_options(factory, skip=DATA_INFO)
     check_options(options, allowed, field, f"model {name!r}")
     try:
-        return factory(tuple(input_shape), num_classes, **options)
+        return factory(**_data_arguments(factory, info, name, field), **options)
     except ConfigError as error:
         # Factories only know their option's name; the caller's field gives the full path.
         message = str(error).removeprefix(f"{error.field}: ")
         raise ConfigError(f"{field}.{error.field}", message) from None
+
+
+def _data_arguments(factory, info: Mapping, name: str, field: str) -> dict:
+    """The entries of the data's ``info`` the factory names; one it requires that the data does
+    not give (a language model on images) is an error naming the model."""
+    arguments = {}
+    for parameter in inspect.signature(factory).parameters.values():
+        if parameter.name not in DATA_INFO:
+            continue
+        if parameter.name in info:
+            value = info[parameter.name]
+            arguments[parameter.name] = tuple(value) if parameter.name == "input_shape" else value
+        elif parameter.default is inspect.Parameter.empty:
+            gives = ", ".join(sorted(info)) or "nothing"
+            raise ConfigError(f"{field}.name", f"model {name!r} needs {parameter.name} from the data, which "
+                              f"gives {gives}; a model for this data, or data for this model")
+    return arguments
 
 
 def _positive_int_list(value: object, option: str) -> list[int]:

@@ -2,12 +2,14 @@
 "pkg.module:make_net"``) or a Python object given to ``raysparse.train`` / ``raysparse.sweep``
 (``model=Net``), recorded in the config as ``model.python`` (its ``module:qualname``).
 
-A model factory gets its block's options, plus ``input_shape`` / ``num_classes`` when its
-signature names them, and returns an ``nn.Module``. A data factory gets its block's options
-(never the loader's: batch_size, val_fraction, num_workers, augment) and returns
-``{"train": Dataset, "test": Dataset, "val": Dataset (optional), "num_classes": int
-(optional)}`` of ``(tensor, int label)`` examples. Every way in fails with one ConfigError on
-``<block>.factory`` (or ``<block>`` for a Python object) saying what went wrong.
+A model factory gets its block's options, plus what describes the data (``input_shape`` /
+``num_classes`` for a classifier, ``vocab_size`` / ``block_size`` for a language model: the
+data's ``info``) when its signature names them, and returns an ``nn.Module``. A data factory
+gets its block's options (never the loader's: batch_size, val_fraction, num_workers, augment)
+and returns ``{"train": Dataset, "test": Dataset, "val": Dataset (optional), ...}`` plus the
+keys its task describes data by (``num_classes``; ``vocab_size``), with examples of the task's
+form (see ``raysparse.tasks``). Every way in fails with one ConfigError on ``<block>.factory``
+(or ``<block>`` for a Python object) saying what went wrong.
 """
 
 from __future__ import annotations
@@ -19,19 +21,21 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import Subset
 
 from raysparse.errors import ConfigError, did_you_mean
 from raysparse.imports import import_object, is_import_path
 from raysparse.sparsity.masks import prunable_weights
+from raysparse.tasks import DEFAULT_TASK, Task, build_task, call
+from raysparse.tasks.base import describe_input
 from raysparse.zoo.datasets import DataSplits, SplitOptions, build_data, train_val_indices
 from raysparse.zoo.models import build_model
 from raysparse.zoo.registry import check_options, keyword_options
 
 FACTORY, PYTHON = "factory", "python"
 LOADER_KEYS = ("batch_size", "val_fraction", "num_workers", "augment")  # the loop's, not the factory's
-SPLIT_KEYS = ("train", "val", "test", "num_classes")
-MODEL_EXTRAS = ("input_shape", "num_classes")
+SPLIT_KEYS = ("train", "val", "test")
+MODEL_EXTRAS = ("input_shape", "num_classes", "vocab_size", "block_size")  # the data's info, by name
 
 
 def is_user_code(spec: object) -> bool:
@@ -64,14 +68,21 @@ def check_user_block(spec: Mapping, block: str) -> None:
         raise ConfigError("data.val_fraction", f"got {fraction!r}; allowed: a number in [0, 0.5]")
 
 
-def with_python_objects(raw: dict, model: object = None, data: object = None) -> dict:
-    """A copy of a raw config whose model / data blocks say that Python objects build them.
+def with_python_objects(raw: dict, model: object = None, data: object = None, task: object = None) -> dict:
+    """A copy of a raw config whose model / data blocks say that Python objects build them (and
+    whose ``task`` names the task object given).
 
     A block's other keys are the object's options, so a zoo ``name`` or a ``factory`` next to
     it is an error. An ``nn.Module`` instance (``raysparse.train`` only) is trained as it is
     and leaves the config alone, as it always did.
     """
     raw = copy.deepcopy(raw)
+    if task is not None:
+        from raysparse.tasks.registry import get_task_class
+
+        spec = raw.get("task") if isinstance(raw.get("task"), dict) else {}
+        options = {k: v for k, v in spec.items() if k not in ("name", PYTHON)}
+        raw["task"] = {**options, PYTHON: describe(get_task_class(None, "task", given=task))}
     for block, given in (("model", model), ("data", data)):
         if given is None:
             continue
@@ -95,50 +106,60 @@ def _allowed(block: str) -> str:
 
 
 # ---- building ----------------------------------------------------------------------------
-def build_network(spec: Mapping, input_shape, num_classes: int, *, given: object = None) -> nn.Module:
-    """The model a config block describes: the zoo's, a factory's or a Python object's."""
+def build_network(spec: Mapping, info: Mapping, num_classes: int | None = None, *, given: object = None) -> nn.Module:
+    """The model a config block describes: the zoo's, a factory's or a Python object's; each
+    gets the entries of the data's ``info`` that its signature names."""
     if isinstance(given, nn.Module):
         return given
+    if num_classes is not None:  # a classifier's two facts given directly, as build_model takes them
+        info = {"input_shape": tuple(info), "num_classes": num_classes}
     if given is None and not is_user_code(spec):
-        return build_model(spec, input_shape, num_classes)
+        return build_model(spec, info)
     builder, field, what = _builder(spec, "model", given)
-    extras = {"input_shape": tuple(input_shape), "num_classes": num_classes}
-    model = _call(builder, _options(spec, ()), extras, field, what)
+    model = _call(builder, _options(spec, ()), dict(info), field, what)
     if not isinstance(model, nn.Module):
         raise ConfigError(field, f"{what} returned {type(model).__name__}; expected an nn.Module")
     return model
 
 
-def build_splits(spec: Mapping, seed: int, *, given: object = None) -> DataSplits:
+def build_splits(spec: Mapping, seed: int, task: Task | None = None, *, given: object = None) -> DataSplits:
     """The data a config block describes: the zoo's dataset, or a factory's / Python object's
-    Datasets with validation carved from train (``val_fraction``, seeded) unless given."""
+    Datasets with validation carved from train (``val_fraction``, seeded) unless given, described
+    and checked by the task (default: classification)."""
     if given is None and not is_user_code(spec):
         return build_data(spec, seed)
+    task = task if task is not None else build_task(DEFAULT_TASK)
     builder, field, what = _builder(spec, "data", given)
     splits = _call(builder, _options(spec, LOADER_KEYS), {}, field, what)
+    allowed = (*SPLIT_KEYS, *task.data_keys)
     if not isinstance(splits, Mapping):
         raise ConfigError(field, f"{what} returned {type(splits).__name__}; expected a mapping {{'train': "
-                          "Dataset, 'test': Dataset, 'val': Dataset (optional), 'num_classes': int (optional)}")
+                          f"Dataset, 'test': Dataset, 'val': Dataset (optional), {', '.join(task.data_keys)}}}")
     for key in splits:
-        if key not in SPLIT_KEYS:
-            raise ConfigError(field, f"{what} returned key {key!r}; allowed: {', '.join(SPLIT_KEYS)}"
-                              f"{did_you_mean(key, SPLIT_KEYS)}")
+        if key not in allowed:
+            raise ConfigError(field, f"{what} returned key {key!r}; allowed for task {task.name!r}: "
+                              f"{', '.join(allowed)}{did_you_mean(key, allowed)}")
     for key in ("train", "test", "val"):
         if key in splits or key != "val":
             _check_dataset(splits.get(key), key, field, what)
-    input_shape = _first_example(splits["train"], field, what)
-    num_classes = splits.get("num_classes")
-    if num_classes is None:
-        num_classes = max(_max_label(splits[k]) for k in ("train", "test", "val") if k in splits) + 1
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ConfigError(field, f"{what} gives num_classes={num_classes!r}; expected an integer >= 2")
+    given_info = {k: v for k, v in splits.items() if k not in SPLIT_KEYS}
+    info = _describe(task, {k: v for k, v in splits.items() if k in SPLIT_KEYS}, given_info, field, what)
     train, val = splits["train"], splits.get("val")
     if val is None:  # carved from train as the zoo does: a seeded shuffle, never from test
         common = SplitOptions(seed=seed, val_fraction=spec.get("val_fraction", 0.1), limit=None, root=None,
                               field="data")
         train_index, val_index = train_val_indices(len(train), common)
         train, val = Subset(train, train_index.tolist()), Subset(train, val_index.tolist())
-    return DataSplits(train=train, val=val, test=splits["test"], input_shape=input_shape, num_classes=num_classes)
+    return DataSplits(train=train, val=val, test=splits["test"], info=info)
+
+
+def _describe(task: Task, splits: dict, given: dict, field: str, what: str) -> dict:
+    try:
+        return task.describe_data(splits, given, field, what)
+    except ConfigError:
+        raise
+    except Exception as err:  # the user's __getitem__
+        raise ConfigError(field, f"reading train[0] of {what} raised {type(err).__name__}: {one_line(err)}") from None
 
 
 def _builder(spec: Mapping, block: str, given: object) -> tuple[Callable, str, str]:
@@ -203,47 +224,6 @@ def _check_dataset(dataset: object, split: str, field: str, what: str) -> None:
         raise ConfigError(field, f"{what} returned an empty {split!r} split")
 
 
-def _first_example(dataset, field: str, what: str) -> tuple[int, ...]:
-    """One example's shape, after checking it is ``(tensor, int label)``."""
-    try:
-        example = dataset[0]
-    except Exception as err:  # the user's __getitem__
-        raise ConfigError(field, f"reading train[0] of {what} raised {type(err).__name__}: {one_line(err)}") from None
-    ok = isinstance(example, (tuple, list)) and len(example) == 2 and isinstance(example[0], torch.Tensor)
-    if not ok or _label(example[1]) is None:
-        shown = type(example).__name__ if not isinstance(example, (tuple, list)) else \
-            "(" + ", ".join(type(v).__name__ for v in example) + ")"
-        raise ConfigError(field, f"train[0] of {what} is {shown}; expected (tensor, int label)")
-    return tuple(example[0].shape)
-
-
-def _label(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-        return int(value)
-    return None
-
-
-def _max_label(dataset) -> int:
-    """The largest label, read from ``targets`` / ``labels`` when the Dataset has them (as
-    torchvision's do); otherwise every example is read once: give num_classes for big data."""
-    if isinstance(dataset, Subset):
-        return int(torch.as_tensor(_labels(dataset.dataset))[list(dataset.indices)].max())
-    return int(torch.as_tensor(_labels(dataset)).max())
-
-
-def _labels(dataset):
-    for attribute in ("targets", "labels"):
-        if getattr(dataset, attribute, None) is not None:
-            return getattr(dataset, attribute)
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[1]
-    return [int(dataset[i][1]) for i in range(len(dataset))]
-
-
 def model_field(spec: Mapping, given: object = None) -> str:
     if given is not None or PYTHON in spec:
         return "model"
@@ -251,31 +231,28 @@ def model_field(spec: Mapping, given: object = None) -> str:
 
 
 @torch.no_grad()
-def check_model(model: nn.Module, data: DataSplits, field: str) -> None:
-    """One batch of two training examples through the model: it must give ``[2, num_classes]``
-    and have at least one prunable weight. The model is left in the mode it was in."""
-    examples = [data.train[i] for i in range(min(2, len(data.train)))]
-    x = torch.stack([example[0] for example in examples])
+def check_model(model: nn.Module, data: DataSplits, task: Task, field: str) -> None:
+    """Two real training examples through the model: its output must have the task's form, and
+    it must have at least one prunable weight. The model is left in the mode it was in."""
+    batch = task.example_batch(data.train, min(2, len(data.train)))
     device = next(iter(model.parameters()), torch.empty(0)).device
+    inputs = task.model_input(task.to_device(batch, device))
     was_training = model.training
     model.eval()  # no BatchNorm statistics move, no dropout draws from the RNG
     try:
-        out = model(x.to(device))
+        out = call(model, inputs)
     except Exception as err:  # the user's forward
-        raise ConfigError(field, f"a batch of shape {list(x.shape)} through the model raised "
+        raise ConfigError(field, f"a batch {describe_input(inputs)} through the model raised "
                           f"{type(err).__name__}: {one_line(err)}") from None
     finally:
         model.train(was_training)
-    expected = [len(examples), data.num_classes]
-    if not isinstance(out, torch.Tensor) or list(out.shape) != expected:
-        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(field, f"a batch of shape {list(x.shape)} gives outputs {got}; expected {expected} "
-                          f"([batch, num_classes], num_classes={data.num_classes})")
+    task.check_output(out, batch, data.info, field)
     if not prunable_weights(model):
         raise ConfigError(field, "the model has no prunable weight (Conv/Linear); nothing to sparsify")
 
 
-def check_user_code(config, *, model: object = None, data: object = None, searched: tuple[str, ...] = ()) -> None:
+def check_user_code(config, *, model: object = None, data: object = None, task: object = None,
+                    searched: tuple[str, ...] = ()) -> None:
     """Before a sweep starts, on the driver: import and call the factories once, and put one
     batch through the model. ``searched`` (dotted space keys) must name options they take."""
     if not any(given is not None or is_user_code(spec) for spec, given in ((config.model, model), (config.data, data))):
@@ -288,6 +265,7 @@ def check_user_code(config, *, model: object = None, data: object = None, search
             kind = "factory " if field.endswith(FACTORY) else ""
             check_option(builder, option.split(".")[0], f"space.{block}", f"{block} {kind}{what}")
     torch.manual_seed(config.seed)
-    splits = build_splits(config.data, config.seed, given=data)
-    network = build_network(config.model, splits.input_shape, splits.num_classes, given=model)
-    check_model(network, splits, model_field(config.model, model))
+    the_task = build_task(config.task, label_smoothing=config.label_smoothing, given=task)
+    splits = build_splits(config.data, config.seed, the_task, given=data)
+    network = build_network(config.model, splits.info, given=model)
+    check_model(network, splits, the_task, model_field(config.model, model))

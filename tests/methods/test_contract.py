@@ -12,6 +12,7 @@ from raysparse.errors import ConfigError
 from raysparse.imports import add_import_dirs
 from raysparse.methods import METHODS, get_method
 from raysparse.sparsity.masks import unpack_masks
+from raysparse.tasks.classification import Classification
 from raysparse.train import fit
 from tests.conftest import small_config
 
@@ -62,8 +63,8 @@ def build(cfg, model, optimizer, *, steps_per_epoch, total_steps, seed=0):
     """A method as the loop sets it up: built from its config, bound to data, attached."""
     method = get_method(cfg.sparsity.method)(cfg.sparsity, seed=seed)
     x, y = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 10
-    method.bind(loss_fn=torch.nn.functional.cross_entropy, train_batches=lambda: iter([(x, y)] * 2),
-                input_shape=(1, 8, 8))
+    method.bind(task=Classification(), train_batches=lambda: iter([(x, y)] * 2),
+                example_input=lambda: torch.zeros(1, 1, 8, 8))
     method.attach(model, optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     return method
 

@@ -8,6 +8,7 @@ from torch import nn
 from raysparse.config import load_sparsity
 from raysparse.methods.wanda import Wanda, input_norms, keep_per_row, keep_per_row_under
 from raysparse.sparsity.patterns import NM, Block
+from raysparse.tasks.classification import Classification
 from raysparse.train import fit
 from tests.conftest import small_config
 
@@ -16,7 +17,8 @@ def pruned_by_wanda(model, inputs, **sparsity):
     cfg = load_sparsity({"method": "wanda", "distribution": "uniform", "final_sparsity": 0.5, "prune_end": 0,
                          **sparsity}, epochs=1)
     method = Wanda(cfg, seed=0)
-    method.bind(loss_fn=None, train_batches=lambda: iter([(x, None) for x in inputs]), input_shape=inputs[0].shape[1:])
+    method.bind(task=Classification(), train_batches=lambda: iter([(x, None) for x in inputs]),
+                example_input=lambda: inputs[0][:1])
     method.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), steps_per_epoch=1, total_steps=1)
     method.on_train_start()
     return method

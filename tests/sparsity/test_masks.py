@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from raysparse.sparsity.masks import MaskSet, masks_hash, prunable_weights, unpack_masks
+from raysparse.sparsity.masks import MaskSet, masks_hash, prunable_weights, unpack_masks, weights_outside
 
 
 def model():
@@ -80,3 +80,42 @@ def test_churn_and_state_dict_round_trip():
     other.load_state_dict(masks.state_dict())
     assert other.content_hash() == masks.content_hash()
     assert all(torch.all(w[~other.masks[n]] == 0) for n, w in other.weights.items())
+
+
+class TinyLM(nn.Module):
+    """Token embedding (50 x 16), one hidden Linear, a head to the vocabulary: tied or not."""
+
+    def __init__(self, *, tied: bool):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.body = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 50, bias=False)
+        if tied:
+            self.head.weight = self.embed.weight
+
+    def forward(self, tokens):
+        return self.head(torch.relu(self.body(self.embed(tokens))))
+
+
+def test_a_head_tied_to_the_embedding_is_not_prunable_and_counts_once_outside_the_masks():
+    m = TinyLM(tied=True)
+    assert list(prunable_weights(m)) == ["body"]
+    assert weights_outside(m, ["body"]) == {"head": 50 * 16}  # the shared table once, not twice
+    assert weights_outside(m, []) == {"body": 16 * 16, "head": 50 * 16}
+
+
+def test_masking_every_prunable_weight_of_a_tied_model_leaves_the_embedding_whole():
+    m = TinyLM(tied=True)
+    table = m.embed.weight.detach().clone()
+    masks = MaskSet(prunable_weights(m))
+    masks.update({n: torch.zeros_like(v) for n, v in masks.masks.items()}, step=0, reason="prune")
+    assert torch.all(m.body.weight == 0)
+    assert torch.equal(m.embed.weight, table) and m.head.weight is m.embed.weight
+
+
+def test_an_untied_head_with_an_equal_table_stays_prunable():
+    m = TinyLM(tied=False)
+    with torch.no_grad():
+        m.head.weight.copy_(m.embed.weight)  # equal values are no tie: only the same Parameter is
+    assert list(prunable_weights(m)) == ["body", "head"]
+    assert weights_outside(m, ["body", "head"]) == {}

@@ -8,6 +8,11 @@ from raysparse.structured import channel_hessian_traces
 cross_entropy = nn.functional.cross_entropy
 
 
+def loss_of_batch(model):
+    """A task's batch loss for (x, y) classification batches."""
+    return lambda batch: cross_entropy(model(batch[0]), batch[1])
+
+
 def tiny_mlp():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
@@ -33,7 +38,7 @@ def relative_error(estimate, truth):
 def test_matches_exact_channel_block_traces_and_not_wrong_ones():
     model, x, y = tiny_mlp()
     estimate = channel_hessian_traces(
-        model, cross_entropy, [(x, y)], samples=4000, min_batches=1, generator=torch.Generator().manual_seed(0)
+        model, loss_of_batch(model), [(x, y)], samples=4000, min_batches=1, generator=torch.Generator().manual_seed(0)
     )
     assert set(estimate) == {"0", "2"}
     for layer in ["0", "2"]:
@@ -54,7 +59,8 @@ def test_same_seed_same_estimate_different_seed_different():
 
     def estimate(seed):
         generator = torch.Generator().manual_seed(seed)
-        return channel_hessian_traces(model, cross_entropy, [(x, y)], samples=2, min_batches=1, generator=generator)
+        return channel_hessian_traces(model, loss_of_batch(model), [(x, y)], samples=2, min_batches=1,
+                                      generator=generator)
 
     first, again, other = estimate(1), estimate(1), estimate(2)
     assert all(torch.equal(first[k], again[k]) for k in first)
@@ -67,7 +73,7 @@ def test_stopping_rule_counts_batches():
 
     def batches_used(**options):
         info = {}
-        channel_hessian_traces(model, cross_entropy, batches, samples=2, info=info, **options)
+        channel_hessian_traces(model, loss_of_batch(model), batches, samples=2, info=info, **options)
         assert info["draws"] == 2 * info["batches"]
         return info["batches"]
 
@@ -84,12 +90,12 @@ def test_conv_net_keys_lengths_and_modes_restored():
     model[1].eval()  # a frozen BatchNorm inside a training model must stay frozen
     running_mean = model[1].running_mean.clone()
     batches = [(torch.randn(8, 2, 6, 6), torch.randint(0, 5, (8,))) for _ in range(3)]
-    traces = channel_hessian_traces(model, cross_entropy, batches, generator=torch.Generator().manual_seed(0))
+    traces = channel_hessian_traces(model, loss_of_batch(model), batches, generator=torch.Generator().manual_seed(0))
     assert {k: v.shape for k, v in traces.items()} == {"0": (3,), "4": (5,)}
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in traces.values())
     assert model.training and model[0].training and not model[1].training
     model[1].train()
-    traces = channel_hessian_traces(model, cross_entropy, batches)
+    traces = channel_hessian_traces(model, loss_of_batch(model), batches)
     assert model[1].training
     assert torch.equal(model[1].running_mean, running_mean)  # estimation ran in eval mode
 
@@ -101,10 +107,10 @@ def test_conv_net_keys_lengths_and_modes_restored():
 def test_bad_options_name_the_value(option, message):
     model, x, y = tiny_mlp()
     with pytest.raises(ValueError, match=message):
-        channel_hessian_traces(model, cross_entropy, [(x, y)], **option)
+        channel_hessian_traces(model, loss_of_batch(model), [(x, y)], **option)
 
 
 def test_empty_batches_is_an_error():
     model, _, _ = tiny_mlp()
     with pytest.raises(ValueError, match="empty"):
-        channel_hessian_traces(model, cross_entropy, [])
+        channel_hessian_traces(model, loss_of_batch(model), [])

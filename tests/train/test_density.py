@@ -44,7 +44,7 @@ def test_dense_layers_stay_inside_the_budget(capsys):
 def test_attention_flops_are_counted_per_weight_and_scale_with_its_density():
     torch.manual_seed(0)
     model = build_model({"name": "vit", "depth": 1, "width": 16, "heads": 2}, (1, 8, 8), 10)
-    total, by_layer = layer_flops(model, (1, 8, 8), torch.device("cpu"))
+    total, by_layer = layer_flops(model, torch.zeros(1, 1, 8, 8))
     tokens, width = 16, 16  # 8x8 digits in 2x2 patches
     in_proj, out_proj = "encoder.layers.0.self_attn.in_proj_weight", "encoder.layers.0.self_attn.out_proj"
     assert by_layer[in_proj] == 2 * (3 * width * width) * tokens  # query, key and value projections

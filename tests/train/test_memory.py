@@ -16,19 +16,28 @@ from tests.conftest import small_config
 HUGE = {"name": "mlp", "hidden": [100_000, 100_000]}  # 10^10 weights: 40 GB of float32 before any gradient
 
 
+IMAGES = {"input_shape": (3, 32, 32), "num_classes": 10}
+TEXT = {"vocab_size": 50, "block_size": 16}
+SMALL = {"vit": {"depth": 1, "width": 16, "heads": 2}, "gpt": {"depth": 1, "width": 16, "heads": 2},
+         "hf": {"config": {"model_type": "llama", "hidden_size": 16, "num_hidden_layers": 1,
+                           "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 32}}}
+
+
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_zoo_model_counts_on_the_meta_device_what_it_allocates(name):
-    spec = {"name": name, **({"depth": 1, "width": 16, "heads": 2} if name == "vit" else {})}
-    real = sum(p.numel() for p in build_model(spec, (3, 32, 32), 10).parameters())
+    spec = {"name": name, **SMALL.get(name, {})}
+    info = TEXT if name in ("gpt", "hf") else IMAGES
+    real = sum(p.numel() for p in build_model(spec, info).parameters())
     sgd = load_config({}).optimizer
-    params, needed = training_bytes(spec, (3, 32, 32), 10, sgd)
+    params, needed = training_bytes(spec, info, sgd)
     assert params == real
     assert needed == real * (4 * 4 + 2)  # float32 weight, gradient, mask multiplier, momentum; two bool masks
 
 
 def test_adam_needs_one_buffer_more_than_sgd():
     adam = load_config({"optimizer": {"name": "adam", "lr": 0.001}}).optimizer
-    params, needed = training_bytes({"name": "mlp", "hidden": [32]}, (1, 8, 8), 10, adam)
+    digits = {"input_shape": (1, 8, 8), "num_classes": 10}
+    params, needed = training_bytes({"name": "mlp", "hidden": [32]}, digits, adam)
     assert params == 64 * 32 + 32 + 32 * 10 + 10 and needed == params * (5 * 4 + 2)
 
 
@@ -47,5 +56,5 @@ def test_a_model_of_ten_billion_weights_is_refused_by_fit_before_it_is_allocated
 
 
 def test_a_model_that_fits_is_not_refused_and_meta_leaves_the_default_device_alone():
-    check_fits_in_memory(load_config(small_config("gmp")), (1, 8, 8), 10)
+    check_fits_in_memory(load_config(small_config("gmp")), {"input_shape": (1, 8, 8), "num_classes": 10})
     assert torch.empty(1).device.type == "cpu"

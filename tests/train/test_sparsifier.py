@@ -123,3 +123,36 @@ def test_a_pattern_holds_in_a_loop_of_your_own():
     for name, mask in sparsifier.masks.masks.items():
         assert bool((mask.flatten(1).reshape(mask.shape[0], -1, 4).sum(-1) <= 1).all()), name
     assert sparsifier.density == pytest.approx(0.25, abs=1e-3)
+
+
+class TinyAttention(nn.Module):
+    """Linear, self-attention, Linear: the attention's in_proj_weight is masked by its parameter name."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Linear(8, 16), nn.Linear(16, 3)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.head(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize("method", ["gmp", "static"])
+def test_export_masks_attention_weights_named_by_parameter(method):
+    torch.manual_seed(0)
+    model = TinyAttention()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsifier = Sparsifier(model, optimizer, {"method": method, "final_sparsity": 0.5, "prune_end": 1},
+                            steps_per_epoch=2, epochs=2)
+    x, y = torch.randn(4, 5, 8), torch.tensor([0, 1, 2, 0])
+    for step in range(5):  # the last optimizer step is not followed by sparsifier.step(): export masks it
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if step < 4:
+            sparsifier.step()
+    mask = sparsifier.masks.masks["attn.in_proj_weight"]
+    assert not mask.all() and bool((model.attn.in_proj_weight[~mask] != 0).any())
+    plain = sparsifier.export()
+    assert torch.equal(plain.attn.in_proj_weight != 0, mask)

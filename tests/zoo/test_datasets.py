@@ -14,7 +14,7 @@ def test_digits_splits_are_disjoint_and_add_up():
     indices = torch.cat([s.source_index for s in splits])
     assert sorted(indices.tolist()) == list(range(1797))
     assert len(data.test) == round(0.2 * 1797) and len(data.val) == round(0.1 * (1797 - 359))
-    assert data.input_shape == (1, 8, 8) and data.num_classes == 10
+    assert data.info["input_shape"] == (1, 8, 8) and data.info["num_classes"] == 10
 
 
 def test_digits_are_standardized_with_train_statistics():
@@ -49,7 +49,7 @@ def test_synthetic_is_learnable_by_a_linear_model():
     from sklearn.linear_model import LogisticRegression
 
     data = build_data({"name": "synthetic"}, seed=0)
-    assert data.input_shape == (1, 8, 8) and data.num_classes == 10
+    assert data.info["input_shape"] == (1, 8, 8) and data.info["num_classes"] == 10
     (x_train, y_train), (x_test, y_test) = data.train.tensors(), data.test.tensors()
     model = LogisticRegression(max_iter=500).fit(x_train.flatten(1), y_train)
     assert model.score(x_test.flatten(1), y_test) > 0.6  # chance is 0.1
@@ -58,7 +58,7 @@ def test_synthetic_is_learnable_by_a_linear_model():
 def test_synthetic_options():
     data = build_data({"name": "synthetic", "num_samples": 300, "num_features": 5,
                        "num_classes": 3}, seed=0)
-    assert data.input_shape == (1, 1, 5) and data.num_classes == 3
+    assert data.info["input_shape"] == (1, 1, 5) and data.info["num_classes"] == 3
     assert len(data.train) + len(data.val) + len(data.test) == 300
     data = build_data({"name": "synthetic", "shape": [3, 4, 4], "num_samples": 100}, seed=0)
     assert data.train.x.shape[1:] == (3, 4, 4)

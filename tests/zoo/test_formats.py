@@ -113,7 +113,7 @@ class RunsShellCommand:
 def test_mnist_formats_load(tmp_path, name, layout, compress):
     written = write_mnist(tmp_path / layout, np.random.default_rng(0), compress=compress)
     data = build_data({"name": name, "root": str(tmp_path), "val_fraction": 0.2}, seed=0)
-    assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+    assert data.info["input_shape"] == (1, 28, 28) and data.info["num_classes"] == 10
     assert (len(data.train), len(data.val), len(data.test)) == (24, 6, 10)
     assert torch.equal(data.test.y, torch.from_numpy(written["t10k-labels-idx1-ubyte"]))
     train_images = torch.from_numpy(written["train-images-idx3-ubyte"]).float().unsqueeze(1)
@@ -145,7 +145,7 @@ def test_cifar10_format_loads(tmp_path, python2):
         warnings.simplefilter("error")  # e.g. numpy 2's DeprecationWarning on numpy.core
         data = build_data({"name": "cifar10", "root": str(tmp_path), "val_fraction": 0.25},
                           seed=0)
-    assert data.input_shape == (3, 32, 32) and data.num_classes == 10
+    assert data.info["input_shape"] == (3, 32, 32) and data.info["num_classes"] == 10
     assert (len(data.train), len(data.val), len(data.test)) == (15, 5, 6)
     assert data.test.y.tolist() == [0, 1, 2, 3, 4, 5]
     assert data.train.x.dtype == torch.uint8  # kept compact; normalized per batch
@@ -162,7 +162,7 @@ def test_cifar100_format_loads_fine_labels(tmp_path):
     write_cifar_batch(folder / "test", rng.integers(0, 256, (3, 3072), dtype=np.uint8),
                       [99, 50, 0], b"fine_labels")
     data = build_data({"name": "cifar100", "root": str(tmp_path), "val_fraction": 0.2}, seed=0)
-    assert data.num_classes == 100 and (len(data.train), len(data.val)) == (8, 2)
+    assert data.info["num_classes"] == 100 and (len(data.train), len(data.val)) == (8, 2)
     assert data.test.y.tolist() == [99, 50, 0]
     assert set(data.train.y.tolist()) | set(data.val.y.tolist()) == set(range(90, 100))
 
@@ -197,7 +197,7 @@ def test_imagefolder_loads_and_carves_val_from_train(tmp_path):
     write_image_folder(tmp_path, "test", {"cat": 2, "dog": 3})
     data = build_data({"name": "imagefolder", "root": str(tmp_path), "image_size": 8,
                        "val_fraction": 0.2}, seed=0)
-    assert data.input_shape == (3, 8, 8) and data.num_classes == 2
+    assert data.info["input_shape"] == (3, 8, 8) and data.info["num_classes"] == 2
     assert (len(data.train), len(data.val), len(data.test)) == (8, 2, 5)
     assert set(data.train.indices).isdisjoint(data.val.indices)
     x, y = next(iter(make_loader(data.test, batch_size=5, shuffle=False, generator=None)))

@@ -71,7 +71,8 @@ def test_validation_is_carved_from_train_seeded_and_disjoint(user_package):
     assert (len(first.train), len(first.val), len(first.test)) == (150, 50, 50)
     assert set(first.train.indices).isdisjoint(first.val.indices)
     assert first.val.indices == again.val.indices != other.val.indices
-    assert first.num_classes == 4 and first.input_shape == (6,)  # inferred: labels 0..3, one example's shape
+    # inferred: labels 0..3, one example's shape
+    assert first.info["num_classes"] == 4 and first.info["input_shape"] == (6,)
 
 
 class Listed(Dataset):
@@ -91,9 +92,9 @@ def test_given_validation_split_and_num_classes_are_used_as_they_are():
     val = Listed(7, 1)
     splits = build_splits({}, seed=0, given=lambda: {"train": Listed(20, 2), "val": val, "test": Listed(5, 0),
                                                      "num_classes": 9})
-    assert splits.val is val and len(splits.train) == 20 and splits.num_classes == 9
+    assert splits.val is val and len(splits.train) == 20 and splits.info["num_classes"] == 9
     inferred = build_splits({}, seed=0, given=lambda: {"train": Listed(20, 2), "test": Listed(5, 6)})
-    assert inferred.num_classes == 7  # the largest label over every split, plus one
+    assert inferred.info["num_classes"] == 7  # the largest label over every split, plus one
 
 
 class Classifier(nn.Module):

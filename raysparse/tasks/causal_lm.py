@@ -1,0 +1,110 @@
+"""Causal language modelling: token-id blocks in, logits ``[batch, seq, vocab]`` out; next-token
+cross-entropy, perplexity.
+
+Examples are a LongTensor of token ids (the labels are the ids), an ``(input_ids, labels)`` pair
+or a dict with ``input_ids`` and optionally ``attention_mask`` and ``labels`` (HF collators).
+The shift happens once, here: logits at position t predict the label at t + 1; labels equal to
+``ignore_index`` and padded positions (``attention_mask == 0``) count nowhere. Perplexity is the
+exponential of the token-weighted mean loss over the whole split, never a mean of per-batch
+perplexities.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from raysparse.errors import ConfigError
+from raysparse.tasks.base import MIN, Task, TaskOptions, call, describe_input, logits_of
+from raysparse.tasks.registry import register_task
+
+
+@dataclass(frozen=True)
+class CausalLMOptions(TaskOptions):
+    ignore_index: int = -100  # labels that count nowhere (PyTorch's and HF's convention)
+
+
+@register_task
+class CausalLM(Task):
+    name = "causal_lm"
+    Options = CausalLMOptions
+    metrics = {"perplexity": MIN, "loss": MIN}
+    data_keys = ("vocab_size", "block_size")
+
+    def ids_and_labels(self, batch) -> tuple[object, torch.Tensor]:
+        """(model input, labels already shifted to line up with the logits' positions)."""
+        if isinstance(batch, Mapping):
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            labels = batch.get("labels", batch["input_ids"]).clone()
+            if "attention_mask" in batch:
+                labels[batch["attention_mask"] == 0] = self.options.ignore_index
+        elif isinstance(batch, (tuple, list)):
+            inputs, labels = batch[0], batch[1]
+        else:
+            inputs, labels = batch, batch
+        return inputs, labels[:, 1:]
+
+    def token_losses(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
+        """(summed next-token cross-entropy, tokens it sums over)."""
+        inputs, labels = self.ids_and_labels(batch)
+        logits = logits_of(call(model, inputs))[:, :-1]
+        ignore = self.options.ignore_index
+        total = nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=ignore,
+            reduction="sum", label_smoothing=self.label_smoothing,
+        )
+        return total, int((labels != ignore).sum())
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
+        total, tokens = self.token_losses(model, batch)
+        return total / max(tokens, 1), tokens
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, device: torch.device) -> dict[str, float]:
+        model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        tokens = 0
+        for batch in loader:
+            total, count = self.token_losses(model, self.to_device(batch, device))
+            loss_sum += total.double()
+            tokens += count
+        if tokens == 0:
+            return {"perplexity": float("nan"), "loss": float("nan")}
+        loss = float(loss_sum) / tokens
+        return {"perplexity": math.exp(min(loss, 700.0)), "loss": loss}  # exp(700): the float's ceiling
+
+    # ---- data -------------------------------------------------------------------------------
+    def describe_data(self, splits: Mapping[str, Dataset], given: Mapping, field: str, what: str) -> dict:
+        example = splits["train"][0]
+        ids = example.get("input_ids") if isinstance(example, Mapping) else \
+            example[0] if isinstance(example, (tuple, list)) else example
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.is_floating_point() or len(ids) < 2:
+            shown = describe_input(ids) if isinstance(ids, torch.Tensor) else type(example).__name__
+            raise ConfigError(field, f"train[0] of {what} is {shown}; expected for task causal_lm a 1-d integer "
+                              "tensor of at least 2 token ids, an (input_ids, labels) pair or a dict with input_ids")
+        vocab = given.get("vocab_size")
+        if vocab is not None and (isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 2):
+            raise ConfigError(field, f"{what} gives vocab_size={vocab!r}; expected an integer >= 2")
+        return {**given, "block_size": given.get("block_size", len(ids))}
+
+    def check_output(self, output, batch, info: Mapping, field: str) -> None:
+        inputs, _ = self.ids_and_labels(batch)
+        ids = inputs["input_ids"] if isinstance(inputs, Mapping) else inputs
+        try:
+            logits = logits_of(output)
+        except TypeError as err:
+            raise ConfigError(field, str(err)) from None
+        vocab = info.get("vocab_size")
+        shape = list(logits.shape)
+        if logits.dim() != 3 or shape[:2] != list(ids.shape) or (vocab is not None and shape[2] < vocab):
+            raise ConfigError(field, f"token ids {list(ids.shape)} give logits {shape}; expected "
+                              f"[{ids.shape[0]}, {ids.shape[1]}, vocab{'' if vocab is None else f' >= {vocab}'}] "
+                              "([batch, seq, vocab])")
+        top = int(ids.max())
+        if top >= shape[2]:
+            raise ConfigError(field, f"the data has token id {top}, but the model's vocabulary has {shape[2]} entries")
