@@ -129,7 +129,8 @@ def cmd_sweep(args) -> int:
     sweep = result.sweep
     trials = result.to_dataframe()
     reported = f"metrics.{sweep.metric}"
-    if reported in trials.columns and trials[reported].notna().any():
+    finished = trials[trials["status"] == "FINISHED"]  # best() chooses among them: ASHA's stopped have no network
+    if reported in finished.columns and finished[reported].notna().any():
         best = result.best()
         shown = ", ".join(f"{m} {best['metrics'].get(m, float('nan')):.4f}" for m, _ in sweep.objectives)
         print(f"best trial {best['trial_id']}: {shown}")
@@ -161,7 +162,7 @@ def cmd_report(args) -> int:
     shown = [c for c in dict.fromkeys(shown) if c in ranked.columns]
     print(f"sweep {data.sweep_name!r} ({data.parent_status}), {len(ranked)} trials, best first:")
     if data.stage is not None:
-        print(stage_line(data.stage))
+        print(stage_line(data.stage, objectives))
     print(ranked[shown].head(TOP_ROWS).to_string(index=False))
     if len(ranked) > TOP_ROWS:  # the terminal gets the best; the CSV (written below) has every trial
         print(f"... {len(ranked) - TOP_ROWS} more in {data.sweep_name}_trials.csv")

@@ -36,17 +36,18 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def training_curves(history: History, path: str | Path, *, title: str = "") -> Path:
-    """Sparsity (1 - density) and accuracies over the epochs, sparsity on the right axis."""
+def training_curves(history: History, path: str | Path, *, title: str = "", metric: str = "accuracy") -> Path:
+    """Sparsity (1 - density) and the task's main ``metric`` (val and test) over the epochs,
+    sparsity on the right axis."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for metric, style in (("val_accuracy", "C0-"), ("test_accuracy", "C2:")):
-        points = sorted(history.get(metric, ()))
+    for name, style in ((f"val_{metric}", "C0-"), (f"test_{metric}", "C2:")):
+        points = sorted(history.get(name, ()))
         if points:
-            ax.plot(*zip(*points, strict=True), style, marker=".", label=metric)
+            ax.plot(*zip(*points, strict=True), style, marker=".", label=name)
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     right = ax.twinx()
     density = sorted(history.get("density", ()))
@@ -58,7 +59,7 @@ def training_curves(history: History, path: str | Path, *, title: str = "") -> P
     lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     if lines:
         ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="lower right")
-    ax.set_title(title or "sparsity and accuracy over training")
+    ax.set_title(title or f"sparsity and {metric} over training")
     return _save(fig, path)
 
 

@@ -34,6 +34,35 @@ def transformer_config(method: str = "gmp", **sparsity) -> dict:
     return cfg
 
 
+WORDS = "the cat sat on a mat and the dog ran to the park while birds sang in old green trees".split()
+
+
+def write_text(path, lines: int = 300, seed: int = 0) -> str:
+    """A small corpus of made-up sentences over a 19-word vocabulary: a language model learns it
+    in seconds."""
+    import random
+
+    rng = random.Random(seed)
+    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(lines)))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> str:
+    return write_text(tmp_path_factory.mktemp("text") / "corpus.txt")
+
+
+def lm_config(text: str, method: str = "gmp", **sparsity) -> dict:
+    """``small_config`` for the zoo's small GPT on byte-level text blocks (``text_file``): a few seconds."""
+    cfg = small_config(method, **sparsity)
+    cfg["task"] = "causal_lm"
+    cfg["model"] = {"name": "gpt", "depth": 1, "width": 32, "heads": 4}
+    cfg["data"] = {"name": "text", "path": text, "block_size": 32, "batch_size": 16}
+    cfg["optimizer"] = {"name": "adam", "lr": 0.003}
+    cfg["epochs"], cfg["measure_latency"] = 3, False
+    return cfg
+
+
 @pytest.fixture(scope="session")
 def home(tmp_path_factory):
     """One raysparse home (embedded MLflow server, Ray results) for the whole session: each server

@@ -15,6 +15,7 @@ latency are reported on the compact model.
 from __future__ import annotations
 
 import warnings
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ from raysparse.methods.base import MethodOptions, SparseMethod
 from raysparse.methods.registry import register
 from raysparse.sparsity.masks import MaskSet, prunable_weights, weight_slots
 from raysparse.structured import apply_plan, channel_groups, channel_hessian_traces, group_importance, plan_pruning
+from raysparse.tasks.base import call
 
 BN_BATCHES = 50  # batches to re-estimate BatchNorm statistics after fine-tuning
 
@@ -153,11 +155,30 @@ class HAP(SparseMethod):
             why = f" ({'; '.join(reasons)})" if reasons else ""
             raise ConfigError("sparsity.method", f"hap finds no channels that torch-pruning can remove in {model}"
                               f"{why}; choose an unstructured method")
+        self._check_compacted_model_runs(groups)
         if reasons:
             warnings.warn(f"hap removes channels from {len(groups)} of the {len(groups) + len(info['skipped'])} "
                           f"channel groups of {model}; {len(info['skipped'])} stay whole: {'; '.join(reasons)}",
                           stacklevel=3)
         return groups
+
+    def _check_compacted_model_runs(self, groups: list) -> None:
+        """A copy with a few channels removed must still run: torch-pruning follows the layers, not
+        every reshape (a language model's attention splits its width into heads), so a model it
+        would break is refused now, not at prune_end in the middle of a trial."""
+        copy = deepcopy(self.model)
+        scores = {group.id: torch.arange(group.channels, dtype=torch.float64) for group in groups}
+        total = sum(group.channels for group in groups)
+        plan = plan_pruning(groups, scores, ratio=min(0.5, len(groups) / total), layer_cap=0.5)
+        example = self._example()
+        try:
+            apply_plan(copy, example, plan.to_dict())
+            with torch.no_grad():
+                call(copy.eval(), example)
+        except Exception as error:  # whatever the broken forward raises
+            raise ConfigError("sparsity.method", f"hap cannot compact {type(self.model).__name__}: with channels "
+                              f"removed by torch-pruning its forward fails ({type(error).__name__}: {error}); "
+                              "choose an unstructured method") from None
 
     # ---- reporting and checkpoints -------------------------------------------------------------
     def density(self) -> float:

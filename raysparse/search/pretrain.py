@@ -63,8 +63,9 @@ def _train(sweep: Sweep, parent: SweepRun, path: Path, verbose: bool) -> str:
         logger.fail(failure_reason(err))
         raise
     logger.final()  # FINISHED: the file is complete
+    metric = sweep.metric  # the sweep's first objective: val_accuracy, val_perplexity, ...
     _say(verbose, f"dense stage: {sweep.pretrain_epochs} epochs in {time.monotonic() - started:.0f}s, "
-         f"val accuracy {final.get('val_accuracy', float('nan')):.4f}, run {run.run_id}")
+         f"{metric} {final.get(metric, float('nan')):.4f}, run {run.run_id}")
     return run.run_id
 
 

@@ -89,7 +89,8 @@ class ProgressView(Callback):
             outcome = f"failed in {took}, every trial failed" if result.every_trial_failed() else f"done in {took}"
             print(f"sweep {self.sweep.name!r} {outcome}: {counts}", flush=True)
             if result.stage() is not None:
-                print(stage_line(result.stage()), flush=True)
+                objectives = [(f"metrics.{m}", mode) for m, mode in self.sweep.objectives]
+                print(stage_line(result.stage(), objectives), flush=True)
 
 
 PROCESS_DIED = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)

@@ -43,8 +43,8 @@ class CausalLM(Task):
             labels = batch.get("labels", batch["input_ids"]).clone()
             if "attention_mask" in batch:
                 labels[batch["attention_mask"] == 0] = self.options.ignore_index
-        elif isinstance(batch, (tuple, list)):
-            inputs, labels = batch[0], batch[1]
+        elif isinstance(batch, (tuple, list)):  # (ids, labels), or (ids,) as a one-tensor TensorDataset gives
+            inputs, labels = batch[0], batch[1] if len(batch) > 1 else batch[0]
         else:
             inputs, labels = batch, batch
         return inputs, labels[:, 1:]

@@ -42,7 +42,18 @@ class RecordedTrial:
     metrics: dict[str, float]  # each metric's last value
 
 
-PLOTTED = ("density", "val_accuracy", "test_accuracy")  # the curves of plots/training.png
+
+
+def _main_metric(config) -> str:
+    """The main metric of the trial's task (the curve of plots/training.png): accuracy, perplexity, ..."""
+    from raysparse.tasks import build_task
+    from raysparse.tasks.registry import PYTHON
+
+    spec = config.get("task", "classification") if isinstance(config, dict) else "classification"
+    try:
+        return build_task(spec).main_metric if not (isinstance(spec, dict) and PYTHON in spec) else "loss"
+    except Exception:  # a task that cannot be imported here: its run still gets its plots
+        return "loss"
 
 
 class TrialRun:
@@ -279,7 +290,9 @@ class TrialRun:
         if write_program is not None:
             write_program(out / "model" / "model.pt2")
         plots.layer_density(layer_density, out / "plots" / "layer_density.png")
-        plots.training_curves(self.metric_history(PLOTTED), out / "plots" / "training.png")
+        main = _main_metric(config)
+        plots.training_curves(self.metric_history(("density", f"val_{main}", f"test_{main}")),
+                              out / "plots" / "training.png", metric=main)
         self._client.log_artifacts(self.run_id, str(out))
         shutil.rmtree(out)
 

@@ -229,7 +229,8 @@ class _Run:
             outside = sum(self.outside.values())
             total = outside + self.masked_size
             print(f"raysparse: {len(self.outside)} weight tensors that do a matmul ({outside:,} of {total:,} weights) "
-                  f"are outside sparsity.include/exclude, stay dense and count in density: "
+                  f"are outside the masks (sparsity.include/exclude, or a head tied to the embedding), stay dense "
+                  f"and count in density: "
                   f"{_listing(list(self.outside))}", file=sys.stderr, flush=True)
 
     def density(self) -> float:

@@ -59,8 +59,9 @@ def build_model(spec: Mapping | str | nn.Module, info: Mapping | Sequence[int], 
         raise unknown_choice(f"{field}.name", "model", name, model_names())
     allowed = keyword_options(factory, skip=DATA_INFO)
     check_options(options, allowed, field, f"model {name!r}")
+    arguments = _data_arguments(factory, info, name, field)
     try:
-        return factory(**_data_arguments(factory, info, name, field), **options)
+        return factory(**arguments, **options)
     except ConfigError as error:
         # Factories only know their option's name; the caller's field gives the full path.
         message = str(error).removeprefix(f"{error.field}: ")

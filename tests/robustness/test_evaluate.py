@@ -59,7 +59,7 @@ def test_a_network_judged_against_itself_loses_nothing_and_agrees_everywhere():
 
 def test_excess_error_is_the_accuracy_lost_beyond_what_the_reference_loses():
     from raysparse.robustness.evaluate import RobustnessConfig, robustness_metrics
-    from raysparse.train.metrics import evaluate
+    from raysparse.tasks.classification import Classification
 
     model, reference, test = _trained_and_reference()
     cfg = RobustnessConfig(corruptions=("impulse_noise", "contrast"), severities=(3, 5), noise_eps=(0.05, 0.6))
@@ -67,7 +67,8 @@ def test_excess_error_is_the_accuracy_lost_beyond_what_the_reference_loses():
     compared = robustness_metrics(model, test, cfg, cpu, reference=reference)
     alone = {name: robustness_metrics(net, test, cfg, cpu) for name, net in (("model", model), ("dense", reference))}
     x, y = test.tensors()
-    clean = {name: evaluate(net, [(x, y)], cpu)[0] for name, net in (("model", model), ("dense", reference))}
+    clean = {name: Classification().evaluate(net, [(x, y)], cpu)["accuracy"]
+             for name, net in (("model", model), ("dense", reference))}
     # excess = (clean - corrupted accuracy of the model) - (the same of the reference). The corrupted accuracies
     # are the suite's own (the same forward passes), so excess + corrupted(model) - corrupted(dense) is the gap
     # between the clean accuracies the suite measured: one and the same gap for every corruption ...

@@ -26,7 +26,7 @@ def test_weights_left_out_by_exclude_count_in_density_and_are_reported(capsys):
     assert seen["masks"].density() == pytest.approx(0.1, abs=0.01)  # the selection is at its target ...
     assert final["density"] == pytest.approx((kept + outside) / (masked + outside))  # ... the network is not
     assert final["density"] > 0.2 and final["weights_outside_masks"] == outside
-    line, = [line for line in capsys.readouterr().err.splitlines() if "outside sparsity.include/exclude" in line]
+    line, = [line for line in capsys.readouterr().err.splitlines() if "are outside the masks" in line]
     assert f"1 weight tensors that do a matmul ({outside:,} of {sum(every.values()):,} weights)" in line
     assert line.endswith("encoder.layers.0.self_attn.in_proj_weight")
 
@@ -38,7 +38,7 @@ def test_dense_layers_stay_inside_the_budget(capsys):
     assert final["density"] == pytest.approx(0.2, abs=0.01)
     assert final["layer_density"]["encoder.layers.0.self_attn.out_proj"] == 1.0
     assert final["weights_outside_masks"] == 0
-    assert "outside sparsity.include/exclude" not in capsys.readouterr().err
+    assert "are outside the masks" not in capsys.readouterr().err
 
 
 def test_attention_flops_are_counted_per_weight_and_scale_with_its_density():
