@@ -223,8 +223,28 @@ def cmd_deploy(args) -> int:
         if isinstance(network, torch.fx.GraphModule):  # its torch.export program: no layers left to swap
             raise ConfigError("run", f"run {args.run_id}'s network cannot be built again here (a compacted or "
                               "custom architecture); deploy it from Python: raysparse.deploy(network, example)")
-        input_shape = json.loads((downloaded / "build.json").read_text())["input_shape"]
-        deployed = deploy(network, torch.randn(args.batch_size, *input_shape))
+        # what it plans on: the two real examples the trial logged (token ids, images, keyword
+        # tensors), repeated to the batch; a classifier's run from before they were logged
+        # recorded only its input_shape: random images of it
+        saved, build = downloaded / "example_input.pt", downloaded / "build.json"
+        input_shape = json.loads(build.read_text()).get("input_shape") if build.is_file() else None
+        if saved.is_file():
+            try:
+                example = torch.load(saved, map_location="cpu", weights_only=True)
+            except Exception as error:  # whatever torch.load refuses: a damaged file
+                raise ConfigError("run", f"run {args.run_id}'s model/example_input.pt does not load: "
+                                  f"{type(error).__name__}: {error}") from None
+            tensors = list(example.values()) if isinstance(example, dict) else [example]
+            if not tensors or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in tensors):
+                raise ConfigError("run", f"run {args.run_id}'s model/example_input.pt holds "
+                                  f"{type(example).__name__}; allowed: a tensor or a dict of tensors, "
+                                  "examples along the first dimension")
+        elif input_shape is not None:
+            example = torch.randn(args.batch_size, *input_shape)
+        else:
+            raise ConfigError("run", f"run {args.run_id} recorded no example input (model/example_input.pt) to "
+                              "deploy on; deploy it from Python: raysparse.deploy(network, example)")
+        deployed = deploy(network, example, batch_size=args.batch_size)
         out = Path(folder) / "deployed"
         out.mkdir()
         torch.save(deployed, out / "model.pt")

@@ -13,8 +13,13 @@ from torch import nn
 
 
 class DeployedAttention(nn.Module):
-    """nn.MultiheadAttention's eval forward (packed q/k/v, no masks; attention weights not returned) with
-    ``in_proj`` and ``out_proj`` any module mapping the last dimension (dense Linear or SparseLinear)."""
+    """nn.MultiheadAttention's eval forward (packed q/k/v; attention weights not returned) with
+    ``in_proj`` and ``out_proj`` any module mapping the last dimension (dense Linear or SparseLinear).
+
+    Masks mean what they mean to nn.MultiheadAttention: ``attn_mask`` ``[L, S]`` or
+    ``[batch * heads, L, S]`` and ``key_padding_mask`` ``[batch, S]``, each bool (True: may *not*
+    attend) or float (added to the scores); ``is_causal`` is the hint that ``attn_mask`` is the
+    causal mask (alone, it asks for one)."""
 
     def __init__(self, attention: nn.MultiheadAttention, in_proj: nn.Module, out_proj: nn.Module):
         super().__init__()
@@ -26,11 +31,12 @@ class DeployedAttention(nn.Module):
     def supports(attention: nn.MultiheadAttention) -> bool:
         return attention._qkv_same_embed_dim and attention.bias_k is None and not attention.add_zero_attn
 
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None,
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
-        if key_padding_mask is not None or attn_mask is not None:
-            raise NotImplementedError("a deployed attention takes no attention or padding masks")
         # attention weights are not computed (None), as nn.MultiheadAttention's fast path does too
+        if query.dim() != 3:
+            raise ValueError(f"a deployed attention takes batched inputs (3 dimensions); got query of shape "
+                             f"{list(query.shape)}")
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         if query is key and key is value:  # self-attention: one product for q, k and v
@@ -40,9 +46,36 @@ class DeployedAttention(nn.Module):
         batch, tokens, _ = q.shape
         heads = self.num_heads
         q, k, v = (t.reshape(batch, -1, heads, self.embed_dim // heads).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+        # as nn.MultiheadAttention decides: the causal hint replaces the mask unless padding must be
+        # merged into it (or weights were asked for, which torch computes from the mask)
+        causal = is_causal and key_padding_mask is None and (attn_mask is None or not need_weights)
+        mask = None if causal else self._scores_mask(attn_mask, key_padding_mask, batch, q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         out = self.out_proj(out.transpose(1, 2).reshape(batch, tokens, self.embed_dim))
         return (out if self.batch_first else out.transpose(0, 1)), None
+
+    def _scores_mask(self, attn_mask, key_padding_mask, batch: int, dtype) -> torch.Tensor | None:
+        """Both masks as one float mask added to the scores ``[batch, heads, L, S]`` (broadcast).
+        A bool mask of nn.MultiheadAttention is True where attention is *not* allowed, the opposite
+        of scaled_dot_product_attention's: as torch does, it becomes -inf there, 0 elsewhere."""
+        mask = _additive(attn_mask, dtype)
+        if mask is not None and mask.dim() == 3:  # [batch * heads, L, S], heads of one example together
+            mask = mask.view(batch, self.num_heads, *mask.shape[1:])
+        padding = _additive(key_padding_mask, dtype)
+        if padding is not None:
+            padding = padding.view(batch, 1, 1, -1)
+            mask = padding if mask is None else mask + padding
+        return mask
+
+
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return torch.zeros_like(mask, dtype=dtype).masked_fill_(mask, float("-inf"))
+    if not mask.is_floating_point():
+        raise TypeError(f"an attention mask must be bool or float (as nn.MultiheadAttention takes); got {mask.dtype}")
+    return mask.to(dtype)
 
 
 class SubmoduleEncoderLayer(nn.TransformerEncoderLayer):

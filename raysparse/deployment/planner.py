@@ -3,7 +3,8 @@
 For every weight that does a matmul, the dense layer and each sparse kernel that fits it (CSR;
 BSR where the zeros come in square blocks; im2col + CSR for a convolution; 2:4 on a GPU that has
 it) are timed against each other, interleaved, on the layer's real input at the deployment batch
-size (captured by forward hooks on the example). A sparse kernel replaces the layer only where it
+size (captured by forward hooks on the example: every token of a language model's
+``[batch, seq, width]``). A sparse kernel replaces the layer only where it
 is clearly faster; last, the whole network is timed against the dense one and every choice is
 undone if, together, they are not clearly faster (by the same margin as a layer).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,11 @@ from raysparse.deployment.plan import DENSE, Plan, PlanRow
 from raysparse.deployment.timing import time_interleaved
 from raysparse.sparsity.masks import weight_slots
 from raysparse.structured.fold import fold_batchnorm
+from raysparse.tasks.base import batch_size_of, call
+
+# what a model is called with: a tensor (images, token ids), or keyword tensors (an HF model's
+# input_ids and attention_mask)
+ModelInput = torch.Tensor | Mapping[str, torch.Tensor]
 
 # CSR stores an index per value and reads the input irregularly: above half density it cannot
 # beat a dense GEMM, so such layers are not even timed
@@ -41,25 +48,27 @@ MAX_TIMED_DENSITY = 0.5
 SPARSE_MARGIN = 0.95
 
 
-def deploy(model: nn.Module, example_input: torch.Tensor, *, batch_size: int | None = None) -> DeployedModel:
+def deploy(model: nn.Module, example_input: ModelInput, *, batch_size: int | None = None) -> DeployedModel:
     """``model`` (eval mode, masks in its weights, BatchNorm folded into the convolutions) with each
     layer on the fastest of dense and sparse kernels at ``batch_size`` (default: the example's
-    batch), timed here. Its outputs equal the masked dense model's within float tolerance;
+    batch), timed here. ``example_input`` is real input (float images, a LongTensor of token ids,
+    or a dict of keyword tensors such as ``input_ids``): its examples are repeated to ``batch_size``.
+    Its outputs equal the masked dense model's within float tolerance;
     ``.plan`` says what was chosen and measured (``print(deployed.plan)``). Save it with
     ``torch.save``, load it with ``raysparse.load_deployed`` (``torch.load(weights_only=True)``)."""
     return build_deployed(model, example_input, batch_size=batch_size)
 
 
 @torch.no_grad()
-def build_deployed(model: nn.Module, example_input: torch.Tensor, *, batch_size: int | None = None,
+def build_deployed(model: nn.Module, example_input: ModelInput, *, batch_size: int | None = None,
                    kernels: dict[str, str] | None = None) -> DeployedModel:
     """``deploy``, where ``kernels`` (fnmatch pattern on the layer name -> kernel) forces the kernel
     of the layers it names that can take it, untimed (tests run every kernel path this way)."""
     _refuse_parametrized(model)
     dense = fold_batchnorm(model).requires_grad_(False)  # an eval copy: the caller's model is unchanged
-    batch = batch_size or example_input.shape[0]
-    x = example_input[torch.arange(batch, device=example_input.device) % example_input.shape[0]]
-    device = x.device
+    batch = batch_size or batch_size_of(example_input)
+    x = _repeat(example_input, batch)
+    device = (x if isinstance(x, torch.Tensor) else next(v for v in x.values() if isinstance(v, torch.Tensor))).device
     slots = weight_slots(dense)
     inputs = _layer_inputs(dense, slots, x)
     rows, chosen = [], {}
@@ -81,13 +90,22 @@ def build_deployed(model: nn.Module, example_input: torch.Tensor, *, batch_size:
     deployed = _replace(copy.deepcopy(dense), chosen)
     plan_kwargs = {"batch_size": batch}
     if chosen and kernels is None:  # layers that pay alone may not pay together (layouts, lost fusions)
-        network_ms = time_interleaved({DENSE: lambda: dense(x), "deployed": lambda: deployed(x)}, device=device,
-                                      budget_seconds=0.5)
+        network_ms = time_interleaved({DENSE: lambda: call(dense, x), "deployed": lambda: call(deployed, x)},
+                                      device=device, budget_seconds=0.5)
         plan_kwargs["network_ms"] = network_ms
         if network_ms["deployed"] > SPARSE_MARGIN * network_ms[DENSE]:
             deployed, plan_kwargs["reverted"] = dense, True
             rows = [row._replace(kernel=DENSE) for row in rows]
     return DeployedModel(deployed, Plan(rows, **plan_kwargs))
+
+
+def _repeat(example: ModelInput, batch: int) -> ModelInput:
+    """The example's examples cycled to ``batch`` (indexing: token ids stay ids)."""
+    if isinstance(example, Mapping):
+        given = batch_size_of(example)
+        return {k: v[torch.arange(batch, device=v.device) % given] if isinstance(v, torch.Tensor) else v
+                for k, v in example.items()}
+    return example[torch.arange(batch, device=example.device) % example.shape[0]]
 
 
 def _refuse_parametrized(model: nn.Module) -> None:
@@ -96,7 +114,7 @@ def _refuse_parametrized(model: nn.Module) -> None:
                          "which multiplies DST's masks into the weights")
 
 
-def _layer_inputs(network: nn.Module, slots, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def _layer_inputs(network: nn.Module, slots, x: ModelInput) -> dict[str, torch.Tensor]:
     """Each weight's input on the example, by mask name (hooks on the owning modules; the hooks
     also keep nn.TransformerEncoderLayer off its fused path, so its attention is really called)."""
     seen: dict[int, torch.Tensor] = {}
@@ -108,7 +126,7 @@ def _layer_inputs(network: nn.Module, slots, x: torch.Tensor) -> dict[str, torch
     owners = {id(module): module for module, _ in slots.values()}
     handles = [m.register_forward_pre_hook(capture, with_kwargs=True) for m in owners.values()]
     try:
-        network(x)
+        call(network, x)
     finally:
         for handle in handles:
             handle.remove()

@@ -174,7 +174,8 @@ class _TrialLogger:
         program = Path(tempfile.mkdtemp(prefix="raysparse-program-")) / "model.pt2"
         if example is not None:  # a loop of yours that never ran its model on a batch has none
             _export_or_skip(plain, example, program)
-        final = {"events": events, "state": plain.state_dict(), "build": build, "program": program}
+        final = {"events": events, "state": plain.state_dict(), "build": build, "program": program,
+                 "example": example}
         self.flush()  # an epoch that could not be logged fails the trial, as it always did
         if not background:
             self._finish(**final)
@@ -197,13 +198,13 @@ class _TrialLogger:
                 print(f"raysparse: trial run {self.run.run_id} could not be marked FAILED ({again})", file=sys.stderr)
             self._worker.shutdown()
 
-    def _finish(self, *, events: list, state: dict, build: dict, program: Path) -> None:
+    def _finish(self, *, events: list, state: dict, build: dict, program: Path, example) -> None:
         masks = self.last.masks
         try:
             self.log_events(events)
             self.run.log_final(
                 packed_masks=masks.pack(), layer_density=masks.layer_density(), model_state=state,
-                config=self.config, build_info=build,
+                config=self.config, build_info=build, example_input=example,
                 write_program=lambda path: shutil.move(program, path) if program.exists() else None,
             )
         finally:

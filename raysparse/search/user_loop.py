@@ -82,15 +82,16 @@ class LoopTrial:
                              f"{', '.join(self._objectives)}")
         context = EpochContext(
             mask_events=sparsifier.masks.drain_events(), masks=sparsifier.masks, model=sparsifier.model,
-            save_checkpoint=lambda directory: self._save(directory, checkpoint, reports),
+            save_checkpoint=lambda directory: self._save(directory, checkpoint, reports, metrics),
             export_model=sparsifier.export, example_input=sparsifier.example_input,
             data_info={"input_shape": sparsifier.input_shape} if sparsifier.input_shape is not None else {},
         )
         self._report(metrics, context, checkpoint is not None)
 
-    def _save(self, directory: str | Path, state, reports: int) -> None:
+    def _save(self, directory: str | Path, state, reports: int, metrics: dict) -> None:
         sparsifier = self._sparsifier
-        save_checkpoint(directory, {"state": state, "sparsifier": sparsifier.state_dict(), "reports": reports})
+        save_checkpoint(directory, {"state": state, "sparsifier": sparsifier.state_dict(), "reports": reports,
+                                    "metrics": metrics})
         # the lineage row says which masks and weights a retry continues from
         sparsifier.masks.mark(step=sparsifier.steps, reason=f"checkpoint at report {reports}",
                               weights_hash=state_hash(sparsifier.model.state_dict()))
@@ -101,6 +102,13 @@ def run_loop(loop: Callable, config: dict, objectives: list[str], report: Callab
     """``loop(trial)``; ``report(metrics, context, checkpoint_now)`` receives its reports."""
     trial = LoopTrial(config, objectives, report, load_checkpoint(resume_from) if resume_from else None)
     loop(trial)
+    restored = trial._restored
+    if trial.reported_here == 0 and restored is not None and "metrics" in restored and trial._sparsifier is not None:
+        # a retry of a trial whose checkpoint holds its last report (its final upload failed, say):
+        # nothing is left to train, so the run finishes from that report, not as a loop that never reported
+        trial.reports -= 1  # the same report again, not one more
+        trial.report({k: v for k, v in restored["metrics"].items() if k != "epoch"} | {"epoch": restored["reports"]})
+        return
     if trial.reported_here == 0:
         raise RuntimeError(f"loop {describe(loop)} returned without calling trial.report(...); a trial reports "
                            f"its objective {objectives[0]!r} at least once")

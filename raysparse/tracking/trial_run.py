@@ -265,11 +265,13 @@ class TrialRun:
             self._lineage.write_text("".join(line + "\n" for line in lines))
 
     def log_final(self, *, packed_masks: bytes, layer_density: dict[str, float], model_state: dict,
-                  config: dict, write_program=None, build_info: dict | None = None) -> None:
+                  config: dict, write_program=None, build_info: dict | None = None, example_input=None) -> None:
         """Final masks, per-layer density table, state_dict (weights_only-loadable), config and
-        ``plots/`` (density per layer, sparsity and accuracy over training); ``write_program(path)``
-        may add ``model/model.pt2`` (a torch.export program), ``build_info`` (input shape, number
-        of classes, import directories: what rebuilding the architecture needs) ``model/build.json``."""
+        ``plots/`` (density per layer, sparsity and the task's metric over training);
+        ``write_program(path)`` may add ``model/model.pt2`` (a torch.export program), ``build_info``
+        (what the data told the model factory, import directories: what rebuilding the architecture
+        needs) ``model/build.json``, ``example_input`` (two real examples the model takes: what
+        ``raysparse deploy`` plans on) ``model/example_input.pt``."""
         out = Path(self._workdir.name) / "final"
         for folder in ("masks", "model", "plots"):
             (out / folder).mkdir(parents=True, exist_ok=True)
@@ -287,6 +289,8 @@ class TrialRun:
         (out / "model" / "config.json").write_text(json.dumps(config, indent=2, default=str))
         if build_info is not None:
             (out / "model" / "build.json").write_text(json.dumps(build_info, indent=2))
+        if example_input is not None:
+            torch.save(example_input, out / "model" / "example_input.pt")
         if write_program is not None:
             write_program(out / "model" / "model.pt2")
         plots.layer_density(layer_density, out / "plots" / "layer_density.png")

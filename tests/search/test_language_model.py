@@ -2,19 +2,21 @@
 with a tiny GPT and character data, swept from YAML by import path with task causal_lm and a
 searched per-layer allocation; a loop of the user's around nn.MultiheadAttention."""
 
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from mlflow import MlflowClient
 from torch import nn
 
 import raysparse
 from raysparse.imports import add_import_dirs
+from raysparse.report import stage_line
 from raysparse.sparsity.masks import weight_slots
 from raysparse.tasks.causal_lm import CausalLM
 from raysparse.tracking import download_masks
+from tests.conftest import lm_config
 
 TINYLM = '''
 """A user's language model and data, written without raysparse."""
@@ -111,7 +113,11 @@ def tiny_lm_loop(trial):
     loader = torch.utils.data.DataLoader(data["train"], batch_size=16, shuffle=True)
     task = CausalLM()
     sparsifier = trial.sparsifier(model, optimizer, steps_per_epoch=len(loader), task=task)
-    for epoch in range(config["epochs"]):
+    state, start = trial.restore(), 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        start = state["epoch"]
+    for epoch in range(start, config["epochs"]):
         model.train()
         for batch in loader:
             optimizer.zero_grad()
@@ -121,17 +127,23 @@ def tiny_lm_loop(trial):
         metrics = task.evaluate(model, torch.utils.data.DataLoader(data["test"], batch_size=32), torch.device("cpu"))
         trial.report({"val_perplexity": metrics["perplexity"]},
                      checkpoint={"model": model.state_dict(), "epoch": epoch + 1})
+    if config["sparsity"]["method"] == "set" and state is None:  # its process dies after the last report
+        raise RuntimeError("the trial's process died (simulated)")
 
 
 def test_a_loop_of_your_own_around_multihead_attention_finishes_with_its_model(ray_runtime, home, tinylm):
     base = {"epochs": 2, "measure_latency": False,
             "sparsity": {"method": "gmp", "final_sparsity": 0.5, "prune_end": 1, "update_frequency": 4}}
     sweep = {"name": "tinylm_loop", "base": base, "space": {"sparsity.method": {"choice": ["gmp", "set"]}},
-             "sampler": "grid", "objectives": {"val_perplexity": "min"}, "early_stopping": False,
+             "sampler": "grid", "objectives": {"val_perplexity": "min"}, "early_stopping": False, "max_failures": 1,
              "import_dirs": [str(tinylm)]}
     result = raysparse.sweep(sweep, loop=tiny_lm_loop, home=home, verbose=False)
     trials = result.to_dataframe()
     assert list(trials["status"]) == ["FINISHED", "FINISHED"], trials["failure_reason"].tolist()
+    # the set trial's retry had nothing left to train: it finished from the checkpoint of its last report
+    retried = trials.set_index("params.sparsity.method").loc["set", "run_id"]
+    steps = [m.step for m in MlflowClient(result.tracking_uri).get_metric_history(retried, "val_perplexity")]
+    assert sorted(steps) == [1, 2]
     assert Path(result.report["html"]).is_file()
     import tinylm
 
@@ -142,3 +154,21 @@ def test_a_loop_of_your_own_around_multihead_attention_finishes_with_its_model(r
     attention = masks["blocks.0.attn.in_proj_weight"]
     assert torch.all(network.blocks[0].attn.in_proj_weight[~attention] == 0) and not attention.all()
     assert isinstance(network.blocks[0].attn, nn.MultiheadAttention)
+
+
+def test_a_language_model_sweep_with_a_dense_stage_and_pbt_on_perplexity(ray_runtime, home, text_file):
+    base = lm_config(text_file, "oneshot", final_sparsity=0.6, prune_end=0)
+    base["epochs"] = 4
+    sweep = {"name": "lm_pbt", "base": base, "pretrain": {"epochs": 2},
+             "space": {"optimizer.lr": {"loguniform": [0.0003, 0.01]}}, "num_samples": 2,
+             "objectives": {"val_perplexity": "min"},
+             "early_stopping": {"scheduler": "pbt", "interval": 2, "quantile_fraction": 0.5}}
+    result = raysparse.sweep(sweep, home=home, verbose=False)
+    trials = result.to_dataframe()
+    assert list(trials["status"]) == ["FINISHED", "FINISHED"], trials["failure_reason"].tolist()
+    stage = result.stage()
+    assert stage is not None and stage["status"] == "FINISHED" and stage["metrics.val_perplexity"] > 1
+    assert stage_line(stage, [("metrics.val_perplexity", "min")]).startswith("dense stage: 2 epochs, val_perplexity")
+    # oneshot trials prune the stage's trained network: they start far below the byte vocabulary's 256
+    first = MlflowClient(result.tracking_uri).get_metric_history(trials["run_id"].iloc[0], "val_perplexity")
+    assert min(m.value for m in first if m.step == 1) < 100

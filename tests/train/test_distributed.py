@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from raysparse.train import fit
-from tests.conftest import small_config
+from tests.conftest import lm_config, small_config
 
 
 def free_port() -> int:
@@ -18,7 +18,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker(rank: int, port: int, out: str, method: str) -> None:
+def worker(rank: int, port: int, out: str, method: str, text: str | None = None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -28,7 +28,7 @@ def worker(rank: int, port: int, out: str, method: str) -> None:
         seen["hashes"].append(ctx.masks.content_hash())
         seen["weights"] = torch.cat([p.detach().flatten() for p in ctx.model.parameters()])
 
-    final = fit(small_config(method), report)
+    final = fit(small_config(method) if text is None else lm_config(text, method), report)
     torch.save({**seen, "density": final["density"], "loss": final["train_loss"], "params": final["params"],
                 "params_dense": final["params_dense"]}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
@@ -46,3 +46,11 @@ def test_two_ranks_hold_identical_masks_and_weights(tmp_path, method):
     assert torch.equal(r0["weights"], r1["weights"])
     assert r0["density"] == r1["density"]
     assert r0["loss"] == r1["loss"]  # the reported loss is averaged over ranks
+
+
+def test_a_language_model_on_two_ranks_holds_identical_masks_and_weights(tmp_path, text_file):
+    mp.spawn(worker, args=(free_port(), str(tmp_path), "rigl", text_file), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["hashes"] == r1["hashes"] and len(set(r0["hashes"])) > 2
+    assert torch.equal(r0["weights"], r1["weights"])
+    assert r0["density"] == r1["density"] and r0["loss"] == r1["loss"]
