@@ -14,7 +14,10 @@ A mask update (GraNet: magnitude prune + drop-and-grow by gradient, with lineage
 packing) is timed on its own, interleaved with the rounds, and amortized over
 ``update_frequency`` steps: 100 (raysparse's default) and 1000 (GraNet's CIFAR setting).
 
-Run: .venv/bin/python benchmarks/step_time.py [--rounds 7] [--only vit]
+Each model trains on its task: the classifiers on random images and labels, the GPT (the zoo's
+``gpt``, causal LM) on random token ids; the loss goes through the task as in ``fit``.
+
+Run: .venv/bin/python benchmarks/step_time.py [--rounds 7] [--only gpt]
 """
 
 from __future__ import annotations
@@ -24,32 +27,45 @@ import statistics
 import time
 
 import torch
-from torch import nn
 from torch.nn.utils import prune
 
 from raysparse.config import load_config
 from raysparse.methods import get_method
 from raysparse.sparsity.masks import weight_slots
+from raysparse.tasks import build_task
 from raysparse.train.sparsifier import Sparsifier
 from raysparse.zoo import build_model
 
-# title: (model spec, input shape, batch, steps per round)
+IMAGES = "classification"
+TEXT = "causal_lm"
+GPT = {"name": "gpt", "depth": 4, "width": 128, "heads": 4}
+# title: (model spec, the data's info, task, batch, steps per round)
 MODELS = {
-    "resnet20 (CIFAR 32x32, batch 128)": ({"name": "resnet20"}, (3, 32, 32), 128, 10),
-    "lenet300 (784-300-100, batch 128)": ({"name": "lenet300"}, (1, 28, 28), 128, 300),
-    "vit (digits 8x8, 16 tokens, batch 128)": ({"name": "vit"}, (1, 8, 8), 128, 100),
+    "resnet20 (CIFAR 32x32, batch 128)": ({"name": "resnet20"}, {"input_shape": (3, 32, 32), "num_classes": 10},
+                                          IMAGES, 128, 10),
+    "lenet300 (784-300-100, batch 128)": ({"name": "lenet300"}, {"input_shape": (1, 28, 28), "num_classes": 10},
+                                          IMAGES, 128, 300),
+    "vit (digits 8x8, 16 tokens, batch 128)": ({"name": "vit"}, {"input_shape": (1, 8, 8), "num_classes": 10},
+                                               IMAGES, 128, 100),
+    "gpt (4 blocks, width 128, 128 tokens, batch 16)": (GPT, {"vocab_size": 256, "block_size": 128}, TEXT, 16, 20),
 }
 
 
-def make(spec, shape):
+def make(spec, info):
     torch.manual_seed(0)
-    model = build_model(spec, shape, 10)
+    model = build_model(spec, info)
     return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
 
 
-def plain_step(model, opt, x, y):
+def example_batch(info, task, batch):
+    if task == TEXT:
+        return torch.randint(0, info["vocab_size"], (batch, info["block_size"]))
+    return torch.randn(batch, *info["input_shape"]), torch.randint(0, info["num_classes"], (batch,))
+
+
+def plain_step(model, opt, task, batch):
     opt.zero_grad(set_to_none=True)
-    nn.functional.cross_entropy(model(x), y).backward()
+    task.loss(model, batch)[0].backward()
     opt.step()
 
 
@@ -62,44 +78,44 @@ def granet(model, opt):
     return method
 
 
-def runners(spec, shape):
-    dense = make(spec, shape)
-    masked_model, masked_opt = make(spec, shape)
+def runners(spec, info, task):
+    dense = make(spec, info)
+    masked_model, masked_opt = make(spec, info)
     method = granet(masked_model, masked_opt)
-    user_model, user_opt = make(spec, shape)
+    user_model, user_opt = make(spec, info)
     # masks from the start, and no update within the benchmark's steps: the steady-state step
     sparsifier = Sparsifier(user_model, user_opt, {"method": "granet", "initial_sparsity": 0.9,
                             "final_sparsity": 0.9, "prune_end": 1, "update_frequency": 100_000},
-                            steps_per_epoch=100_000, epochs=10, input_shape=shape)
+                            steps_per_epoch=100_000, epochs=10, task=task)
 
-    def user_loop_step(x, y):
+    def user_loop_step(batch):
         user_opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(user_model(x), y).backward()
+        task.loss(user_model, batch)[0].backward()
         user_opt.step()
         sparsifier.step()
 
-    pruned = make(spec, shape)
+    pruned = make(spec, info)
     # nn.MultiheadAttention computes with out_proj.weight without calling out_proj, so torch-prune's
     # forward pre-hook there would never recompute it: out_proj stays dense in that column
     layers = [slot for name, slot in weight_slots(pruned[0]).items() if not name.endswith(".out_proj")]
     prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=0.9)
 
-    def masked_step(x, y):
+    def masked_step(batch):
         masked_opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(masked_model(x), y).backward()
+        task.loss(masked_model, batch)[0].backward()
         method.after_backward(1)
         masked_opt.step()
         method.after_optimizer_step(1)  # step 1 is no update step: this is the steady state
 
-    def update(x, y):  # one GraNet mask update on the current gradients
+    def update(batch):  # one GraNet mask update on the current gradients
         method.prune_by_magnitude(0.1, step=100)
         method.regrow(step=100)
 
     return {
-        "dense": lambda x, y: plain_step(*dense, x, y),
+        "dense": lambda batch: plain_step(*dense, task, batch),
         "raysparse": masked_step,
         "Sparsifier": user_loop_step,
-        "torch-prune": lambda x, y: plain_step(*pruned, x, y),
+        "torch-prune": lambda batch: plain_step(*pruned, task, batch),
     }, update
 
 
@@ -112,23 +128,24 @@ def main() -> None:
     print("| model | dense | raysparse step | / dense | Sparsifier loop | / dense | update "
           "| amortized / dense at f=100 | at f=1000 | torch-prune | / dense |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for title, (spec, shape, batch, steps) in MODELS.items():
+    for title, (spec, info, task_name, batch, steps) in MODELS.items():
         if args.only not in title:
             continue
-        variants, update = runners(spec, shape)
-        x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
+        task = build_task(task_name)
+        variants, update = runners(spec, info, task)
+        data = example_batch(info, task_name, batch)
         times = {name: [] for name in [*variants, "update"]}
         for run in variants.values():  # warm-up
             for _ in range(3):
-                run(x, y)
+                run(data)
         for _ in range(args.rounds):
             for name, run in variants.items():
                 start = time.perf_counter()
                 for _ in range(steps):
-                    run(x, y)
+                    run(data)
                 times[name].append((time.perf_counter() - start) / steps * 1e3)
             start = time.perf_counter()
-            update(x, y)
+            update(data)
             times["update"].append((time.perf_counter() - start) * 1e3)
         med = {name: statistics.median(t) for name, t in times.items()}
         dense, masked, upd = med["dense"], med["raysparse"], med["update"]

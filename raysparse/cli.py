@@ -80,7 +80,10 @@ def cmd_train(args) -> int:
     )
     if config.robustness is not None:
         names = ("mean_corrupted_accuracy", "ece", "mean_excess_error", "noise_agreement", "noise_softmax_distance")
-        print("robustness: " + ", ".join(f"{n} {final[n]:.4f}" for n in names if n in final))
+        shown = [f"{n} {final[n]:.4f}" for n in names if n in final]
+        shown += [f"shift.{name}.{metric} {value:.4f}" for name, metrics in final.get("shift", {}).items()
+                  for metric, value in metrics.items()]  # robustness.datasets: the task's metrics on other data
+        print("robustness: " + ", ".join(shown))
     return 0
 
 
@@ -397,11 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--experiment", help="MLflow experiment (default: the sweep name)")
     report.add_argument("--tracking-uri", help="MLflow server (default: the embedded one)")
     report.add_argument("--out", help="directory for the report files")
-    report.add_argument("--delta", type=float, default=0.005, help="prune potential: accuracy allowed below dense")
+    report.add_argument("--delta", type=float, default=0.005, help=(
+        "prune potential's tolerance on the task's main metric: accuracy allowed below dense (0.005: half a "
+        "point); for a lower-is-better metric, the relative increase allowed above it: perplexity <= dense * "
+        "(1 + delta)"))
     report.set_defaults(handler=cmd_report)
     potential = sub.add_parser("potential", help="prune potential per distribution and method of a finished sweep")
     potential.add_argument("name", help="sweep name (it needs a dense trial or a dense stage, pretrain:)")
-    potential.add_argument("--delta", type=float, default=0.005, help="accuracy allowed below the dense reference")
+    potential.add_argument("--delta", type=float, default=0.005, help=(
+        "tolerance on the task's main metric: accuracy allowed below the dense reference (0.005: half a point); "
+        "for a lower-is-better metric, the relative increase allowed above it: perplexity <= dense * (1 + delta)"))
     potential.add_argument("--experiment", help="MLflow experiment (default: the sweep name)")
     potential.add_argument("--tracking-uri", help="MLflow server (default: the embedded one)")
     potential.add_argument("--out", help="directory for the table and plot")

@@ -114,7 +114,14 @@ def with_absolute_paths(raw: dict) -> dict:
     (where validation found them): a Tune trial runs in a trial directory of its own, where
     ``data/cifar10`` would name nothing."""
     resolved = copy.deepcopy(raw)
-    for key in PATH_KEYS:
+    keys = list(PATH_KEYS)
+    datasets = get_dotted(resolved, "robustness.datasets")
+    if isinstance(datasets, dict):  # other evaluation sets read their files in the trial too
+        keys += [f"robustness.datasets.{name}.{key}" for name in datasets for key in ("path", "root")]
+    tokenizer = get_dotted(resolved, "data.tokenizer")
+    if isinstance(tokenizer, str) and tokenizer != "bytes":  # a tokenizer directory, not the built-in name
+        keys.append("data.tokenizer")
+    for key in keys:
         if get_dotted(resolved, key) is not None:
             set_dotted(resolved, key, absolute_path(get_dotted(resolved, key)))
     return resolved
@@ -147,6 +154,10 @@ def load_config(source: Config | dict | str | Path) -> Config:
     config = _from_dict(Config, raw, "")
     _check_values(config)
     _check_other_methods_options(raw.get("sparsity", {}), config.sparsity, config.epochs)
+    if config.robustness is not None and _is_classifier(config.task):
+        # an image classifier records the image suite's defaults, as every default is recorded: a later
+        # change of a default cannot silently change a reproduction (other tasks leave them None)
+        config = dataclasses.replace(config, robustness=config.robustness.with_image_defaults())
     return config
 
 
@@ -250,7 +261,7 @@ def _check_values(c: Config) -> None:
     _check_task(c)
     _check_blocks(c)
     if c.robustness is not None:
-        _check_robustness(c.robustness, c.data)
+        _check_robustness(c.robustness, c.data, c.task)
 
 
 def _check_task(c: Config) -> None:
@@ -262,16 +273,62 @@ def _check_task(c: Config) -> None:
         build_task(c.task, label_smoothing=c.label_smoothing)
 
 
-def _check_robustness(r: RobustnessConfig, data: dict) -> None:
-    from raysparse.robustness.corruptions import CORRUPTIONS
+def _is_classifier(task: str | dict) -> bool | None:
+    """Whether the task is an image classifier's (the robustness block's image suite applies);
+    None for a task given as an object (task=) that does not import here: the loop tells."""
+    from raysparse.imports import import_object
+    from raysparse.tasks.classification import Classification
+    from raysparse.tasks.registry import get_task_class
+    from raysparse.zoo.user_code import PYTHON
 
-    for name in r.corruptions:
-        _choice("robustness.corruptions", "corruption", name, CORRUPTIONS)
-    _require(all(1 <= s <= 5 for s in r.severities) and r.severities, "robustness.severities", list(r.severities),
-             "a non-empty list of integers in 1..5")
-    _require(all(e > 0 for e in r.noise_eps), "robustness.noise_eps", list(r.noise_eps), "numbers > 0")
-    _require(r.max_examples >= 1, "robustness.max_examples", r.max_examples, "an integer >= 1")
+    try:
+        cls = import_object(task[PYTHON], "task") if isinstance(task, dict) and PYTHON in task else get_task_class(task)
+    except ConfigError:
+        return None
+    return isinstance(cls, type) and issubclass(cls, Classification)
+
+
+def _check_robustness(r: RobustnessConfig, data: dict, task: str | dict = "classification") -> None:
+    """``datasets`` for every task; the image suite (corruptions, noise ball, calibration) for an
+    image classifier only: another task (a language model) that sets one of its options is refused."""
+    from raysparse.robustness.corruptions import CORRUPTIONS
+    from raysparse.robustness.evaluate import DATASET_NAME, refuse_image_options
+    from raysparse.tasks.registry import task_name
+    from raysparse.zoo.datasets import check_data_spec
+    from raysparse.zoo.user_code import PYTHON, check_user_block, is_user_code
+
     _choice("robustness.split", "split", r.split, ("test", "val"))
+    classifier = _is_classifier(task)
+    if classifier is False:
+        refuse_image_options(r, str(task_name(task)))
+        _require(bool(r.datasets), "robustness.datasets", {}, f"other evaluation sets {{name: <data block>}}: "
+                 f"for task {task_name(task)!r} the robustness block evaluates only those")
+    for name, spec in r.datasets.items():
+        _require(isinstance(name, str) and DATASET_NAME.fullmatch(name), "robustness.datasets", name,
+                 "names of letters, digits, _ and - (one part of the metric key shift.<name>.<metric>)")
+        field_name = f"robustness.datasets.{name}"
+        if isinstance(spec, dict) and PYTHON in spec:
+            raise ConfigError(f"{field_name}.{PYTHON}", "a Python object cannot be given here; allowed: a zoo "
+                              "dataset (name: ...) or a factory of yours (factory: 'package.module:callable')")
+        if is_user_code(spec):
+            check_user_block(spec, field_name)
+        else:
+            check_data_spec(spec, field_name)
+            if "path" in spec and not Path(str(spec["path"])).expanduser().exists():  # read only after training
+                raise ConfigError(f"{field_name}.path", f"got {spec['path']!r}; allowed: an existing file or directory")
+        if r.split == "val":
+            fraction = spec.get("val_fraction", 0.1)
+            _require(isinstance(fraction, (int, float)) and fraction > 0, f"{field_name}.val_fraction", fraction,
+                     "> 0 when robustness.split is val")
+    if classifier is False:
+        return
+    images = r.with_image_defaults()
+    for name in images.corruptions:
+        _choice("robustness.corruptions", "corruption", name, CORRUPTIONS)
+    _require(all(1 <= s <= 5 for s in images.severities) and images.severities, "robustness.severities",
+             list(images.severities), "a non-empty list of integers in 1..5")
+    _require(all(e > 0 for e in images.noise_eps), "robustness.noise_eps", list(images.noise_eps), "numbers > 0")
+    _require(images.max_examples >= 1, "robustness.max_examples", images.max_examples, "an integer >= 1")
     if r.reference is not None and not Path(r.reference).expanduser().is_file():
         raise ConfigError("robustness.reference", f"got {r.reference!r}; allowed: an existing state_dict file")
     _require(data.get("name") not in (None, "imagefolder"), "robustness", data.get("name") or data.get("factory")

@@ -6,6 +6,7 @@ Tables are one row per trial with ``params.<config key>`` and ``metrics.<name>``
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -119,51 +120,97 @@ def sweep_potential(trials: pd.DataFrame, delta: float, stage: dict | None = Non
         return None, f"Not measured: {missing.message}."
 
 
-# metric prefix -> the prefix of the distributions it measures
+# an image classifier's robustness suite: metric prefix -> the prefix of the distributions it measures
 _DISTRIBUTIONS = {"metrics.corrupted_accuracy.": "", "metrics.noise_accuracy.": "noise_"}
+_SHIFT = "metrics.shift."  # robustness.datasets: metrics.shift.<name>.<metric>, distribution shift.<name>
+# the default task's main metric, known without importing raysparse.tasks (torch: seconds)
+_CLASSIFICATION = ("accuracy", "max")
 
 
 def sweep_potential_rows(trials: pd.DataFrame, stage: dict | None = None) -> list[dict]:
-    """Prune-potential rows from a sweep's trials: the test set ("clean"), every corrupted
-    distribution a trial reported (``contrast_5``) and every noise ball (``noise_eps_0.1``); a
-    ``dense`` trial is the reference at sparsity 0, or else the sweep's finished dense ``stage``
-    (``SweepData.stage``), measured as a trial is."""
+    """Prune-potential rows (``robustness.potential``: method, sparsity, distribution, metric,
+    direction, value) from a sweep's trials, on the main metric of the task they learn (their
+    ``task`` param: accuracy, max; a language model's perplexity, min): the test set ("clean"),
+    every other dataset (``shift.wiki``, from ``robustness.datasets``) and, for accuracy, every
+    corrupted distribution a trial reported (``contrast_5``) and every noise ball
+    (``noise_eps_0.1``); a ``dense`` trial is the reference at sparsity 0, or else the sweep's
+    finished dense ``stage`` (``SweepData.stage``), measured as a trial is."""
     from raysparse.errors import ConfigError
 
     done = finished(trials)
-    # a sweep of a task without accuracy (a language model's val_perplexity, a loop's val_loss) has
-    # nothing to compare; say so before asking for a dense trial it may well have
-    if not done.empty and all(pd.isna(trial.get(_clean_column(trial))) for _, trial in done.iterrows()):
-        names = sorted({_clean_column(trial).removeprefix("metrics.") for _, trial in done.iterrows()})
+    metric, direction = _sweep_main_metric(done)
+    # a sweep of a loop's own (val_loss only) has nothing to compare; say so before asking for a
+    # dense trial it may well have
+    if not done.empty and all(pd.isna(trial.get(_clean_column(trial, metric))) for _, trial in done.iterrows()):
+        names = sorted({_clean_column(trial, metric).removeprefix("metrics.") for _, trial in done.iterrows()})
         raise ConfigError("metrics", f"no finished trial reported {' or '.join(names)} (prune potential "
-                          "compares accuracies)")
-    rows = [row for _, trial in done.iterrows() for row in _potential_rows(trial)]
+                          f"compares the task's main metric, {metric})")
+    rows = [row for _, trial in done.iterrows() for row in _potential_rows(trial, metric, direction)]
     if not any(r["sparsity"] == 0 for r in rows) and stage is not None and stage.get("status") == "FINISHED":
-        rows += _potential_rows(pd.Series(stage), method="dense")
+        rows += _potential_rows(pd.Series(stage), metric, direction, method="dense")
     if not any(r["sparsity"] == 0 for r in rows):
         raise ConfigError("name", "the sweep has no finished dense reference trial (sparsity.method: dense). Add "
                           "a trial with sparsity.method: dense, or a pretrain: block (a dense stage), to measure it")
     return rows
 
 
-def _clean_column(trial: pd.Series) -> str:
-    # corruptions are measured on robustness.split: "clean" is the same split's accuracy
-    return "metrics.val_accuracy" if trial.get("params.robustness.split") == "val" else "metrics.test_accuracy"
+def _sweep_main_metric(done: pd.DataFrame) -> tuple[str, str]:
+    """(main metric, direction) of the task the finished trials learn: one for all of them."""
+    from raysparse.errors import ConfigError
+
+    found = {_main_metric(_recorded_task(trial)) for _, trial in done.iterrows()} or {_CLASSIFICATION}
+    if len(found) > 1:
+        listed = ", ".join(f"{metric} ({direction})" for metric, direction in sorted(found))
+        raise ConfigError("task", f"the sweep's trials learn tasks with different main metrics ({listed}); prune "
+                          "potential compares one")
+    return found.pop()
 
 
-def _potential_rows(trial: pd.Series, method: str | None = None) -> list[dict]:
+def _recorded_task(trial: pd.Series) -> str | None:
+    """The task a trial's params name: ``task``, ``task.name`` ({name: ..., <option>: ...}) or
+    ``task.python`` (a task= object, by import path); None: none recorded (the default)."""
+    for column in ("params.task", "params.task.name", "params.task.python"):
+        value = trial.get(column)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+@functools.cache
+def _main_metric(task: str | None) -> tuple[str, str]:
+    if task in (None, "classification"):
+        return _CLASSIFICATION
+    from raysparse.tasks import get_task_class  # a ConfigError if it does not import here: no potential, and why
+
+    metrics = get_task_class(task, "params.task").metrics
+    main = next(iter(metrics))
+    return main, metrics[main]
+
+
+def _clean_column(trial: pd.Series, metric: str) -> str:
+    # the suite is measured on robustness.split: "clean" is the same split's metric
+    split = "val" if trial.get("params.robustness.split") == "val" else "test"
+    return f"metrics.{split}_{metric}"
+
+
+def _potential_rows(trial: pd.Series, metric: str, direction: str, method: str | None = None) -> list[dict]:
     method = method or trial.get("params.sparsity.method")
-    accuracy, density = trial.get(_clean_column(trial)), trial.get("metrics.density")
-    if pd.isna(accuracy) or (method != "dense" and pd.isna(density)):  # a trial that never measured them
+    clean, density = trial.get(_clean_column(trial, metric)), trial.get("metrics.density")
+    if pd.isna(clean) or (method != "dense" and pd.isna(density)):  # a trial that never measured them
         return []
     sparsity = 0.0 if method == "dense" else round(1.0 - float(density), 4)
-    rows = [{"method": method, "sparsity": sparsity, "distribution": "clean", "accuracy": accuracy}]
+    measured = {"clean": clean}
     for column, value in trial.items():
+        if pd.isna(value):
+            continue
         for prefix, named in _DISTRIBUTIONS.items():
-            if column.startswith(prefix) and pd.notna(value):
-                rows.append({"method": method, "sparsity": sparsity, "accuracy": value,
-                             "distribution": named + column.removeprefix(prefix)})
-    return rows
+            if metric == "accuracy" and column.startswith(prefix):
+                measured[named + column.removeprefix(prefix)] = value
+        name, _, of = column.removeprefix(_SHIFT).partition(".")
+        if column.startswith(_SHIFT) and of == metric:
+            measured[f"shift.{name}"] = value
+    return [{"method": method, "sparsity": sparsity, "distribution": distribution, "metric": metric,
+             "direction": direction, "value": value} for distribution, value in measured.items()]
 
 
 def stage_line(stage: dict | None, objectives: Objectives = ()) -> str:

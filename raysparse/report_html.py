@@ -74,8 +74,9 @@ def render(page: ReportPage) -> str:
     parts.append("<h2>Prune potential</h2>")
     if page.potential is not None:
         parts += [
-            f"<p>The largest sparsity whose accuracy is within {page.delta:g} of the dense reference, "
-            "per evaluation distribution (Lost in Pruning).</p>",
+            "<p>The largest sparsity whose main task metric holds against the dense reference's, per "
+            f"evaluation distribution (Lost in Pruning): an accuracy at most {page.delta:g} below it, a metric "
+            f"to minimize (perplexity) at most (1 + {page.delta:g}) times it.</p>",
             page.potential.to_html(float_format=lambda v: f"{v:.3f}", border=0),
             _img(page.potential_plot, "prune potential"),
         ]

@@ -90,6 +90,7 @@ def build_deployed(model: nn.Module, example_input: ModelInput, *, batch_size: i
     deployed = _replace(copy.deepcopy(dense), chosen)
     plan_kwargs = {"batch_size": batch}
     if chosen and kernels is None:  # layers that pay alone may not pay together (layouts, lost fusions)
+        call(deployed, x)  # a deployed network that fails says why here; the timing would only drop it
         network_ms = time_interleaved({DENSE: lambda: call(dense, x), "deployed": lambda: call(deployed, x)},
                                       device=device, budget_seconds=0.5)
         plan_kwargs["network_ms"] = network_ms

@@ -1,15 +1,21 @@
-"""Beyond test accuracy, evaluated at the end of a run: accuracy under corruptions (CIFAR-10-C
+"""Beyond the test split, evaluated at the end of a run (Liebenwein et al. 2021, "Lost in Pruning",
+https://arxiv.org/abs/2103.03014), for any task: the task's own metrics on other datasets
+(``robustness.datasets``, reported as ``shift.<name>.<metric>``: does a sparse language model hold on
+text it was not tuned on?). For an image classifier also: accuracy under corruptions (CIFAR-10-C
 style, generated on the fly), calibration (ECE), accuracy in the noise ball x + 2*eps*(u - 0.5),
 and against a dense reference network: agreement and softmax distance in the noise ball, and
-excess error under each corruption (Liebenwein et al. 2021, "Lost in Pruning")."""
+excess error under each corruption."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import re
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from raysparse.errors import ConfigError, shown
 from raysparse.robustness.corruptions import (
     CORRUPTIONS,
     corrupt,
@@ -25,15 +31,54 @@ REFERENCE_METRICS = ("noise_agreement", "noise_softmax_distance", "mean_excess_e
 _BATCH = 250
 
 
+# the image suite's options and their defaults: an image classifier's only. None in a config means
+# the default here; any other task refuses them when given (config.py)
+IMAGE_DEFAULTS = {
+    "corruptions": tuple(CORRUPTIONS),
+    "severities": (1, 3, 5),
+    "noise_eps": (0.05, 0.1, 0.2),
+    "max_examples": 1000,  # examples used (the first ones), to bound the cost
+    "seed": 0,  # of the random corruptions and the noise ball
+}
+# a robustness.datasets name: one MLflow metric-key part (shift.<name>.<metric>), so no dots
+DATASET_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
 @dataclass(frozen=True)
 class RobustnessConfig:
-    corruptions: tuple[str, ...] = tuple(CORRUPTIONS)
-    severities: tuple[int, ...] = (1, 3, 5)
-    noise_eps: tuple[float, ...] = (0.05, 0.1, 0.2)
+    """The ``robustness:`` block. ``datasets`` holds other evaluation sets, ``{name: <data block>}``
+    (a zoo dataset such as ``{name: text, path: ..., block_size: 32}`` or ``{factory:
+    "pkg.mod:fn", ...}``): each is evaluated by the task on its ``split`` and reported as
+    ``shift.<name>.<metric>`` (``shift.wiki.perplexity``); names are letters, digits, ``_`` and
+    ``-``. The image options (``IMAGE_DEFAULTS``; None: the default) and ``reference`` apply to
+    image classifiers only."""
+
+    corruptions: tuple[str, ...] | None = None
+    severities: tuple[int, ...] | None = None
+    noise_eps: tuple[float, ...] | None = None
     reference: str | None = None  # state_dict of the dense reference network (agreement, excess error)
-    max_examples: int = 1000  # examples used (the first ones), to bound the cost
+    max_examples: int | None = None
     split: str = "test"  # "val" to search on these metrics: test data never selects a model
-    seed: int = 0
+    seed: int | None = None
+    datasets: dict[str, dict] = field(default_factory=dict)
+
+    def given_image_options(self) -> list[str]:
+        """The image options this block sets (not left to their default)."""
+        return [name for name in IMAGE_DEFAULTS if getattr(self, name) is not None]
+
+    def with_image_defaults(self) -> RobustnessConfig:
+        return dataclasses.replace(self, **{k: v for k, v in IMAGE_DEFAULTS.items() if getattr(self, k) is None})
+
+
+def refuse_image_options(cfg: RobustnessConfig, task_name: str) -> None:
+    """A ConfigError on the first image option ``cfg`` sets: a task that is not an image classifier
+    (a language model) is judged on ``datasets`` only."""
+    for name in cfg.given_image_options():
+        value = getattr(cfg, name)
+        raise ConfigError(f"robustness.{name}", (
+            f"got {shown(list(value) if isinstance(value, tuple) else value)}, but image corruptions, the noise "
+            f"ball and calibration apply to image classifiers, not to task {task_name!r}; allowed for it: "
+            "robustness.datasets (other evaluation sets) and robustness.split"))
 
 
 @torch.no_grad()
@@ -48,7 +93,10 @@ def robustness_metrics(model: nn.Module, split, cfg: RobustnessConfig, device: t
     - with a dense ``reference``: ``noise_agreement`` / ``noise_softmax_distance`` (top-1 agreement
       and L2 distance of the softmax outputs, mean over eps; per eps under ``noise_ball.``), and
       ``excess_error.<corruption>_<severity>`` with their mean ``mean_excess_error``: how much more
-      accuracy the pruned network loses under the corruption than the reference does."""
+      accuracy the pruned network loses under the corruption than the reference does.
+
+    The image options ``cfg`` leaves unset take ``IMAGE_DEFAULTS``; ``cfg.datasets`` is the loop's."""
+    cfg = cfg.with_image_defaults()
     x, y = split.tensors()
     x, y = x[: cfg.max_examples], y[: cfg.max_examples]
     mean, std = split.mean, split.std

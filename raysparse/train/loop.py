@@ -393,13 +393,34 @@ class _Run:
         return value > best if self.task.metrics[self.task.main_metric] == MAX else value < best
 
     def _robustness(self) -> dict:
-        """Corruptions, calibration and (with a reference) noise-ball agreement, once, at the end."""
-        cfg, reference = self.cfg.robustness, None
-        if cfg.reference is not None:
-            reference = build_network(self.cfg.model, self.data.info, given=self.model_source).to(self.device)
-            load_into(reference, cfg.reference, "robustness.reference", self.device)
-        split = self.data.val if cfg.split == "val" else self.data.test
-        return robustness_metrics(self.net, split, cfg, self.device, reference)
+        """Once, at the end: the task's metrics on each of ``robustness.datasets`` (its ``split``), as
+        ``shift: {name: {metric: value}}`` (logged ``shift.<name>.<metric>``); for an image classifier
+        also corruptions, calibration and (with a reference) noise-ball agreement."""
+        from raysparse.robustness.evaluate import refuse_image_options
+        from raysparse.tasks.classification import Classification
+
+        cfg, metrics = self.cfg.robustness, {}
+        if isinstance(self.task, Classification):
+            reference = None
+            if cfg.reference is not None:
+                reference = build_network(self.cfg.model, self.data.info, given=self.model_source).to(self.device)
+                load_into(reference, cfg.reference, "robustness.reference", self.device)
+            split = self.data.val if cfg.split == "val" else self.data.test
+            metrics = robustness_metrics(self.net, split, cfg, self.device, reference)
+        else:  # validation refuses these for a task it can import; a task= object is only known here
+            refuse_image_options(cfg, self.task.name or type(self.task).__qualname__)
+        shift = {}
+        for name, spec in cfg.datasets.items():
+            field = f"robustness.datasets.{name}"
+            try:
+                data = build_splits(spec, self.cfg.seed, self.task)
+            except ConfigError as err:  # named as the data block's fields (data.path): say which block
+                inside = err.field[len("data"):] if err.field.split(".")[0] == "data" else f" ({err.field})"
+                raise ConfigError(field + inside, err.message) from None
+            check_model(self.net, data, self.task, field)  # e.g. token ids the model's vocabulary lacks
+            loader = make_loader(getattr(data, cfg.split), batch_size=512, shuffle=False, generator=None)
+            shift[name] = self.task.evaluate(self.net, loader, self.device)
+        return {**metrics, "shift": shift} if shift else metrics
 
     def context(self, epoch: int) -> EpochContext:
         return EpochContext(

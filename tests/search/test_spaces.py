@@ -27,7 +27,7 @@ def sweep(**changes):
 
 def test_shipped_sweep_files_load(tmp_path):
     for name in ("quickstart", "quickstart_pareto", "digits_ddp", "dst_digits", "dst_free_digits", "hap_digits",
-                 "patterns_digits", "latency_pareto_digits", "pbt_digits"):
+                 "patterns_digits", "latency_pareto_digits", "pbt_digits", "language_model"):
         assert load_sweep(f"search_spaces/{name}.yaml").num_samples >= 1
     assert load_sweep("search_spaces/quickstart.yaml").num_samples >= 8
 

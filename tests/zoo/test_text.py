@@ -137,3 +137,14 @@ def test_without_transformers_a_tokenizer_directory_asks_for_the_hf_extra(text_f
     with pytest.raises(ConfigError) as excinfo:
         text_data(text_file, tokenizer=str(tmp_path))
     assert excinfo.value.field == "data.tokenizer" and "pip install raysparse[hf]" in str(excinfo.value)
+
+
+def test_a_tokenizer_directory_and_other_evaluation_texts_are_made_absolute_but_bytes_stays(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = {"data": {"name": "text", "path": "a.txt", "tokenizer": "tok"},
+           "robustness": {"datasets": {"wiki": {"name": "text", "path": "wiki.txt"}}}}
+    resolved = with_absolute_paths(raw)
+    assert resolved["data"]["tokenizer"] == str(tmp_path / "tok")
+    assert resolved["robustness"]["datasets"]["wiki"]["path"] == str(tmp_path / "wiki.txt")
+    assert with_absolute_paths({"data": {"name": "text", "path": "a.txt"}})["data"].get("tokenizer") is None
+    assert with_absolute_paths({"data": {"tokenizer": "bytes"}})["data"]["tokenizer"] == "bytes"
