@@ -53,12 +53,12 @@ def test_ignored_labels_and_padding_count_nowhere():
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     labels = torch.tensor([[1, 2, -100, 4, 5]])
     loss, tokens = task.loss(model, (ids, labels))
-    assert tokens == 3 and float(loss) == pytest.approx(by_hand(model, ids, labels)[0] / 3, rel=1e-6)
+    assert tokens == 3 and loss.item() == pytest.approx(by_hand(model, ids, labels)[0] / 3, rel=1e-6)
     padded = {"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1, 0, 0]])}
     loss, tokens = task.loss(model, padded)
     assert tokens == 2  # the labels at positions 1 and 2: 3 and 4 are padding
     masked = torch.tensor([[1, 2, 3, -100, -100]])
-    assert float(loss) == pytest.approx(by_hand(model, ids, masked)[0] / 2, rel=1e-6)
+    assert loss.item() == pytest.approx(by_hand(model, ids, masked)[0] / 2, rel=1e-6)
 
 
 def test_a_dict_batch_reaches_the_model_as_keywords_without_labels():
