@@ -59,6 +59,16 @@ def hf(
     return model.train()  # from_pretrained returns eval mode; every zoo model starts in training mode
 
 
+def load_tokenizer(directory: Path, field: str):
+    """A HuggingFace tokenizer from a local directory (the ``text`` data source's ``tokenizer``)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ConfigError(field, f"{str(directory)!r} holds no tokenizer transformers can load: {error}") from None
+
+
 def _import_transformers():
     try:
         import transformers

@@ -134,12 +134,9 @@ def _hf_tokenize(documents: list[str], tokenizer: object, field: str) -> tuple[T
                                  "pip install raysparse[hf] (or use tokenizer: bytes)")
     if not Path(tokenizer).expanduser().is_dir():
         raise ConfigError(field, f"{str(tokenizer)!r} is not a directory; allowed: {allowed}")
-    from transformers import AutoTokenizer
+    from raysparse.zoo.hf import load_tokenizer
 
-    try:
-        hf = AutoTokenizer.from_pretrained(Path(tokenizer).expanduser(), local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise ConfigError(field, f"{str(tokenizer)!r} holds no tokenizer transformers can load: {error}") from None
+    hf = load_tokenizer(Path(tokenizer).expanduser(), field)
     separator = [] if hf.eos_token_id is None else [hf.eos_token_id]
     ids: list[int] = []
     for i, document in enumerate(documents):

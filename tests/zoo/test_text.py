@@ -148,3 +148,29 @@ def test_a_tokenizer_directory_and_other_evaluation_texts_are_made_absolute_but_
     assert resolved["robustness"]["datasets"]["wiki"]["path"] == str(tmp_path / "wiki.txt")
     assert with_absolute_paths({"data": {"name": "text", "path": "a.txt"}})["data"].get("tokenizer") is None
     assert with_absolute_paths({"data": {"tokenizer": "bytes"}})["data"]["tokenizer"] == "bytes"
+
+
+def test_a_local_huggingface_tokenizer_tokenizes_the_text_with_its_end_of_text_between_documents(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = "the cat sat on a mat dog ran".split()
+    vocab = {"<unk>": 0, "<eos>": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<eos>")
+    tokenizer.save_pretrained(tmp_path / "tok")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("the cat sat on a mat " * 20)
+    (tmp_path / "docs" / "b.txt").write_text("the dog ran " * 20)
+    data = build_data({"name": "text", "path": str(tmp_path / "docs"), "tokenizer": str(tmp_path / "tok"),
+                       "block_size": 8, "test_fraction": 0.2}, seed=0)
+    assert data.info == {"vocab_size": len(vocab), "block_size": 8}
+    blocks = torch.cat([data.train[i] for i in range(len(data.train))])
+    assert blocks.dtype == torch.long and int(blocks.max()) < len(vocab) and 0 not in blocks.tolist()  # no unknowns
+    # 120 tokens of a.txt, <eos>, 60 of b.txt: 22 whole blocks; the <eos> opens block 15
+    by_position = {int(k): split[i] for split in (data.train, data.val, data.test)
+                   for i, k in enumerate(split.source_index)}
+    assert sorted(by_position) == list(range(22))
+    the, dog, ran = vocab["the"], vocab["dog"], vocab["ran"]
+    assert by_position[15].tolist() == [1, the, dog, ran, the, dog, ran, the]
