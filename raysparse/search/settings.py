@@ -154,13 +154,37 @@ def parse_resources(raw: Any) -> Resources:
     return Resources(workers=workers, cpus_per_worker=float(cpus), gpus_per_worker=float(gpus))
 
 
+# a DDP trial's own process only hosts the TorchTrainer driver: a sliver of a CPU, beside its workers'
+DDP_HOST_CPUS = 0.01
+
+
+def trial_resources(resources: Resources) -> dict[str, float]:
+    """What Tune reserves for a trial's own process: a 1-worker trial trains in it; a DDP trial's
+    workers are reserved by Ray Train on top (``workers x cpus_per_worker``)."""
+    if resources.workers == 1:
+        return {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
+    return {"cpu": DDP_HOST_CPUS}
+
+
+def trial_cpus(resources: Resources) -> float:
+    """Every CPU one trial holds at once: its own process's and its DDP workers'."""
+    if resources.workers == 1:
+        return resources.cpus_per_worker
+    return DDP_HOST_CPUS + resources.workers * resources.cpus_per_worker
+
+
 def check_local_resources(resources: Resources) -> None:
-    """On a local Ray runtime, a trial that asks for more than this machine has never starts."""
+    """On a local Ray runtime, a trial that asks for more than this machine has never starts (Ray
+    waits for the CPUs forever, silently): refused before anything starts."""
     cpus = os.cpu_count() or 1
-    if resources.workers * resources.cpus_per_worker > cpus:
+    needed = trial_cpus(resources)
+    if needed > cpus:
+        host = f" + {DDP_HOST_CPUS:g} for the trial's own process" if resources.workers > 1 else ""
         raise ConfigError(
             "resources",
-            f"a trial needs {resources.workers} x {resources.cpus_per_worker:g} CPUs; this machine has {cpus}",
+            f"a trial needs {resources.workers} x {resources.cpus_per_worker:g} CPUs{host} = {needed:g}; this "
+            f"machine has {cpus} (lower cpus_per_worker, e.g. {_fitting(resources, cpus):g}, or use --address "
+            "to run on a cluster)",
         )
     if resources.gpus_per_worker > 0:
         import torch
@@ -171,6 +195,12 @@ def check_local_resources(resources: Resources) -> None:
                 f"got {resources.gpus_per_worker:g} per worker; this machine has {torch.cuda.device_count()} GPUs "
                 "(use --address to run on a cluster with GPUs)",
             )
+
+
+def _fitting(resources: Resources, cpus: int) -> float:
+    """The largest cpus_per_worker, in quarters, with which the trial fits in ``cpus``."""
+    spare = cpus - (DDP_HOST_CPUS if resources.workers > 1 else 0.0)
+    return max(0.25, math.floor(spare / resources.workers / 0.25) * 0.25)
 
 
 def parse_int(raw: dict, key: str, default: int, *, minimum: int, prefix: str = "") -> int:

@@ -37,7 +37,7 @@ from raysparse.search.pretrain import stage_file, train_dense_stage
 from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
 from raysparse.search.server_watch import StopWhenServerLost, watch_tracking_server
-from raysparse.search.settings import check_local_resources
+from raysparse.search.settings import check_local_resources, trial_resources
 from raysparse.search.spaces import PythonObjects, Sweep, grid_points, load_sweep
 from raysparse.search.stage import STAGE, STAGE_KEYS, without_stage
 from raysparse.search.trial import TrackingTarget, trial_function
@@ -327,17 +327,12 @@ def _storage_path(configured: str | None, home: Path) -> str:
 
 
 def _trainable(sweep: Sweep, target: TrackingTarget, storage_path: str):
-    res = sweep.resources
-    # a 1-worker trial trains in its own process; a DDP trial only hosts the TorchTrainer driver
-    trial_resources = (
-        {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker} if res.workers == 1 else {"cpu": 0.01}
-    )
     # the user's methods this driver knows (register_method, import paths) go with every trial
     trainable = tune.with_parameters(
         trial_function, sweep=sweep, target=target, storage_path=storage_path,
         methods=ray.cloudpickle.dumps(user_methods()),  # unpickled in the trial, once its imports work
     )
-    return tune.with_resources(trainable, trial_resources)
+    return tune.with_resources(trainable, trial_resources(sweep.resources))
 
 
 def _fit(tuner: tune.Tuner, sweep: Sweep, parent: SweepRun, progress: ProgressView, home: Path) -> SweepResult:

@@ -241,3 +241,18 @@ def test_a_trial_logs_its_pattern_among_its_params():
     params = resolved_config(loaded.trial_config({"sparsity.pattern": "block:1x4"}))
     assert params["sparsity"]["pattern"] == "block:1x4"
     assert resolved_config(small_config("rigl"))["sparsity"]["pattern"] == "unstructured"  # the default, logged too
+
+
+def test_ddp_workers_filling_every_cpu_leave_none_for_the_trial_and_are_refused():
+    import os
+
+    from raysparse.search.settings import Resources, check_local_resources, trial_cpus
+
+    cpus = os.cpu_count()
+    filling = Resources(workers=2, cpus_per_worker=cpus / 2)
+    assert trial_cpus(filling) > cpus  # the trial's own process needs a sliver beside its workers
+    with pytest.raises(ConfigError, match=rf"needs 2 x {cpus / 2:g} CPUs \+ 0\.01 .* = {cpus + 0.01:g}; this "
+                       rf"machine has {cpus} \(lower cpus_per_worker, e\.g\. ") as caught:
+        check_local_resources(filling)
+    suggested = float(caught.value.message.split("e.g. ")[1].split(",")[0])
+    check_local_resources(Resources(workers=2, cpus_per_worker=suggested))  # the suggestion fits
