@@ -227,11 +227,11 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
         resources=parse_resources(raw.get("resources", {})),
         layer_sparsity=layer_sparsity,
         storage_path=check_storage_path(_optional_str(raw, "storage_path")),
-        tracking_uri=_optional_str(raw, "tracking_uri"),
+        tracking_uri=_tracking_uri(raw),
         experiment_name=experiment_name,
         checkpoint_interval=_seconds(raw, "checkpoint_interval", 60.0),
         max_failures=parse_int(raw, "max_failures", 2, minimum=0),
-        source_text=text,
+        source_text=_redacted(text),
         raw={**raw, "base": base},
         import_dirs=import_dirs,
         objects=objects,
@@ -469,6 +469,24 @@ def _objectives(raw: Any, reported: dict[str, str], any_metric: bool = False) ->
         if mode not in MODES:
             raise ConfigError(f"objectives.{metric}", f"got mode {mode!r}; allowed: max, min")
     return tuple(raw.items())
+
+
+def _redacted(text: str | None) -> str | None:
+    """The sweep file as written, any ``user:password@`` in it replaced: Tune pickles the sweep."""
+    from raysparse.tracking.naming import redact
+
+    return None if text is None else redact(text)
+
+
+def _tracking_uri(raw: dict) -> str | None:
+    """The sweep's tracking URI without ``user:password@``: they go to MLflow's environment variables
+    and the sweep (whose raw dict is saved, whose object Tune pickles) keeps no secret."""
+    from raysparse.tracking.credentials import without_credentials
+
+    uri = _optional_str(raw, "tracking_uri")
+    if uri is not None:
+        uri = raw["tracking_uri"] = without_credentials(uri)
+    return uri
 
 
 def _seconds(raw: dict, key: str, default: float) -> float:

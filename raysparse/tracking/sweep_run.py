@@ -212,4 +212,4 @@ class SweepRun:
                 self._client.set_terminated(self.run_id, status)
         except Exception as error:  # the server is gone too: say so, and let the first error through
             print(f"raysparse: the sweep's MLflow run {self.run_id} could not be closed ({type(error).__name__}: "
-                  f"{error}); it may show RUNNING", file=sys.stderr)
+                  f"{redact(str(error))}); it may show RUNNING", file=sys.stderr)
