@@ -31,14 +31,14 @@ _LAZY = {
     "MethodOptions": "raysparse.methods", "SparseMethod": "raysparse.methods", "register_method": "raysparse.methods",
     "Sparsifier": "raysparse.train.sparsifier",
     "Task": "raysparse.tasks", "TaskOptions": "raysparse.tasks",
-    "deploy": "raysparse.deployment", "load_deployed": "raysparse.deployment",
+    "deploy": "raysparse.deployment", "load_deployed": "raysparse.deployment", "save_deployed": "raysparse.deployment",
 }
 
 __all__ = [
     "channel_hessian_traces",
     "Config", "ConfigError", "deploy", "EpochContext", "MaskSet", "TrainingDiverged", "fit", "gmp_sparsity",
     "layer_densities", "load_config", "load_deployed", "load_model", "masks_hash", "pack_masks", "prune_potential",
-    "resume_sweep",
+    "resume_sweep", "save_deployed",
     "Sparsifier", "sweep", "train", "unpack_masks",
     "MethodOptions", "SparseMethod", "register_method", "Task", "TaskOptions",
 ]

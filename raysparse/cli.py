@@ -6,6 +6,7 @@ Bad input exits with status 2 and one line naming the field, never a traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -44,13 +45,16 @@ def cmd_train(args) -> int:
     from raysparse.train import fit
     from raysparse.train.loop import NothingLeftToTrain, resumable_checkpoint
     from raysparse.train.preflight import check_before_training
-    from raysparse.zoo.user_code import check_user_code
+    from raysparse.waiting import still_waiting
+    from raysparse.zoo.user_code import announce_code, check_user_code
 
     raw = _apply_overrides(read_yaml(args.config), args.set or [])
+    announce_code(raw)  # before load_config imports a task or method named by import path
+    add_import_dirs([Path(args.config).parent, Path.cwd()])  # where factories, tasks and methods are found
     config = load_config(raw)
-    add_import_dirs([Path(args.config).parent, Path.cwd()])  # where model.factory / data.factory are found
-    check_user_code(config)  # a broken factory is one line, before anything is printed
-    check_before_training(config)  # init_from / robustness.reference files, memory
+    with still_waiting("checking the model and data before training (building them once here)"):
+        check_user_code(config)  # a broken factory is one line, before anything is printed
+        check_before_training(config)  # init_from / robustness.reference files, memory
     main = build_task(config.task).main_metric  # what the epoch lines show: accuracy, perplexity, ...
     if args.resume:
         try:
@@ -122,10 +126,10 @@ def cmd_sweep(args) -> int:
         name, start = sweep.name, lambda: run_sweep(sweep, address=args.address)
     try:
         result = start()
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (raysparse job stop)
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (raysparse job stop, kill)
         print(f"raysparse: sweep {name!r} stopped, its open runs closed as KILLED; continue it with: "
               f"raysparse sweep --resume {name}", file=sys.stderr)
-        return 130
+        return 130 if isinstance(stop, KeyboardInterrupt) else 128 + signal.SIGTERM  # as a shell reports them
     except TrackingServerLost as err:  # its one line names the server and the resume command
         print(f"raysparse: {err}", file=sys.stderr)
         return 1
@@ -212,7 +216,7 @@ def cmd_deploy(args) -> int:
 
     import torch
 
-    from raysparse.deployment import deploy
+    from raysparse.deployment import deploy, save_deployed
     from raysparse.tracking import add_run_artifacts, default_home, download_model, ensure_local_server
     from raysparse.tracking.naming import redact
     from raysparse.train.export import load_trained
@@ -230,7 +234,8 @@ def cmd_deploy(args) -> int:
         # tensors), repeated to the batch; a classifier's run from before they were logged
         # recorded only its input_shape: random images of it
         saved, build = downloaded / "example_input.pt", downloaded / "build.json"
-        input_shape = json.loads(build.read_text()).get("input_shape") if build.is_file() else None
+        recorded = json.loads(build.read_text()) if build.is_file() else {}
+        input_shape = recorded.get("input_shape")
         if saved.is_file():
             try:
                 example = torch.load(saved, map_location="cpu", weights_only=True)
@@ -250,13 +255,18 @@ def cmd_deploy(args) -> int:
         deployed = deploy(network, example, batch_size=args.batch_size)
         out = Path(folder) / "deployed"
         out.mkdir()
-        torch.save(deployed, out / "model.pt")
+        # its spec as the run built it: what the data told the model factory (runs before tasks
+        # existed recorded two keys of it)
+        spec = json.loads((downloaded / "config.json").read_text()).get("model") or {}
+        info = recorded.get("data_info", {k: recorded[k] for k in ("input_shape", "num_classes") if k in recorded})
+        save_deployed(deployed, out / "model.pt", model=spec, data_info=info)
         (out / "plan.txt").write_text(str(deployed.plan) + "\n")
         add_run_artifacts(uri, args.run_id, out, "deployed")
+    yours = spec.get("python", spec.get("factory")) if isinstance(spec, dict) else None
+    how = f"raysparse.load_deployed(path, model=<{yours}>)" if yours else "raysparse.load_deployed(path)"
     print(f"run {args.run_id} deployed for batch {args.batch_size}:")
     print(deployed.plan)
-    print(f"logged to the run ({redact(uri)}) as deployed/model.pt and deployed/plan.txt; "
-          "load it with raysparse.load_deployed(path)")
+    print(f"logged to the run ({redact(uri)}) as deployed/model.pt and deployed/plan.txt; load it with {how}")
     return 0
 
 
@@ -271,8 +281,9 @@ def cmd_masks(args) -> int:
         raise ConfigError("--out", f"{args.out!r} is a directory; allowed: a file path")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ensure_local_server(default_home())
     if args.step is None:
+        rows = lineage_rows(uri, args.run_id)  # all read and checked first: a damaged row prints no table
         print(f"{'step':>8}  {'encoding':<8}  {'density':>8}  {'churn':>8}  {'hash':<12}  reason")
-        for row in lineage_rows(uri, args.run_id):
+        for row in rows:
             print(f"{row['step']:>8}  {row.get('encoding', 'full'):<8}  {row['density']:>8.4f}  {row['churn']:>8.4f}  "
                   f"{row['hash'][:12]:<12}  {row['reason']}")
         return 0
@@ -334,11 +345,9 @@ def cmd_ui(args) -> int:
         print("stopped" if stop_local_server(default_home()) else "no server was running")
         return 0
     host = "127.0.0.1" if args.host == "localhost" else args.host
+    # a server bound beyond loopback, started now or running already, is named on stderr there
     uri = ensure_local_server(default_home(), port=args.port, host=host)
     print(f"MLflow UI: {uri}  (store: {default_home() / 'mlflow'}; stop it with: raysparse ui --stop)")
-    if host not in (None, "127.0.0.1", "::1"):
-        print(f"raysparse: the MLflow server listens on {host}: whoever reaches this machine there can read "
-              "and change every run (it has no authentication)", file=sys.stderr)
     return 0
 
 

@@ -8,12 +8,16 @@ naming the field, not a traceback from a worker.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from raysparse.errors import ConfigError
+
+_ADDED: list[str] = []  # the directories add_import_dirs made importable, in order: what errors list
 
 
 def is_import_path(value: object) -> bool:
@@ -33,21 +37,57 @@ def import_object(path: str, field: str) -> Any:
         found: Any = importlib.import_module(module_name)
     except Exception as err:  # an import runs the user's module: any error it raises is theirs
         raise ConfigError(field, f"cannot import {module_name!r} ({type(err).__name__}: {err}); "
-                          f"it is searched for in: {', '.join(_searched())}") from None
+                          f"it is searched for in: {_searched()}") from None
+    module = found
     for part in attribute.split("."):
         if not hasattr(found, part):
-            raise ConfigError(field, f"module {module_name!r} has no {attribute!r}")
+            raise ConfigError(field, f"module {module_name!r} has no {attribute!r}{_shadowed(module)}")
         found = getattr(found, part)
     return found
 
 
 def add_import_dirs(directories: Iterable[str | Path]) -> None:
-    """Put directories first on ``sys.path`` (once each): a sweep file's own directory and the
-    working directory it was started from, so a trial on any node imports the same modules."""
-    for directory in reversed([str(Path(d).resolve()) for d in directories]):
-        if directory not in sys.path:
-            sys.path.insert(0, directory)
+    """Make directories importable (once each): a sweep file's own directory and the working
+    directory it was started from, so a trial on any node imports the same modules.
+
+    They go after the standard library and site-packages, never before: a stray ``netrc.py`` or
+    ``json.py`` beside a sweep file must not replace the module that Python, requests or MLflow
+    imports by that name. One already ahead of the standard library is moved behind it (Ray puts
+    the driver's working directory first in every worker process), unless PYTHONPATH names it:
+    that order is the user's own.
+    """
+    chosen = {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    for directory in dict.fromkeys(os.path.realpath(d) for d in directories):
+        ahead = [i for i, p in enumerate(sys.path[:_stdlib_index()]) if p and os.path.realpath(p) == directory]
+        if directory not in chosen:
+            for i in reversed(ahead):
+                del sys.path[i]
+        if not any(p and os.path.realpath(p) == directory for p in sys.path):
+            sys.path.append(directory)
+        if directory not in _ADDED:
+            _ADDED.append(directory)
 
 
-def _searched() -> list[str]:
-    return [p or "." for p in sys.path[:4]] + (["..."] if len(sys.path) > 4 else [])
+def _stdlib_index() -> int:
+    """Where the standard library starts on ``sys.path`` (its end when it is not found there)."""
+    stdlib = os.path.realpath(sysconfig.get_path("stdlib"))
+    for i, p in enumerate(sys.path):
+        if p and os.path.realpath(p) == stdlib:
+            return i
+    return len(sys.path)
+
+
+def _searched() -> str:
+    if not _ADDED:
+        return ", ".join([p or "." for p in sys.path[:4]] + (["..."] if len(sys.path) > 4 else []))
+    return f"{', '.join(_ADDED)} (after the standard library and installed packages)"
+
+
+def _shadowed(module: object) -> str:
+    """For a module found outside the directories added: where it came from (an installed
+    module of the same name comes before the user's)."""
+    file = getattr(module, "__file__", None)
+    if not file or not _ADDED or any(Path(file).resolve().is_relative_to(d) for d in _ADDED):
+        return ""
+    return (f" (it was imported from {file}: an installed or standard module of that name comes before "
+            f"{', '.join(_ADDED)}; rename your module)")

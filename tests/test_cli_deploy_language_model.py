@@ -50,7 +50,7 @@ def test_deploy_plans_a_gpt_run_on_its_logged_token_ids(tracking_uri, text_file,
     assert deployed.plan.batch_size == 3 and all(row.density < 0.2 for row in deployed.plan)
 
 
-def test_deploy_plans_an_hf_run_on_its_logged_keyword_inputs(tracking_uri, capsys):
+def test_deploy_plans_an_hf_run_on_its_logged_keyword_inputs_and_it_loads_back(tracking_uri, tmp_path, capsys):
     cfg = lm_config("unused.txt", "gmp")
     cfg["model"] = {"name": "hf", "config": LLAMA}
     ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))
@@ -59,6 +59,10 @@ def test_deploy_plans_an_hf_run_on_its_logged_keyword_inputs(tracking_uri, capsy
     assert main(["deploy", run_id, "--batch-size", "2", "--tracking-uri", tracking_uri]) == 0
     printed = capsys.readouterr().out
     assert "batch 2:" in printed and "model.layers.1.self_attn.q_proj" in printed and "mlp.gate_proj" in printed
+    deployed = load_deployed(MlflowClient(tracking_uri).download_artifacts(run_id, "deployed/model.pt", str(tmp_path)))
+    network = raysparse.load_model(run_id, tracking_uri=tracking_uri).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(**example).logits, network(**example).logits, rtol=1e-4, atol=1e-4)
 
 
 def test_deploy_refuses_a_run_that_recorded_no_example_input(tracking_uri, text_file, capsys):

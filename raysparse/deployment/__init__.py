@@ -4,6 +4,6 @@
 from raysparse.deployment.model import DeployedModel
 from raysparse.deployment.plan import Plan, PlanRow
 from raysparse.deployment.planner import build_deployed, deploy
-from raysparse.deployment.saving import load_deployed
+from raysparse.deployment.saving import load_deployed, save_deployed
 
-__all__ = ["DeployedModel", "Plan", "PlanRow", "build_deployed", "deploy", "load_deployed"]
+__all__ = ["DeployedModel", "Plan", "PlanRow", "build_deployed", "deploy", "load_deployed", "save_deployed"]

@@ -1,6 +1,6 @@
 """The layers a deployed network runs: a Linear or a 3x3 convolution whose weight is a torch.sparse
-CSR / BSR tensor. Each holds exactly what it computes with, so it saves and loads with
-``torch.load(weights_only=True)`` (sparse tensors are allowed there, and these classes are ours)."""
+CSR / BSR tensor. Each holds exactly what it computes with in its state_dict (sparse tensors load with
+``torch.load(weights_only=True)``), which is what ``raysparse.deployment.saving`` writes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def quietly_sparse(weight: torch.Tensor, layout: str, blocksize: int | None = No
     """``weight`` as a CSR or BSR tensor. torch warns on every CSR tensor it makes that the layout is
     "in beta"; a deployed network makes one per layer, so that warning would drown the output."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+        warnings.filterwarnings("ignore", message=".*Sparse (CSR|BSR) tensor support is in beta.*")
         if layout == "csr":
             return weight.detach().to_sparse_csr()
         return weight.detach().to_sparse_bsr((blocksize, blocksize))
@@ -91,10 +91,27 @@ class SemiStructuredLinear(nn.Module):
         self.kernel = "semi-structured-2:4"
         # a dtype the GPU's kernels do not take raises on the first call: the timing then drops it
         self.weight = torch.sparse.to_sparse_semi_structured(weight.detach().contiguous())
-        self.bias = None if bias is None else bias.detach()
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
+
+    # torch.load(weights_only=True) rebuilds no tensor subclass: the state holds the dense (2:4)
+    # weight, compressed again when it is loaded
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = self.weight.to_dense()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "weight"
+        if key in state_dict:
+            self.weight = torch.sparse.to_sparse_semi_structured(state_dict[key].detach().contiguous())
+        else:
+            missing_keys.append(key)
+        others = {k: v for k, v in state_dict.items() if k != key}
+        super()._load_from_state_dict(others, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
 
 def semi_structured_available(device: torch.device) -> bool:

@@ -8,8 +8,8 @@ from raysparse.deployment.plan import Plan, PlanRow
 
 
 class DeployedModel(nn.Module):
-    """``network`` with its layers on the chosen kernels; ``plan`` says which and why. The plan is
-    kept as plain tuples so the module loads with ``torch.load(weights_only=True)``."""
+    """``network`` with its layers on the chosen kernels; ``plan`` says which and why. Saved and
+    loaded as data (weights, plan, the model's spec) by ``raysparse.deployment.saving``."""
 
     def __init__(self, network: nn.Module, plan: Plan):
         super().__init__()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import re
 from collections.abc import Mapping
 
 import torch
@@ -46,6 +47,7 @@ MAX_TIMED_DENSITY = 0.5
 # a sparse kernel must take at most this fraction of the dense layer's time: a near tie is noise,
 # and the dense layer is the safe choice
 SPARSE_MARGIN = 0.95
+SEMI_STRUCTURED = "semi-structured-2:4"
 
 
 def deploy(model: nn.Module, example_input: ModelInput, *, batch_size: int | None = None) -> DeployedModel:
@@ -55,7 +57,9 @@ def deploy(model: nn.Module, example_input: ModelInput, *, batch_size: int | Non
     or a dict of keyword tensors such as ``input_ids``): its examples are repeated to ``batch_size``.
     Its outputs equal the masked dense model's within float tolerance;
     ``.plan`` says what was chosen and measured (``print(deployed.plan)``). Save it with
-    ``torch.save``, load it with ``raysparse.load_deployed`` (``torch.load(weights_only=True)``)."""
+    ``raysparse.deployment.save_deployed(deployed, path, model=..., data_info=...)`` (the config
+    block and data info that built ``model``) and load it with ``raysparse.load_deployed(path)``:
+    the file holds weights, plan and that spec, no pickled classes."""
     return build_deployed(model, example_input, batch_size=batch_size)
 
 
@@ -143,20 +147,33 @@ def _layer_inputs(network: nn.Module, slots, x: ModelInput) -> dict[str, torch.T
 def _candidates(module: nn.Module, attribute: str, device: torch.device) -> dict:
     """Sparse kernels that fit this layer: name -> builder(module, attribute) of the replacement."""
     weight = getattr(module, attribute)
-    if isinstance(module, nn.Conv2d):
-        return {"unfold-csr": lambda m, a: UnfoldConv2d(m)} if UnfoldConv2d.supports(module) else {}
-    if isinstance(module, nn.MultiheadAttention) and not DeployedAttention.supports(module):
-        return {}
-    if not isinstance(module, (nn.Linear, nn.MultiheadAttention)):
-        return {}  # Conv1d / Conv3d: dense
-    bias = _bias(module, attribute)
-    options = {"csr": lambda m, a: SparseLinear(getattr(m, a), _bias(m, a))}
-    block = square_block_size(weight)
+    names = ["unfold-csr", "csr"]
+    block = square_block_size(weight) if weight.dim() == 2 else None
     if block is not None:
-        options[f"bsr{block}x{block}"] = lambda m, a: SparseLinear(getattr(m, a), _bias(m, a), "bsr", block)
+        names.append(f"bsr{block}x{block}")
     if semi_structured_available(device) and is_two_four(weight):
-        options["semi-structured-2:4"] = lambda m, a: SemiStructuredLinear(getattr(m, a), bias)
-    return options
+        names.append(SEMI_STRUCTURED)
+    return {name: build for name in names if (build := kernel_builder(name, module, attribute)) is not None}
+
+
+def kernel_builder(kernel: str, module: nn.Module, attribute: str):
+    """How ``kernel`` is built in place of ``module``'s ``attribute``: a function of (module,
+    attribute), or None where that kernel cannot run this layer. ``load_deployed`` swaps a saved
+    plan's kernels in with it, as deploy did."""
+    if isinstance(module, nn.Conv2d):
+        return (lambda m, a: UnfoldConv2d(m)) if kernel == "unfold-csr" and UnfoldConv2d.supports(module) else None
+    if isinstance(module, nn.MultiheadAttention) and not DeployedAttention.supports(module):
+        return None
+    if not isinstance(module, (nn.Linear, nn.MultiheadAttention)):
+        return None  # Conv1d / Conv3d: dense
+    block = re.fullmatch(r"bsr(\d+)x\1", kernel)
+    if kernel == "csr":
+        return lambda m, a: SparseLinear(getattr(m, a), _bias(m, a))
+    if block is not None:
+        return lambda m, a: SparseLinear(getattr(m, a), _bias(m, a), "bsr", int(block[1]))
+    if kernel == SEMI_STRUCTURED:
+        return lambda m, a: SemiStructuredLinear(getattr(m, a), _bias(m, a))
+    return None
 
 
 def _bias(module: nn.Module, attribute: str) -> torch.Tensor | None:

@@ -22,22 +22,38 @@ from raysparse.tracking import SweepRun
 
 class ProgressView(Callback):
     """One status line: trials running / finished / stopped early / failed, and the best so far;
-    at most every ``every_seconds`` (overwritten in place on a terminal), and at each failure."""
+    at most every ``every_seconds`` (overwritten in place on a terminal), and at each failure.
+
+    "best" is the best value of the sweep's first objective in any report so far, in its direction:
+    it never goes down when a trial reports worse later, ASHA stops one, or a retry repeats
+    epochs. After a resume it starts from what the restored trials reported before (Tune keeps
+    each trial's best of every metric), and the clock counts from the resume, as the summary's."""
 
     def __init__(self, sweep, *, enabled: bool = True, every_seconds: float = 5.0):
         self.sweep, self.enabled, self.every = sweep, enabled, every_seconds
         self.epochs = sweep.base.get("epochs", 30)
-        self.last_value: dict[str, float] = {}
         self.last_epoch: dict[str, int] = {}
         self.errors: set[str] = set()
-        self.started = time.monotonic()
-        self._printed = 0.0
-        self._tty = sys.stdout.isatty()
+        self._best: tuple[str, float] | None = None
+        self._start_clock()
+
+    def _start_clock(self) -> None:
+        # process-local: Tune pickles its callbacks into tuner.pkl, and a resumed driver (another
+        # process, perhaps another machine or terminal) gets them back from there
+        self.started, self._printed, self._tty = time.monotonic(), 0.0, sys.stdout.isatty()
+        self._restored_seen = False
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._start_clock()
+
+    def setup(self, **info):
+        """Tune calls it as the experiment starts, and again as a resumed one starts."""
+        self._start_clock()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get(self.sweep.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            self.last_value[trial.trial_id] = value
+        self._remember_restored(trials)
+        self._consider(trial.trial_id, result.get(self.sweep.metric))
         self.last_epoch[trial.trial_id] = result.get("epoch", 0)
         if time.monotonic() - self._printed >= self.every:
             self._show(trials)
@@ -53,21 +69,34 @@ class ProgressView(Callback):
         self._show(trials, force=True)
 
     def best(self) -> tuple[str, float] | None:
-        if not self.last_value:
-            return None
-        pick = max if self.sweep.mode == "max" else min
-        trial_id = pick(self.last_value, key=self.last_value.get)
-        return trial_id, self.last_value[trial_id]
+        """``(trial_id, value)`` of the best report so far, or None before any."""
+        return self._best
+
+    def _consider(self, trial_id: str, value) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return  # a diverged trial's NaN is no best
+        if self._best is None or (value > self._best[1] if self.sweep.mode == "max" else value < self._best[1]):
+            self._best = (trial_id, float(value))
+
+    def _remember_restored(self, trials) -> None:
+        """Once a (resumed) experiment runs: the best each trial reported before, as Tune keeps it."""
+        if self._restored_seen:
+            return
+        self._restored_seen = True
+        for trial in trials:
+            analysis = (getattr(trial, "metric_analysis", None) or {}).get(self.sweep.metric, {})
+            self._consider(trial.trial_id, analysis.get(self.sweep.mode))
 
     def _show(self, trials, force: bool = False) -> None:
         if not self.enabled:
             return
+        self._remember_restored(trials)
         self._printed = time.monotonic()
         running = sum(t.status == "RUNNING" for t in trials)
         paused = sum(t.status == "PAUSED" for t in trials)  # PBT: waiting for their turn, or to copy another
         paused_text = f"{paused} paused, " if paused else ""
         done = [t for t in trials if t.status == "TERMINATED"]
-        finished = sum(self.last_epoch.get(t.trial_id, 0) >= self.epochs for t in done)
+        finished = sum(self._epochs_of(t) >= self.epochs for t in done)
         best = self.best()
         best_text = f"best {self.sweep.metric} {best[1]:.4f} ({best[0]})" if best else "best: -"
         line = (
@@ -79,6 +108,11 @@ class ProgressView(Callback):
             print(f"\r{line}", end="", flush=True)
         else:
             print(f"\r{line}" if self._tty else line, flush=True)
+
+    def _epochs_of(self, trial) -> int:
+        # a trial that ended before a resume reports nothing after it: its last result, restored by Tune
+        restored = (getattr(trial, "last_result", None) or {}).get("epoch", 0)
+        return self.last_epoch.get(trial.trial_id, restored)
 
     def summary(self, result) -> None:
         if self.enabled:

@@ -106,11 +106,13 @@ class _TrialLogger:
 
     @classmethod
     def open(cls, target: TrackingTarget, trial_id: str, trial_name: str, config: dict,
-             import_dirs: tuple[str, ...] = ()) -> _TrialLogger:
-        """The logger of a trial's run (continued on a retry), its config resolved as params."""
+             import_dirs: tuple[str, ...] = (), *, workers: int = 1) -> _TrialLogger:
+        """The logger of a trial's run (continued on a retry), its config resolved as params; a
+        DDP trial's also ``resources.workers``, the number of ranks it trains on."""
         config = resolved_config(config)
+        params = config if workers == 1 else {**config, "resources": {"workers": workers}}
         run = TrialRun.open(target.tracking_uri, target.experiment_id, target.parent_run_id, trial_id,
-                            run_name=trial_name, params=config)
+                            run_name=trial_name, params=params)
         context = ray.get_runtime_context()  # where it ran (a retry may land on another node)
         process = f"{context.get_node_id()}:{os.getpid()}"
         run.set_tags({NODE_TAG: context.get_node_id(), "raysparse.host": socket.gethostname(), PROCESS_TAG: process})
@@ -289,6 +291,9 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
 
     def report(metrics: dict, context: EpochContext, checkpoint_now: bool | None = None) -> None:
         nonlocal last_saved, last_reported
+        ranks = _ranks_with_rank0_masks(context.masks)  # DDP: every rank reports, so every rank takes part
+        if ranks is not None:  # the evidence in the trial's run too, not only in Tune's result.json
+            metrics = {**metrics, "ranks_with_same_masks": ranks}
         if logger is not None:
             logger.epoch(metrics, context)
         # no checkpoint after the last epoch: a retry then redoes that epoch and the final logging
@@ -345,6 +350,21 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
         raise
     if logger is not None:
         logger.final(background=background_uploads)
+
+
+def _ranks_with_rank0_masks(masks) -> int | None:
+    """Under DDP, how many ranks hold the masks rank 0 holds (two collectives every rank makes, on
+    the masks' device, as NCCL needs); None in a trial of one process."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    device = next(iter(masks.masks.values()), torch.empty(0)).device
+    mine = torch.tensor(list(bytes.fromhex(masks.content_hash())), dtype=torch.uint8, device=device)
+    rank0 = mine.clone()
+    dist.broadcast(rank0, src=0)
+    same = torch.tensor([int(torch.equal(mine, rank0))], dtype=torch.int64, device=device)
+    dist.all_reduce(same)
+    return int(same.item())
 
 
 def _write_origin(directory: str, trial_id: str, logger: _TrialLogger | None, epoch: int, events: list,
@@ -452,12 +472,13 @@ def _already_done(target: TrackingTarget, trial_id: str) -> bool:
 
 def _worker_loop(loop_config: dict) -> None:
     """Runs in each Ray Train worker (torch.distributed is already set up, gloo or nccl)."""
-    rank = ray.train.get_context().get_world_rank()
+    train_context = ray.train.get_context()
+    rank = train_context.get_world_rank()
     target, config, sweep = loop_config["target"], loop_config["config"], loop_config["sweep"]
     add_import_dirs(sweep.import_dirs)
     add_user_methods(loop_config["methods"])
     logger = _TrialLogger.open(target, loop_config["trial_id"], loop_config["trial_name"], config,
-                               sweep.import_dirs) if rank == 0 else None
+                               sweep.import_dirs, workers=train_context.get_world_size()) if rank == 0 else None
 
     def report_to(metrics, checkpoint):  # every rank reports (a barrier); only rank 0 uploads
         ray.train.report(metrics, checkpoint=checkpoint if rank == 0 else None)

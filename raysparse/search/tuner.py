@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ from raysparse.imports import add_import_dirs
 from raysparse.methods.registry import user_methods
 from raysparse.report import report_sweep
 from raysparse.search.disk_safety import check_name
+from raysparse.search.driver_lock import check_not_running, driver_lock
 from raysparse.search.grid import GridSearcher
 from raysparse.search.layerwise import suggest_layer_densities
 from raysparse.search.local_ray import start_local_ray
@@ -46,6 +48,7 @@ from raysparse.tracking.naming import redact
 from raysparse.tracking.store import check_store
 from raysparse.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, load_state_dict_file
 from raysparse.train.preflight import check_before_training
+from raysparse.waiting import still_waiting
 from raysparse.zoo.user_code import check_user_code
 
 
@@ -132,12 +135,34 @@ def _start_ray(address: str | None) -> None:
     # path since each report waits for the driver; nothing reads its files. The CSV and JSON
     # logs of the trials' results stay: _launch gives them to the Tuner
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    if ray.is_initialized():
-        return
-    if address is None:  # a local runtime bound to loopback; Ray's token auth stays on
-        start_local_ray(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    if not ray.is_initialized():
+        if address is None:  # a local runtime bound to loopback; Ray's token auth stays on
+            start_local_ray(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    _stop_on_sigterm()  # ray.init replaced it
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``raysparse job stop``, ``kill``) stops the driver as Ctrl-C does: the runs are
+    closed as KILLED on the way out, and the process exits 143 (``Terminated``).
+
+    Not Ray's own handler: ray.init sets ``sys.exit(15)`` and then its core worker puts abseil's
+    failure handler in front of it, which prints a C++ stack for the signal and sets a 3 s alarm
+    that aborts the process (exit 134) while the runs are still being closed."""
+    if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+class Terminated(SystemExit):
+    """The driver got SIGTERM; as an uncaught SystemExit, the process exits 128 + 15."""
+
+    def __init__(self):
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _terminate(signum, frame):
+    raise Terminated
 
 
 def run_sweep(
@@ -150,16 +175,18 @@ def run_sweep(
     **overrides,
 ) -> SweepResult:
     """Validate, then run the sweep; returns when every trial has finished or stopped."""
+    _stop_on_sigterm()  # from now on: what it starts is stopped and closed on the way out
     sweep = source if isinstance(source, Sweep) else load_sweep(source, objects=objects, **overrides)
     home = Path(home) if home is not None else default_home()
     check_before_start(sweep, address, home)
-    tracking_uri = _start_services(sweep, address, home)
     storage_path = _storage_path(sweep.storage_path, home)
-    # the resume state before the parent run: a driver that dies from here on leaves no run
-    # RUNNING, and a sweep that `raysparse sweep --resume NAME` starts again or continues
-    _write_state(storage_path, sweep, tracking_uri, parent_run_id=None)
-    parent = _start_parent(sweep, tracking_uri)
-    return _launch(sweep, parent, storage_path, home, verbose)
+    with driver_lock(Path(storage_path) / sweep.name, sweep.name):  # the one driver of this sweep
+        tracking_uri = _start_services(sweep, address, home)
+        # the resume state before the parent run: a driver that dies from here on leaves no run
+        # RUNNING, and a sweep that `raysparse sweep --resume NAME` starts again or continues
+        _write_state(storage_path, sweep, tracking_uri, parent_run_id=None)
+        parent = _start_parent(sweep, tracking_uri)
+        return _launch(sweep, parent, storage_path, home, verbose)
 
 
 def _start_parent(sweep: Sweep, tracking_uri: str) -> SweepRun:
@@ -233,9 +260,12 @@ def resume_sweep(
     are, unfinished and failed ones continue from their last checkpoints, in the same MLflow runs.
     Python objects the sweep started with (``objects``) must be given again: only their names
     are in its files, and a resumed sweep must train what it trained."""
+    _stop_on_sigterm()
     check_name("--resume", name)  # a directory under the storage path, not a path of its own
     home = Path(home) if home is not None else default_home()
     experiment_dir = Path(_storage_path(storage_path, home)) / name
+    # first: a driver that is starting it has no state yet, and reading its files takes seconds
+    check_not_running(experiment_dir, name)
     if not (experiment_dir / SWEEP_STATE).is_file():
         found = [p.parent.name for p in experiment_dir.parent.glob(f"*/{SWEEP_STATE}")]
         if not found:
@@ -249,6 +279,12 @@ def resume_sweep(
                               f"cannot give back: pass it again, raysparse.resume_sweep({name!r}, {kind}=...)")
     sweep = load_sweep(state["sweep"], objects=objects)
     check_before_start(sweep, address, home)
+    with driver_lock(experiment_dir, name):  # a resume while its driver still runs would delete that one's runs
+        return _resume(sweep, state, experiment_dir, address, home, verbose)
+
+
+def _resume(sweep: Sweep, state: dict, experiment_dir: Path, address: str | None, home: Path,
+            verbose: bool) -> SweepResult:
     tracking_uri = _start_services(sweep, address, home)
     if tracking_uri != state["tracking_uri"]:
         print(f"raysparse: the MLflow server moved from {redact(state['tracking_uri'])} to {redact(tracking_uri)}",
@@ -283,20 +319,23 @@ def check_before_start(sweep: Sweep, address: str | None, home: Path | None = No
     """What a valid sweep file can still get wrong on this machine: resources, the MLflow server
     (or the embedded one's store), the user's model and data, imported, built and given one
     batch here on the driver, the state_dict files it names, and a zoo model's memory (on a
-    cluster each trial checks its own node when it starts)."""
+    cluster each trial checks its own node when it starts). First, that no driver runs it now."""
+    check_not_running(Path(_storage_path(sweep.storage_path, Path(home or default_home()))) / sweep.name, sweep.name)
     if address is None:
         check_local_resources(sweep.resources)
     add_import_dirs(sweep.import_dirs)
     if sweep.objects.loop is None:
         base = load_config(without_stage(sweep.base))  # the stage's file: once the driver has trained it
-        try:
-            check_user_code(base, model=sweep.objects.model, data=sweep.objects.data, task=sweep.objects.task,
-                            searched=tuple(sweep.space))
-        except ConfigError as err:  # a factory is the sweep file's base.model.factory; an object is model=
-            if not err.field.startswith(("model.", "data.")):
-                raise
-            raise ConfigError(f"base.{err.field}", err.message) from None
-        check_before_training(base, memory=address is None, data=sweep.objects.data, prefix="base.")
+        # a data factory that hangs (a slow disk, a lock) is said, not a silent terminal
+        with still_waiting("checking the model and data before start (building them once here)"):
+            try:
+                check_user_code(base, model=sweep.objects.model, data=sweep.objects.data,
+                                task=sweep.objects.task, searched=tuple(sweep.space))
+            except ConfigError as err:  # a factory is the sweep file's base.model.factory; an object is model=
+                if not err.field.startswith(("model.", "data.")):
+                    raise
+                raise ConfigError(f"base.{err.field}", err.message) from None
+            check_before_training(base, memory=address is None, data=sweep.objects.data, prefix="base.")
         if sweep.pretrain is not None:  # its model is base's: only a file of its own (init_from) is new
             check_before_training(load_config(sweep.pretrain), memory=False, data=sweep.objects.data,
                                   prefix="pretrain.")
@@ -349,7 +388,7 @@ def _fit(tuner: tune.Tuner, sweep: Sweep, parent: SweepRun, progress: ProgressVi
                                  time.monotonic() - started)
             parent.log_metrics({"num_trials": len(grid), "sweep_seconds": result.seconds})  # read after finish
             status = "FINISHED"
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (raysparse job stop; Ray makes it SystemExit)
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (raysparse job stop; Terminated)
             status = "KILLED"  # the trials' processes go with the driver: close their runs for them
             if watchdog.lost is None:
                 parent.close_running("KILLED", reason=f"stopped with the sweep (raysparse sweep --resume {sweep.name})")

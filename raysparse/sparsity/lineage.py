@@ -10,6 +10,10 @@ logged before deltas existed). Everything works on packed masks (``pack_masks`` 
     full:  MAGIC | VERSION | b"F" | zlib(pack_masks bytes)
     delta: MAGIC | VERSION | b"D" | sha256 digest of the parent's packed masks (32 bytes)
            | zlib(varint(first index), varint(gap - 1), ...)
+
+A file is read as possibly damaged or forged: every size in it is checked against the bytes that
+follow before anything is allocated, and ``max_weights`` (what the run's own model holds) bounds
+what a header may claim and what a zlib stream may inflate to.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ FULL_EVERY = 16
 _KINDS = {b"F": FULL, b"D": DELTA}
 _PREFIX = len(MAGIC) + 2
 _DIGEST = 32
+# a packed header lists the layers' names and shapes: ~60 bytes a layer, so 1 MiB is ~16k layers
+# (a 70B-parameter LLM has ~600); a larger one is damage, not a model
+MAX_HEADER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,8 @@ def encoding_of(blob: bytes) -> str:
     """``full`` or ``delta``; a file without the magic is an old full snapshot."""
     if not blob.startswith(MAGIC):
         return FULL
+    if len(blob) < _PREFIX:
+        raise ValueError(f"truncated: {len(blob)} bytes, shorter than the {_PREFIX}-byte start of a lineage file")
     version, kind = blob[len(MAGIC)], blob[len(MAGIC) + 1 : _PREFIX]
     if version != VERSION or kind not in _KINDS:
         raise ValueError(f"mask lineage file of version {version}, kind {kind!r}: this raysparse reads version "
@@ -70,24 +79,82 @@ def delta_parent_hash(blob: bytes) -> str:
     return blob[_PREFIX : _PREFIX + _DIGEST].hex()
 
 
-def decode(blob: bytes, parent: bytes | None = None) -> bytes:
-    """The packed masks of a lineage file; a delta needs its ``parent``'s packed masks."""
+def decode(blob: bytes, parent: bytes | None = None, *, max_weights: int | None = None) -> bytes:
+    """The packed masks of a lineage file; a delta needs its ``parent``'s packed masks (checked
+    already: a delta changes bits, not sizes). ``max_weights``: the most weights the masks may
+    have; a file claiming more, or a stream inflating past them, is refused before allocating."""
     encoding = encoding_of(blob)
     if encoding == FULL:
-        return zlib.decompress(blob[_PREFIX:]) if blob.startswith(MAGIC) else blob
+        packed = blob if not blob.startswith(MAGIC) else _inflate(blob[_PREFIX:], _packed_limit(max_weights))
+        packed_weights(packed, max_weights)
+        return packed
     if parent is None:
         raise ValueError("a delta file needs the packed masks of its parent")
+    if len(blob) < _PREFIX + _DIGEST:  # a short digest's hex could look like the parent's own hash
+        raise ValueError(f"truncated delta: {len(blob)} bytes, shorter than its {_PREFIX + _DIGEST}-byte start "
+                         "(which names the masks it applies to)")
     if hashlib.sha256(parent).hexdigest() != delta_parent_hash(blob):
         raise ValueError(f"this delta applies to masks {delta_parent_hash(blob)[:12]}, "
                          f"not to {hashlib.sha256(parent).hexdigest()[:12]}")
     header, bits = _split(parent)
-    total = _total(header)
-    indices = np.cumsum(from_varints(zlib.decompress(blob[_PREFIX + _DIGEST :])) + 1) - 1
-    if indices.size and indices[-1] >= total:
-        raise ValueError(f"delta position {int(indices[-1])} is outside the parent's {total} weights")
+    total = packed_weights(parent)
+    # each gap g takes at most g + 1 bytes and covers g + 1 positions: an honest stream is at most
+    # one byte a weight
+    gaps = from_varints(_inflate(blob[_PREFIX + _DIGEST :], total))
+    # the last position (the gaps' sum) in floats: exact below 2**53, and a forged gap near 2**64
+    # cannot wrap it as it would an integer sum
+    end = float(gaps.sum(dtype=np.float64)) + gaps.size
+    if end > total:
+        raise ValueError(f"delta position {end - 1:.0f} is outside the parent's {total} weights")
+    indices = np.cumsum(gaps + np.uint64(1)) - np.uint64(1)
     flat = np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=total)
     flat[indices] ^= 1
     return header + b"\n" + np.packbits(flat).tobytes()
+
+
+def packed_weights(packed: bytes, max_weights: int | None = None) -> int:
+    """The number of weights packed masks hold, checked: a header of names and shapes, a total of
+    at most ``max_weights``, and exactly the bytes that total needs after it. A ValueError names
+    what is wrong; nothing the size of the claimed total is allocated."""
+    header, newline, bits = packed.partition(b"\n")
+    if len(header) > MAX_HEADER_BYTES:
+        raise ValueError(f"a mask header of over {MAX_HEADER_BYTES} bytes; the names and shapes of a model take less")
+    try:
+        meta = json.loads(header)
+        names, shapes = meta["names"], meta["shapes"]
+        valid = (isinstance(names, list) and isinstance(shapes, list) and len(names) == len(shapes)
+                 and all(isinstance(n, str) for n in names)
+                 and all(isinstance(s, list) and all(type(d) is int and d >= 0 for d in s) for s in shapes))
+    except (ValueError, TypeError, KeyError):
+        valid = False
+    if not newline or not valid:
+        raise ValueError("not packed masks: the first line is not a JSON header of layer names and shapes")
+    total = sum(int(np.prod(shape, dtype=object)) for shape in shapes)  # python ints: a forged shape cannot wrap
+    if max_weights is not None and total > max_weights:
+        raise ValueError(f"the header claims {total:,} weights, more than the run's masks have ({max_weights:,})")
+    if len(bits) != (total + 7) // 8:
+        raise ValueError(f"the header claims {total:,} weights ({(total + 7) // 8:,} bytes of bits), "
+                         f"but {len(bits):,} bytes follow it: truncated or forged")
+    return total
+
+
+def _packed_limit(max_weights: int | None) -> int | None:
+    return None if max_weights is None else MAX_HEADER_BYTES + 1 + (max_weights + 7) // 8
+
+
+def _inflate(data: bytes, limit: int | None) -> bytes:
+    """zlib ``data`` inflated to at most ``limit`` bytes: a stream inflating past it is refused
+    having allocated ``limit``, not what it would inflate to."""
+    stream = zlib.decompressobj()
+    try:
+        out = stream.decompress(data, 0 if limit is None else limit + 1)
+    except zlib.error as err:
+        raise ValueError(f"a damaged zlib stream ({err})") from None
+    if limit is not None and len(out) > limit:
+        raise ValueError(f"its zlib stream inflates past {limit:,} bytes, more than the run's masks take")
+    if not stream.eof:
+        raise ValueError("truncated: its zlib stream ends early")
+    return out
 
 
 def changed_indices(packed: bytes, parent: bytes) -> np.ndarray:

@@ -23,7 +23,7 @@ class Classification(Task):
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
         x, y = batch
         logits = logits_of(model(x))
-        return nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing), y.numel()
+        return _cross_entropy(logits, y, label_smoothing=self.label_smoothing), y.numel()
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device) -> dict[str, float]:
@@ -32,7 +32,7 @@ class Classification(Task):
         for batch in loader:
             x, y = self.to_device(batch, device)
             logits = logits_of(model(x))
-            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            loss_sum += float(_cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(dim=1) == y).sum())
             total += y.numel()
         if total == 0:
@@ -49,10 +49,21 @@ class Classification(Task):
             raise ConfigError(field, f"train[0] of {what} is {shown}; expected (tensor, int label) for task "
                               "classification (a language model: task: causal_lm)")
         num_classes = given.get("num_classes")
+        # given num_classes, a split is checked where its labels are at hand (targets, labels, a
+        # TensorDataset's tensor): reading every example of big data is what giving it avoids
+        ranges = {name: _label_range(split, read_all=num_classes is None) for name, split in splits.items()}
         if num_classes is None:
-            num_classes = max(_max_label(split) for split in splits.values()) + 1
+            num_classes = max(high for _, high in ranges.values()) + 1
+        elif ranges["train"] is None:
+            ranges["train"] = (_label(example[1]), _label(example[1]))
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ConfigError(field, f"{what} gives num_classes={num_classes!r}; expected an integer >= 2")
+        source = " as given" if "num_classes" in given else ": the largest label + 1"
+        for name, found in ranges.items():
+            bad = [label for label in found or () if not 0 <= label < num_classes]
+            if bad:
+                raise ConfigError(field, f"{what} returned label {bad[0]} in its {name!r} split; allowed: labels "
+                                  f"in [0, {num_classes}) (num_classes={num_classes}{source})")
         return {**given, "input_shape": tuple(example[0].shape), "num_classes": num_classes}
 
     def check_output(self, output, batch, info: Mapping, field: str) -> None:
@@ -81,18 +92,38 @@ def _label(value: object) -> int | None:
     return None
 
 
-def _max_label(dataset) -> int:
-    """The largest label, read from ``targets`` / ``labels`` when the Dataset has them (as
-    torchvision's do); otherwise every example is read once: give num_classes for big data."""
+def _label_range(dataset, *, read_all: bool) -> tuple[int, int] | None:
+    """The smallest and largest label, from ``targets`` / ``labels`` when the Dataset has them (as
+    torchvision's do); otherwise (``read_all``) every example is read once: give num_classes for
+    big data. None: not at hand, and not read."""
+    labels = _labels_at_hand(dataset)
+    if labels is None and read_all:
+        labels = torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    return None if labels is None else (int(labels.min()), int(labels.max()))
+
+
+def _labels_at_hand(dataset) -> torch.Tensor | None:
     if isinstance(dataset, Subset):
-        return int(torch.as_tensor(_labels(dataset.dataset))[list(dataset.indices)].max())
-    return int(torch.as_tensor(_labels(dataset)).max())
+        labels = _labels_at_hand(dataset.dataset)
+        return None if labels is None else labels[list(dataset.indices)]
+    found = next((getattr(dataset, a) for a in ("targets", "labels") if getattr(dataset, a, None) is not None), None)
+    if found is None and isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        found = dataset.tensors[1]
+    try:
+        labels = torch.as_tensor(found) if found is not None else None
+    except (TypeError, ValueError, RuntimeError):  # not numbers (class names): read the examples
+        return None
+    if labels is None or labels.numel() == 0 or labels.is_floating_point() or labels.dtype == torch.bool:
+        return None
+    return labels
 
 
-def _labels(dataset):
-    for attribute in ("targets", "labels"):
-        if getattr(dataset, attribute, None) is not None:
-            return getattr(dataset, attribute)
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[1]
-    return [int(dataset[i][1]) for i in range(len(dataset))]
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, **options) -> torch.Tensor:
+    try:
+        return nn.functional.cross_entropy(logits, labels, **options)
+    except IndexError:  # a label outside [0, num_classes) (on the CPU; CUDA asserts): no retry changes it
+        outside = labels[(labels < 0) | (labels >= logits.shape[-1])]
+        if outside.numel() == 0:
+            raise
+        raise ConfigError("data", f"a batch holds label {int(outside[0])}; allowed: labels in "
+                          f"[0, {logits.shape[-1]}) (the model's outputs per example)") from None

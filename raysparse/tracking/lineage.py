@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 import threading
-import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,11 +14,20 @@ from typing import TYPE_CHECKING
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from raysparse.errors import ConfigError
+from raysparse.errors import ConfigError, shown
 from raysparse.tracking.naming import LINEAGE, redact
 
 if TYPE_CHECKING:
     import torch
+
+# raysparse.sparsity.lineage's encodings, named here: that package imports torch, reading rows does not
+FULL, DELTA = "full", "delta"
+FINAL_MASKS = "masks/final.bin"  # a finished trial's masks (TrialRun.log_final)
+
+
+class _NotInRun(ValueError):
+    """A file a lineage names that the run's artifacts do not hold."""
+
 
 def masks_at_step(tracking_uri: str, run_id: str, step: int) -> dict[str, torch.Tensor]:
     """The masks (layer -> bool tensor) a trial held at ``step``, after the last row logged there
@@ -26,7 +35,9 @@ def masks_at_step(tracking_uri: str, run_id: str, step: int) -> dict[str, torch.
 
     Walks back from that row to the nearest full snapshot, applies the deltas after it, and
     checks every rebuilt row against its logged hash. Reads runs logged before deltas existed
-    (rows without ``encoding``: every file a full snapshot)."""
+    (rows without ``encoding``: every file a full snapshot). A damaged or forged lineage is one
+    ConfigError naming the run, the step and the file; no file may claim more weights than the
+    run's own masks have (``_Lineage.max_weights``), so none makes this allocate more."""
     from raysparse.sparsity.masks import unpack_masks  # torch: not for reports
 
     lineage = _Lineage(tracking_uri, run_id)
@@ -36,20 +47,61 @@ def masks_at_step(tracking_uri: str, run_id: str, step: int) -> dict[str, torch.
         steps = ", ".join(str(s) for s in dict.fromkeys(row["step"] for row in rows))
         raise ConfigError("step", f"run {run_id} logged no masks at step {step}; logged steps: {steps}")
     try:
-        packed = rebuild(rows, at[-1], lineage.read)
-    except (ValueError, KeyError, zlib.error) as err:  # a damaged file or row: one line, not a traceback
-        raise ConfigError("run", f"run {run_id}, masks at step {step}: {type(err).__name__}: {err}") from None
+        packed = rebuild(rows, at[-1], lineage.read, max_weights=lineage.max_weights(rows))
+    except ValueError as err:  # a damaged file or row: one line, not a traceback
+        raise ConfigError("run", f"run {run_id}, masks at step {step}: {err}") from None
     return unpack_masks(packed)
 
 
 def lineage_rows(tracking_uri: str, run_id: str) -> list[dict]:
-    """A trial's lineage rows, oldest first; a run without one is an error naming the run."""
+    """A trial's lineage rows, oldest first; a run without one, or with a damaged row, is an error
+    naming the run (and the row's line)."""
     return _Lineage(tracking_uri, run_id).rows()
 
 
-def rebuild(rows: list[dict], index: int, read) -> bytes:
-    """The packed masks of ``rows[index]``; ``read(file)`` gives a lineage file's bytes."""
-    from raysparse.sparsity.lineage import DELTA, decode, encoding_of
+# what every row holds, by type (bool is an int to Python, never a step); ``encoding`` and a
+# delta's ``base`` came later (runs logged before deltas lack them)
+_ROW_FIELDS = {"step": int, "reason": str, "density": (int, float), "churn": (int, float), "hash": str, "file": str}
+_MASKS_FILE = re.compile(r"masks/(?!\.\.?$)[^/\\]+")
+
+
+def parse_rows(text: str, run_id: str) -> list[dict]:
+    """The rows of a ``masks/lineage.jsonl``, each checked for the fields readers use: a damaged
+    row is a ConfigError naming the run, the line and what is wrong with it."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"run {run_id}, {LINEAGE} line {number}"
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise ConfigError("run", f"{where}: not a JSON row: {shown(line)}") from None
+        if not isinstance(row, dict):
+            raise ConfigError("run", f"{where}: a row is a JSON object, not {shown(row)}")
+        for field, kind in _ROW_FIELDS.items():
+            if field not in row:
+                raise ConfigError("run", f"{where}: the row has no {field!r}; a row holds {', '.join(_ROW_FIELDS)}")
+            if not isinstance(row[field], kind) or isinstance(row[field], bool):
+                raise ConfigError("run", f"{where}: {field} is {shown(row[field])}, not {_kind_name(kind)}")
+        if not _MASKS_FILE.fullmatch(row["file"]):  # what a reader downloads: a file in the run's masks/
+            raise ConfigError("run", f"{where}: file {shown(row['file'])}; allowed: masks/<name>")
+        if row.get("encoding", FULL) not in (FULL, DELTA):
+            raise ConfigError("run", f"{where}: encoding {shown(row['encoding'])}; allowed: {FULL}, {DELTA}")
+        if row.get("encoding") == DELTA and not isinstance(row.get("base"), str):
+            raise ConfigError("run", f"{where}: a delta row names the file it applies to in 'base'; this one does not")
+        rows.append(row)
+    return rows
+
+
+def _kind_name(kind) -> str:
+    return "a number" if kind == (int, float) else {int: "an integer", str: "a string"}[kind]
+
+
+def rebuild(rows: list[dict], index: int, read, *, max_weights: int | None = None) -> bytes:
+    """The packed masks of ``rows[index]``; ``read(file)`` gives a lineage file's bytes.
+    ``max_weights``: the most weights any of them may hold (``sparsity.lineage.decode``)."""
+    from raysparse.sparsity.lineage import decode, encoding_of
 
     chain = [index]
     while rows[chain[-1]].get("encoding") == DELTA:
@@ -61,10 +113,14 @@ def rebuild(rows: list[dict], index: int, read) -> bytes:
         chain.append(base)
     packed = None
     for i in reversed(chain):
-        row, blob = rows[i], read(rows[i]["file"])
-        if encoding_of(blob) != row.get("encoding", "full"):
-            raise ValueError(f"{row['file']} holds a {encoding_of(blob)} file; its row says {row.get('encoding')}")
-        packed = decode(blob, packed)
+        row = rows[i]
+        try:
+            blob = read(row["file"])
+            if encoding_of(blob) != row.get("encoding", FULL):
+                raise ValueError(f"it holds a {encoding_of(blob)} file; its row says {row.get('encoding')}")
+            packed = decode(blob, packed, max_weights=max_weights)
+        except ValueError as err:
+            raise ValueError(f"{row['file']} (step {row['step']}): {err}") from None
         rebuilt = hashlib.sha256(packed).hexdigest()
         if rebuilt != row["hash"]:
             raise ValueError(f"the masks rebuilt for step {row['step']} ({row['file']}) have hash {rebuilt[:12]}, "
@@ -84,13 +140,37 @@ class _Lineage:
 
     def rows(self) -> list[dict]:
         try:
-            text = self._download(LINEAGE).decode()
+            text = self._download(LINEAGE).decode("utf-8", "replace")  # a bad byte is a damaged row, named
         except (MlflowException, OSError):
-            if any(f.path == LINEAGE for f in MlflowClient(self.tracking_uri).list_artifacts(self.run_id, "masks")):
+            if self._listed(LINEAGE):
                 raise
             raise ConfigError("run", f"run {self.run_id} logged no mask lineage ({LINEAGE}); "
                               "a trial of a sparse method has one") from None
-        return [json.loads(line) for line in text.splitlines() if line]
+        return parse_rows(text, self.run_id)
+
+    def max_weights(self, rows: list[dict]) -> int:
+        """The most weights the run's masks hold: those of its final masks (``masks/final.bin``, a
+        finished run's) and of its lineage's first full snapshot (the model as built; more than
+        the final masks where a method compacted the network). Each is checked against its own
+        bytes, so neither can claim more than it holds."""
+        from raysparse.sparsity.lineage import decode, packed_weights
+
+        sizes = []
+        try:
+            sizes.append(packed_weights(self.read(FINAL_MASKS)))
+        except _NotInRun:
+            pass  # a trial still running, or one that failed, has none
+        except ValueError as err:
+            raise ValueError(f"{FINAL_MASKS}: {err}") from None
+        first = next((row for row in rows if row.get("encoding", FULL) == FULL), None)
+        if first is not None:
+            # not bounded by the final masks (a compacted network's are smaller than the model was):
+            # inflating it allocates at most zlib's ratio (~1000) times the file's own size
+            try:
+                sizes.append(packed_weights(decode(self.read(first["file"]))))
+            except ValueError as err:
+                raise ValueError(f"{first['file']} (step {first['step']}): {err}") from None
+        return max(sizes, default=0)
 
     def read(self, file: str) -> bytes:
         """A lineage file's bytes. Kept for later calls: a file's name says what it holds (step,
@@ -102,7 +182,12 @@ class _Lineage:
             if key in _FILES:
                 _FILES.move_to_end(key)
                 return _FILES[key]
-        blob = self._download(file)
+        try:
+            blob = self._download(file)
+        except (MlflowException, OSError):
+            if self._listed(file):
+                raise  # there, but the server did not give it: not a damaged lineage
+            raise _NotInRun("not among the run's artifacts (deleted, or never uploaded)") from None
         with _FILES_LOCK:
             if key not in _FILES:
                 _FILES[key] = blob
@@ -117,6 +202,10 @@ class _Lineage:
         with tempfile.TemporaryDirectory() as tmp:
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{self.root}/{file}", dst_path=tmp,
                                                             tracking_uri=self.tracking_uri)).read_bytes()
+
+    def _listed(self, file: str) -> bool:
+        folder = Path(file).parent.as_posix()
+        return any(f.path == file for f in MlflowClient(self.tracking_uri).list_artifacts(self.run_id, folder))
 
 
 # the lineage files read lately, by (artifact root, file): rebuilding step after step of a run

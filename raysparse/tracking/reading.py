@@ -87,17 +87,25 @@ def download_masks(tracking_uri: str, run_id: str, artifact: str = "masks/final.
 
     with tempfile.TemporaryDirectory() as tmp:
         blob = Path(MlflowClient(tracking_uri).download_artifacts(run_id, artifact, tmp)).read_bytes()
-    if encoding_of(blob) == DELTA:
+    try:
+        encoding = encoding_of(blob)
+        packed = decode(blob) if encoding != DELTA else b""  # checked: no header claims more weights than follow it
+    except ValueError as err:
+        raise ConfigError("artifact", f"{artifact} of run {run_id}: {err}") from None
+    if encoding == DELTA:
         raise ConfigError("artifact", f"{artifact} of run {run_id} holds the changes against an earlier file; "
                           "rebuild its masks with raysparse.tracking.masks_at_step (raysparse masks RUN_ID --step N)")
-    return unpack_masks(decode(blob))
+    return unpack_masks(packed)
 
 
 def download_lineage(tracking_uri: str, run_id: str) -> list[dict]:
-    """The rows of a trial's ``masks/lineage.jsonl``, oldest first."""
+    """The rows of a trial's ``masks/lineage.jsonl``, oldest first; a damaged row is a ConfigError
+    naming its line."""
+    from raysparse.tracking.lineage import parse_rows
+
     with tempfile.TemporaryDirectory() as tmp:
-        text = Path(MlflowClient(tracking_uri).download_artifacts(run_id, LINEAGE, tmp)).read_text()
-    return [json.loads(line) for line in text.splitlines() if line]
+        data = Path(MlflowClient(tracking_uri).download_artifacts(run_id, LINEAGE, tmp)).read_bytes()
+    return parse_rows(data.decode("utf-8", "replace"), run_id)
 
 
 def download_model(tracking_uri: str, run_id: str, dst: str | Path) -> Path:

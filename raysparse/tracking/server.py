@@ -11,6 +11,7 @@ import base64
 import contextlib
 import fcntl
 import http.client
+import ipaddress
 import json
 import os
 import signal
@@ -28,6 +29,10 @@ from raysparse.tracking.naming import redact
 from raysparse.tracking.store import check_store
 
 _HEALTH_TIMEOUT = 2.0
+# /health answers without touching the store (a server whose database died still says OK): the
+# cheapest real query instead, one experiment. A database query may take longer than /health.
+_STORE_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
+_STORE_TIMEOUT = 5.0
 # Popen objects of servers this process started: polling them reaps an exited child, so a
 # zombie is not mistaken for a live server (and Python does not warn about a lost child).
 _STARTED: dict[int, subprocess.Popen] = {}
@@ -50,7 +55,9 @@ def ensure_local_server(
     is reused by later calls, from any process, while its pid is alive and ``/health`` answers.
     ``port`` only applies when a server is started (a free one when None). It binds to ``host``,
     by default 127.0.0.1 only; a ``host`` other than the running server's is an error (stop it
-    first). A file lock makes concurrent callers start one server between them.
+    first). A file lock makes concurrent callers start one server between them. A server bound
+    beyond loopback is returned with a warning on stderr each time, started or reused: whoever
+    reaches that address can read and change every run.
     """
     state_dir = _state_dir(home)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +68,7 @@ def ensure_local_server(
                 if host is not None and host != record["host"]:
                     raise ConfigError("--host", f"the embedded MLflow server already runs on {record['host']}:"
                                                 f"{record['port']}; stop it (raysparse ui --stop) to bind it to {host}")
-                return _uri(record)
+                return _warn_if_exposed(record)
             _stop_group(record["pid"])  # alive but not answering (the starter holds the lock): hung
         check_store(state_dir)  # a damaged store: one line now, not a server that exits with a traceback
         host = host or "127.0.0.1"
@@ -75,6 +82,9 @@ def ensure_local_server(
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: survives us, stops as one
                 env=_server_env(),
+                # python -m puts its working directory first on sys.path: the store's own directory,
+                # not the user's, where a stray string.py would run in (and break) the server
+                cwd=state_dir,
             )
         _STARTED[proc.pid] = proc
         record = {"pid": proc.pid, "port": port, "host": host}
@@ -86,7 +96,7 @@ def ensure_local_server(
             (state_dir / "server.json").unlink(missing_ok=True)
             check_store(state_dir, thorough=True, log=log_path)  # the likeliest cause, named
             raise
-        return _uri(record)
+        return _warn_if_exposed(record)
 
 
 def restart_local_server(home: Path | None, uri: str, timeout: float = 40) -> None:
@@ -110,8 +120,26 @@ def local_server_alive(home: Path | None = None) -> bool:
 
 def answers(uri: str) -> bool:
     """Whether the MLflow server at ``uri`` answers ``/health`` now (credentials in the URI are sent)."""
-    loopback = urllib.parse.urlsplit(uri).hostname in ("127.0.0.1", "localhost", "::1")
-    return _health_ok(_LOOPBACK_OPENER if loopback else urllib.request.build_opener(), _health_request(uri))
+    return _health_ok(_opener(uri), _request(uri, "/health"))
+
+
+def store_trouble(uri: str) -> str | None:
+    """None when the tracking store behind the MLflow server at ``uri`` answers a real query (one
+    experiment) within 5 s; else why not, in a few words. An HTTP 4xx is an answer: the server
+    asked the store, or refused us (credentials, Host) without asking it, which is not the
+    store's fault; a 5xx, a timeout or no connection is not."""
+    try:
+        with _opener(uri).open(_request(uri, _STORE_PROBE), timeout=_STORE_TIMEOUT):
+            return None
+    except urllib.error.HTTPError as error:
+        return None if error.code < 500 else f"experiments/search answered HTTP {error.code}"
+    except TimeoutError:
+        return f"experiments/search got no answer within {_STORE_TIMEOUT:g} s"
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        reason = getattr(error, "reason", None) or error
+        if isinstance(reason, TimeoutError):
+            return f"experiments/search got no answer within {_STORE_TIMEOUT:g} s"
+        return f"experiments/search failed: {reason}"
 
 
 def stop_local_server(home: Path | None = None) -> bool:
@@ -142,7 +170,7 @@ def check_tracking_uri(uri: str, field: str = "tracking_uri") -> None:
     if scheme not in ("http", "https"):
         raise ConfigError(field, f"{shown!r} has scheme {scheme!r}; {instead}")
     try:
-        with urllib.request.urlopen(_health_request(uri), timeout=5):
+        with urllib.request.urlopen(_request(uri, "/health"), timeout=5):
             return
     except urllib.error.HTTPError as error:
         reason = f"/health answered HTTP {error.code}"
@@ -152,12 +180,19 @@ def check_tracking_uri(uri: str, field: str = "tracking_uri") -> None:
                              f"{field} to use the embedded server")
 
 
-def _health_request(uri: str) -> urllib.request.Request:
-    """GET <uri>/health; credentials in the URI (``https://user:pass@host``, which MLflow's client
-    accepts) become a basic-auth header, since urllib does not take them from the URL."""
+def _opener(uri: str) -> urllib.request.OpenerDirector:
+    loopback = urllib.parse.urlsplit(uri).hostname in ("127.0.0.1", "localhost", "::1")
+    return _LOOPBACK_OPENER if loopback else urllib.request.build_opener()
+
+
+def _request(uri: str, path: str) -> urllib.request.Request:
+    """GET <uri><path> (path may carry a query); credentials in the URI (``https://user:pass@host``,
+    which MLflow's client accepts) become a basic-auth header, since urllib does not take them
+    from the URL."""
     parts = urllib.parse.urlsplit(uri)
     credentials, _, host = parts.netloc.rpartition("@")
-    url = urllib.parse.urlunsplit(parts._replace(netloc=host, path=parts.path.rstrip("/") + "/health"))
+    path, _, query = path.partition("?")
+    url = urllib.parse.urlunsplit(parts._replace(netloc=host, path=parts.path.rstrip("/") + path, query=query))
     request = urllib.request.Request(url)
     if credentials:
         user, _, password = credentials.partition(":")
@@ -188,7 +223,59 @@ def _server_command(state_dir: Path, host: str, port: int) -> list[str]:
         "--host", host, "--port", str(port),
         # one worker: SQLite serialises writes anyway, and each worker costs ~250 MB
         "--workers", "1",
-    ]  # the security middleware stays on: its defaults accept localhost and private-network Host headers
+        # MLflow's default accepts any private-network address on any port, so a page that rebinds
+        # its DNS name to this machine, or a foreign Host header, gets through: only the names this
+        # server is reached at, on its port
+        "--allowed-hosts", ",".join(_allowed_hosts(host, port)),
+    ]
+
+
+def _allowed_hosts(host: str, port: int) -> list[str]:
+    """The ``Host`` headers the embedded server bound to ``host``:``port`` accepts: its loopback
+    names; beyond loopback also this machine's name and the address it binds (every local address
+    for 0.0.0.0 / ::), each with the port; and whatever ``MLFLOW_SERVER_ALLOWED_HOSTS`` adds (a
+    DNS alias of this machine, say)."""
+    names = ["localhost", "127.0.0.1", "::1"]
+    if not _loopback(host):
+        names += [socket.gethostname(), socket.getfqdn()]
+        names += sorted(_local_addresses()) if host in ("0.0.0.0", "::", "") else [host]
+    patterns = [f"[{name}]:{port}" if ":" in name else f"{name}:{port}" for name in names]
+    added = [name.strip() for name in os.environ.get("MLFLOW_SERVER_ALLOWED_HOSTS", "").split(",")]
+    return list(dict.fromkeys(patterns + [name for name in added if name]))
+
+
+def _local_addresses() -> set[str]:
+    """This machine's addresses: what its name resolves to and, on Linux, every local IPv4 address
+    (the kernel's routing trie marks them ``/32 host LOCAL``) and every IPv6 one."""
+    found = set()
+    with contextlib.suppress(OSError):
+        found |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/net/fib_trie").read_text().splitlines()
+        found |= {above.split()[-1] for above, line in zip(lines, lines[1:]) if line.strip() == "/32 host LOCAL"}
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            found.add(str(ipaddress.IPv6Address(bytes.fromhex(line.split()[0]))))
+    return {address for address in found if "%" not in address}  # a link-local scope is no Host header
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_if_exposed(record: dict) -> str:
+    """``record``'s URI, after a warning when the server listens beyond loopback."""
+    if not _loopback(record["host"]):
+        address = f"[{record['host']}]" if ":" in record["host"] else record["host"]
+        print(f"raysparse: the embedded MLflow server {_uri(record)} listens on {address}:{record['port']}: whoever "
+              "reaches this machine there can read and change every run (it has no authentication); stop it with: "
+              "raysparse ui --stop", file=sys.stderr, flush=True)
+    return _uri(record)
 
 
 def _server_env() -> dict[str, str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,6 +37,7 @@ FACTORY, PYTHON = "factory", "python"
 LOADER_KEYS = ("batch_size", "val_fraction", "num_workers", "augment")  # the loop's, not the factory's
 SPLIT_KEYS = ("train", "val", "test")
 MODEL_EXTRAS = ("input_shape", "num_classes", "vocab_size", "block_size")  # the data's info, by name
+CALLS_CODE = "raysparse: this config calls code by import path: "
 
 
 def is_user_code(spec: object) -> bool:
@@ -251,10 +253,41 @@ def check_model(model: nn.Module, data: DataSplits, task: Task, field: str) -> N
         raise ConfigError(field, "the model has no prunable weight (Conv/Linear); nothing to sparsify")
 
 
+def code_by_import_path(config) -> list[tuple[str, str]]:
+    """(field, import path) of everything a config (a Config, or its raw mapping) names by import
+    path: raysparse imports each and calls it (a factory; a task's or a method's class)."""
+    def get(obj: object, key: str) -> Any:
+        return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
+
+    task, datasets = get(config, "task"), get(get(config, "robustness"), "datasets")
+    named = [(f"{block}.factory", get(get(config, block), FACTORY)) for block in ("model", "data")]
+    named.append(("task.name", get(task, "name")) if isinstance(task, Mapping) else ("task", task))
+    named.append(("sparsity.method", get(get(config, "sparsity"), "method")))
+    if isinstance(datasets, Mapping):
+        named += [(f"robustness.datasets.{name}.factory", get(spec, FACTORY)) for name, spec in datasets.items()]
+    return [(field, path) for field, path in named if is_import_path(path)]
+
+
+_ANNOUNCED: set[str] = set()  # lines this process printed: `raysparse sweep` checks a sweep twice
+
+
+def announce_code(config) -> None:
+    """One line on stderr naming the code a config calls, before any of it is called (once per
+    process): a config file runs code by design (``model.factory: "os:system"`` would run a
+    shell), so whoever runs one sees what it runs."""
+    found = code_by_import_path(config)
+    line = CALLS_CODE + ", ".join(f"{field} {path}" for field, path in found)
+    if found and line not in _ANNOUNCED:
+        _ANNOUNCED.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
 def check_user_code(config, *, model: object = None, data: object = None, task: object = None,
                     searched: tuple[str, ...] = ()) -> None:
-    """Before a sweep starts, on the driver: import and call the factories once, and put one
-    batch through the model. ``searched`` (dotted space keys) must name options they take."""
+    """Before a sweep starts, on the driver (once per command, never in a trial): say which code
+    the config names by import path, import and call the factories once, and put one batch
+    through the model. ``searched`` (dotted space keys) must name options they take."""
+    announce_code(config)
     if not any(given is not None or is_user_code(spec) for spec, given in ((config.model, model), (config.data, data))):
         return
     for key in searched:

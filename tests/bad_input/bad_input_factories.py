@@ -38,3 +38,17 @@ def float_labels():
 
 def a_list():
     return [torch.zeros(3)]
+
+
+def label_beyond_num_classes():
+    """num_classes=10 given, but the test split holds a 10 (labels run 1..10, not 0..9)."""
+    images, labels = torch.zeros(20, 1, 8, 8), torch.arange(20) % 10
+    return {"train": TensorDataset(images, labels), "test": TensorDataset(images, labels + 1), "num_classes": 10}
+
+
+def negative_label():
+    """No num_classes: it is the largest label + 1, and a -1 (an "unlabelled" marker) is no class."""
+    labels = torch.arange(20) % 4
+    labels[7] = -1
+    split = TensorDataset(torch.zeros(20, 1, 8, 8), labels)
+    return {"train": split, "test": split}

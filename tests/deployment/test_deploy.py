@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import raysparse
-from raysparse.deployment import build_deployed, load_deployed
+from raysparse.deployment import build_deployed
 from raysparse.deployment.kernels import SparseLinear, UnfoldConv2d, square_block_size
 from raysparse.deployment.planner import MAX_TIMED_DENSITY, SPARSE_MARGIN
 from raysparse.sparsity.masks import weight_slots
@@ -145,29 +145,6 @@ def test_plan_has_one_row_per_weight_and_chooses_what_it_measured_fastest(batch,
     sparse_modules = sum(isinstance(m, (SparseLinear, UnfoldConv2d)) for m in deployed.modules())
     assert sparse_modules == plan.sparse_layers()  # a layer on a sparse kernel: a Linear or a convolution
     assert "kernel" in str(plan) and f"batch {batch}" in str(plan)
-
-
-def test_saved_network_loads_with_weights_only_and_computes_the_same(tmp_path):
-    spec, shape = MODELS["vit"]
-    model = masked("vit", shape, depth=1, width=16, heads=2)
-    x = example(shape)
-    deployed = build_deployed(model, x, kernels={"*": "csr"})
-    torch.save(deployed, tmp_path / "model.pt")
-    loaded = load_deployed(tmp_path / "model.pt")
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), deployed(x), rtol=0, atol=0)
-    assert loaded.plan == deployed.plan and str(loaded.plan) == str(deployed.plan)
-
-
-class _Foreign(nn.Module):
-    def forward(self, x):
-        return x
-
-
-def test_load_deployed_refuses_a_file_naming_other_classes(tmp_path):
-    torch.save(nn.Sequential(_Foreign()), tmp_path / "model.pt")
-    with pytest.raises(ValueError, match="_Foreign, which is not a torch.nn or raysparse module class"):
-        load_deployed(tmp_path / "model.pt")
 
 
 def test_deploy_leaves_the_given_model_alone_and_refuses_a_parametrized_one():

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import raysparse
-from raysparse.deployment import build_deployed, load_deployed
+from raysparse.deployment import build_deployed
 from raysparse.deployment.attention import DeployedAttention, SubmoduleEncoderLayer
 from raysparse.deployment.kernels import SparseLinear
 from raysparse.deployment.planner import _layer_inputs
@@ -81,15 +81,6 @@ def test_the_planner_times_each_projection_on_every_token_of_the_batch():
     inputs = _layer_inputs(model, weight_slots(model), x)
     assert inputs["blocks.0.attn.q_proj"].shape == (16, 32, 64)
     assert inputs["blocks.1.mlp.down_proj"].shape == (16, 32, 4 * 64)
-
-
-def test_a_deployed_gpt_saves_and_loads_with_weights_only(tmp_path):
-    model, ids = gpt(), token_ids(256, 32)
-    deployed = build_deployed(model, ids, kernels={"*": "csr"})
-    torch.save(deployed, tmp_path / "model.pt")
-    loaded = load_deployed(tmp_path / "model.pt")
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids), model(ids), **TOLERANCE)
 
 
 @pytest.mark.parametrize("batch", [1, 16])

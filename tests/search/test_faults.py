@@ -227,9 +227,14 @@ def test_killed_driver_is_resumed_and_finished_trials_are_not_rerun(home, tmp_pa
     lost = TrialRun.open(uri, next(iter(before.values())).info.experiment_id, parent_id, "lost00", run_name="lost",
                          params=raw["base"])
 
+    resuming = time.monotonic()
     resumed = subprocess.run([sys.executable, "-m", "raysparse.cli", "sweep", "--resume", "resumed"], env=env,
                              capture_output=True, text=True, timeout=600)
+    took = time.monotonic() - resuming
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # the progress line's clock counts from the resume, as the summary's does, not from the killed driver's start
+    elapsed = [int(s) for s in re.findall(r"^\[\s*(\d+)s\] trials", resumed.stdout, re.MULTILINE)]
+    assert elapsed and max(elapsed) <= took, (elapsed, took)
     data = load_sweep(uri, "resumed")
     assert data.parent_status == "FINISHED"
     assert len(data.trials) == 4 and data.trials["trial_id"].nunique() == 4  # one child run per trial

@@ -116,6 +116,8 @@ def assert_model_loads_without_raysparse(tracking_uri, run_id):
 
 
 def test_data_parallel_trial_has_identical_masks_on_both_ranks(ray_runtime, home):
+    from mlflow import MlflowClient
+
     sweep = tiny_sweep("ddp", num_samples=1, max_concurrent=1,
                        resources={"workers": 2, "cpus_per_worker": 0.5})
     sweep["base"]["epochs"] = 4
@@ -129,6 +131,12 @@ def test_data_parallel_trial_has_identical_masks_on_both_ranks(ray_runtime, home
     assert len(trials) == 1 and trials["status"].iloc[0] == "FINISHED"
     lineage = download_lineage(result.tracking_uri, trials["run_id"].iloc[0])
     assert sum(row["reason"] == "regrow" for row in lineage) >= 3  # several GraNet updates happened
+    # the evidence is in the trial's MLflow run too, each epoch's, not only in Tune's result.json
+    client = MlflowClient(result.tracking_uri)
+    run = client.get_run(trials["run_id"].iloc[0])
+    assert run.data.params["resources.workers"] == "2"
+    history = client.get_metric_history(run.info.run_id, "ranks_with_same_masks")
+    assert sorted((m.step, m.value) for m in history) == [(epoch, 2.0) for epoch in range(1, 5)]
 
 
 def test_bad_sweep_starts_nothing(tmp_path):

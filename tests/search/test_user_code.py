@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -16,13 +17,15 @@ import yaml
 from mlflow import MlflowClient
 from sklearn.datasets import load_digits
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import raysparse
 from raysparse.config import load_config
 from raysparse.errors import ConfigError
 from raysparse.search.result import typed_param
 from raysparse.tracking import download_lineage, download_masks, ensure_local_server, load_sweep, run_params
+from raysparse.zoo.user_code import CALLS_CODE
+from tests.test_imports import cli_env, imported_after, plant_stray_modules, strays_that_ran
 
 MODELS_PY = '''
 from torch import nn
@@ -251,3 +254,113 @@ def test_params_read_back_as_the_values_they_were():
     assert typed["optimizer.betas"] == [0.9, 0.999] and typed["epochs"] == 30 and typed["optimizer.lr"] == 0.1
     assert typed["init_from"] is None and typed["sparsity.method"] == "dense" and typed["device"] == "auto"
     assert typed_param("/data/cifar10") == "/data/cifar10" and typed_param("pkg.nets:make") == "pkg.nets:make"
+
+
+RECORDING_MODELS = '''
+import os
+import sys
+
+from torch import nn
+
+
+def mlp(input_shape, num_classes, width=16):
+    """Says it was called, and records in which process and which netrc that process had imported."""
+    print("userpkg.models:mlp called", file=sys.stderr, flush=True)
+    netrc = sys.modules.get("netrc")
+    with open({log!r}, "a") as f:
+        f.write(f"{{os.getpid()}} {{getattr(netrc, '__file__', None)}}\\n")
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, num_classes))
+'''
+
+
+def test_a_sweep_beside_stray_stdlib_modules_runs_none_and_names_its_code_once(home, tmp_path):
+    """A `netrc.py` (and others) beside the sweep file and in the working directory: none beside
+    the sweep file runs anywhere, none runs in the driver, and the trial's netrc (MLflow's
+    requests import it) is the standard library's; the user's package there still imports; the
+    code the sweep calls is named once, on the driver, before it is called."""
+    project, work, stray_log = tmp_path / "project", tmp_path / "work", tmp_path / "stray_modules_that_ran.txt"
+    calls_log = tmp_path / "factory_calls.txt"
+    (project / "userpkg").mkdir(parents=True)
+    (project / "userpkg" / "__init__.py").write_text("")
+    (project / "userpkg" / "models.py").write_text(textwrap.dedent(RECORDING_MODELS).format(log=str(calls_log)))
+    (project / "userpkg" / "data.py").write_text(textwrap.dedent(DATA_PY))
+    work.mkdir()
+    for directory in (project, work):
+        plant_stray_modules(directory, stray_log)
+    base = {**tiny_base(epochs=1), "model": {"factory": "userpkg.models:mlp"},
+            "data": {"factory": "userpkg.data:digits", "batch_size": 64}}
+    base["sparsity"]["prune_end"] = 1
+    sweep = {"name": "stray", "base": base, "space": {}, "sampler": "random", "num_samples": 1,
+             "early_stopping": False}
+    (project / "stray.yaml").write_text(yaml.safe_dump(sweep))
+    cli = Path(sys.executable).parent / "raysparse"
+    # -X importtime in the driver only (a flag, not inherited by Ray's processes as an environment would be)
+    driver = subprocess.Popen([sys.executable, "-X", "importtime", str(cli), "sweep", str(project / "stray.yaml")],
+                              cwd=work, env=cli_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = driver.communicate(timeout=900)
+    ran = strays_that_ran(stray_log)
+    assert [r for r in ran if r[1] == str(project)] == [], "beside the sweep file"  # anywhere: raysparse's doing
+    assert [r for r in ran if r[2].split()[0] == str(cli)] == [], "in the driver"
+    assert driver.returncode == 0, err[-3000:]
+    trials = load_sweep(ensure_local_server(home), "stray").trials
+    assert list(trials["status"]) == ["FINISHED"]
+
+    calls = [line.split(" ", 1) for line in calls_log.read_text().splitlines()]
+    in_trials = [netrc for pid, netrc in calls if int(pid) != driver.pid]
+    assert len(calls) > len(in_trials) > 0, calls  # the driver's checks, then the trial's
+    stdlib = Path(sysconfig.get_path("stdlib")).resolve()
+    # the trial had imported netrc (its MLflow run is open by then): the standard library's
+    assert all(netrc != "None" and Path(netrc).resolve().parent == stdlib for netrc in in_trials), in_trials
+    assert "netrc" in imported_after(err, "userpkg.models:mlp called")  # and so did the driver, after
+
+    # the trial's own stderr (Ray's worker logs of this driver's session): the factory ran there, unannounced
+    session_logs = Path("/tmp/ray").glob(f"session_*_{driver.pid}/logs/worker-*.err")
+    trial_logs = "".join(path.read_text() for path in session_logs)
+    assert "userpkg.models:mlp called" in trial_logs and CALLS_CODE not in trial_logs
+    named = [line for line in (out + err).splitlines() if CALLS_CODE in line]
+    assert named == [f"{CALLS_CODE}model.factory userpkg.models:mlp, data.factory userpkg.data:digits"]
+    lines = err.splitlines()
+    assert lines.index(named[0]) < lines.index("userpkg.models:mlp called")
+    if ran:  # from the working directory, in processes that the driver starts with it first on sys.path
+        pytest.xfail("stray modules of the working directory ran in Ray's workers (Ray puts the driver's "
+                     "working directory first on their sys.path before a trial starts) or in the embedded "
+                     "MLflow server (`python -m mlflow` started in that directory); they ran in: "
+                     + "; ".join(sorted({" ".join(Path(part).name for part in command.split()[:2])
+                                         for _, _, command in ran})))
+
+
+class LabelledLate(Dataset):
+    """Labels only through __getitem__ (no ``targets``): the last example's 7 is past num_classes=4,
+    which no check before start reads; the first batch that holds it finds it."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.zeros(1, 8, 8), (7 if i == self.n - 1 else i % 4)
+
+
+def labelled_late(log):
+    def make():
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return {"train": LabelledLate(64), "test": LabelledLate(16), "num_classes": 4}
+
+    return make
+
+
+def test_a_label_past_num_classes_found_in_a_trial_fails_it_once_as_bad_data(ray_runtime, home, tmp_path):
+    log = tmp_path / "data_factory_calls.txt"
+    sweep = {"name": "latelabel", "base": {**tiny_base(epochs=1), "model": {"hidden": 8},
+                                           "data": {"batch_size": 16}},
+             "space": {}, "sampler": "random", "num_samples": 1, "early_stopping": False, "max_failures": 2}
+    result = raysparse.sweep(sweep, model=TinyNet, data=labelled_late(log), home=home, verbose=False)
+    (trial,) = [row for _, row in result.to_dataframe().iterrows()]
+    assert trial["status"] == "FAILED"
+    assert trial["failure_reason"].startswith("bad config: data: a batch holds label 7; allowed: labels in [0, 4)")
+    pids = [int(pid) for pid in log.read_text().split()]
+    # the driver's check, then one attempt that trained: a retry would fail the same way, so none built data
+    assert pids[0] == os.getpid() and len([pid for pid in pids if pid != os.getpid()]) == 1, pids

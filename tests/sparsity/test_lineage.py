@@ -1,4 +1,9 @@
-"""Lineage files: deltas and full snapshots round-trip, and a delta's size follows the churn."""
+"""Lineage files: deltas and full snapshots round-trip, a delta's size follows the churn, and a
+damaged or forged file is refused before it allocates more than its own bytes or the bound allow."""
+
+import hashlib
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -106,3 +111,70 @@ def test_the_encoder_writes_a_full_snapshot_when_a_delta_would_not_be_smaller():
 def test_the_encoder_refuses_a_period_below_one():
     with pytest.raises(ValueError, match="full_every=0"):
         LineageEncoder(full_every=0)
+
+
+def test_masks_decode_with_a_bound_of_exactly_their_weights_and_not_one_less():
+    masks = random_masks()  # 72 + 2000 weights
+    parent, child = pack_masks(masks), pack_masks(flipped(masks, 0.01))
+    assert lineage.packed_weights(parent) == 2072
+    assert decode(encode_full(parent), max_weights=2072) == parent and decode(parent, max_weights=2072) == parent
+    assert decode(encode_delta(child, parent), parent, max_weights=2072) == child
+    refused = r"^the header claims 2,072 weights, more than the run's masks have \(2,071\)$"
+    for blob in (encode_full(parent), parent):
+        with pytest.raises(ValueError, match=refused):
+            decode(blob, max_weights=2071)
+
+
+@pytest.mark.parametrize(("header", "bits", "expected"), [
+    (b'{"names": ["fc"], "shapes": [[100000, 100000]]}', b"",
+     r"claims 10,000,000,000 weights \(1,250,000,000 bytes of bits\), but 0 bytes follow it: truncated or forged"),
+    (b'{"names": ["fc"], "shapes": [[4, 4]]}', b"\x00" * 3, r"claims 16 weights \(2 bytes of bits\), but 3 bytes"),
+    (b'{"names": ["fc"], "shapes": [[-4, 4]]}', b"", "not packed masks"),
+    (b'{"names": ["fc", "x"], "shapes": [[4]]}', b"", "not packed masks"),
+    (b"\xff\xfe", b"", "not packed masks"),
+    (b"[1, 2]", b"", "not packed masks"),
+], ids=["claims_more_than_follows", "more_bits_than_claimed", "negative_dim", "names_without_shapes", "not_utf8",
+        "not_an_object"])
+def test_packed_masks_are_checked_against_their_own_bytes_before_anything_is_allocated(header, bits, expected):
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=expected):
+            decode(header + b"\n" + bits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_a_zlib_stream_inflating_past_the_bound_is_refused_having_inflated_little():
+    header = b'{"names": ["fc"], "shapes": [[268435456]]}\n'  # 2**28 weights: consistent, 32 MiB of bits
+    bomb = lineage.MAGIC + bytes([lineage.VERSION]) + b"F" + zlib.compress(header + bytes(32 << 20), 9)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"^its zlib stream inflates past [\d,]+ bytes, more than the run's masks"):
+            decode(bomb, max_weights=2072)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(bomb) < 64_000 and peak < lineage.MAX_HEADER_BYTES + (4 << 20)
+
+
+def test_a_truncated_file_says_so_and_names_no_hash():
+    parent = pack_masks(random_masks())
+    blob = encode_delta(pack_masks(flipped(random_masks(), 0.01)), parent)
+    for kept, expected in [(4, "truncated: 4 bytes, shorter than the 6-byte start"),
+                           (20, "truncated delta: 20 bytes, shorter than its 38-byte start"),
+                           (len(blob) - 2, "truncated: its zlib stream ends early")]:
+        with pytest.raises(ValueError, match=expected) as raised:
+            decode(blob[:kept], parent)
+        assert masks_hash(unpack_masks(parent))[:12] not in str(raised.value)  # once: "applies to masks X, not to X"
+    with pytest.raises(ValueError, match="truncated: its zlib stream ends early"):
+        decode(encode_full(parent)[:-2])
+
+
+def test_a_delta_whose_positions_run_past_its_parent_is_refused_even_where_the_sum_would_wrap():
+    parent = pack_masks(random_masks())
+    start = lineage.MAGIC + bytes([lineage.VERSION]) + b"D" + hashlib.sha256(parent).digest()
+    for gaps in ([2072], [2**64 - 1, 5], [2**63, 2**63, 3]):  # the last two wrap a uint64 sum back inside
+        with pytest.raises(ValueError, match="is outside the parent's 2072 weights"):
+            decode(start + zlib.compress(lineage.varints(np.array(gaps, dtype=np.uint64))), parent)

@@ -1,10 +1,12 @@
 """The embedded MLflow server: one per home, reused, stopped; and checks on a given tracking URI."""
 
+import http.client
 import json
 import os
 import re
 import socket
 import threading
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -44,6 +46,26 @@ def reachable(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def status_with_host(uri: str, host: str) -> int:
+    """The status of a real API call to the server at ``uri`` sent with ``Host: host`` (/health is
+    exempt from MLflow's Host check: a query is not)."""
+    address, port = urllib.parse.urlsplit(uri).hostname, urllib.parse.urlsplit(uri).port
+    connection = http.client.HTTPConnection(address, port, timeout=10)
+    try:
+        connection.request("GET", "/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def a_private_address_not_ours() -> str:
+    """A private-network address this machine does not have (MLflow's default accepts every one)."""
+    from raysparse.tracking.server import _local_addresses
+
+    return next(f"10.{i}.{j}.254" for i in range(256) for j in range(256)
+                if f"10.{i}.{j}.254" not in _local_addresses())
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -57,7 +79,7 @@ def test_default_home_follows_the_environment(monkeypatch, tmp_path):
     assert default_home() == Path.home() / ".raysparse"
 
 
-def test_server_is_started_once_reused_and_stopped(tmp_path, monkeypatch):
+def test_server_is_started_once_reused_and_stopped(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("RAYSPARSE_HOME", str(tmp_path))
     uris = []
     callers = [threading.Thread(target=lambda: uris.append(ensure_local_server())) for _ in range(2)]
@@ -77,6 +99,14 @@ def test_server_is_started_once_reused_and_stopped(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "mlflow" / "server.json").read_text())["pid"] == record["pid"]
     check_tracking_uri(uris[0])  # a live server passes
     check_tracking_uri(uris[0].replace("http://", "http://user:pa%40ss@") + "/")  # with credentials too
+    assert capfd.readouterr().err == ""  # a loopback server is no exposure: nothing to warn about
+    # only the names it is reached at pass MLflow's Host check: a page that rebinds its DNS name
+    # to 127.0.0.1 (or any foreign Host) is refused, a private address too (MLflow's default accepts those)
+    assert status_with_host(uris[0], f"127.0.0.1:{port}") == 200
+    assert status_with_host(uris[0], f"localhost:{port}") == 200
+    assert status_with_host(uris[0], "evil.example") == 403
+    assert status_with_host(uris[0], f"evil.example:{port}") == 403
+    assert status_with_host(uris[0], f"{a_private_address_not_ours()}:{port}") == 403
 
     assert stop_local_server(tmp_path) is True
     assert not (tmp_path / "mlflow" / "server.json").exists()
@@ -140,11 +170,14 @@ def test_non_server_uris_are_rejected(uri, reason):
     assert caught.value.field == "tracking_uri"
 
 
-def test_ui_binds_elsewhere_only_when_asked_and_says_what_that_exposes(tmp_path):
+def test_ui_binds_elsewhere_only_when_asked_and_says_so_each_time_it_is_reused(tmp_path, capfd):
     import subprocess
     import sys
 
     env = {**os.environ, "RAYSPARSE_HOME": str(tmp_path)}
+    exposed = re.compile(r"raysparse: the embedded MLflow server http://127\.0\.0\.1:(\d+) listens on 0\.0\.0\.0:\1: "
+                         r"whoever reaches this machine there can read and change every run \(it has no "
+                         r"authentication\); stop it with: raysparse ui --stop")
 
     def ui(*args):
         return subprocess.run([sys.executable, "-m", "raysparse.cli", "ui", *args], capture_output=True, text=True,
@@ -155,10 +188,21 @@ def test_ui_binds_elsewhere_only_when_asked_and_says_what_that_exposes(tmp_path)
         assert started.returncode == 0, started.stderr
         uri = started.stdout.split()[2]
         assert reachable(this_machines_address(), int(uri.rsplit(":", 1)[1]))
-        assert "listens on 0.0.0.0" in started.stderr and "no authentication" in started.stderr
+        port = int(uri.rsplit(":", 1)[1])
+        assert exposed.fullmatch(started.stderr.strip()), started.stderr
         again = ui("--host", "127.0.0.1")  # a server already runs on another address: say so, change nothing
         assert again.returncode == 2 and again.stderr.startswith("raysparse: error: --host: the embedded MLflow "
                                                                  "server already runs on 0.0.0.0")
-        assert ui().stdout.split()[2] == uri  # without --host: the running one
+        # every reuse says again where it listens: a sweep's (in this process), then `raysparse ui`
+        capfd.readouterr()
+        assert ensure_local_server(tmp_path) == uri
+        assert exposed.fullmatch(capfd.readouterr().err.strip())
+        reused = ui()  # without --host: the running one
+        assert reused.stdout.split()[2] == uri and exposed.fullmatch(reused.stderr.strip()), reused.stderr
+        # reached from elsewhere at this machine's address, not under a foreign or rebound name
+        assert status_with_host(uri, f"{this_machines_address()}:{port}") == 200
+        assert status_with_host(uri, f"127.0.0.1:{port}") == 200
+        assert status_with_host(uri, f"evil.example:{port}") == 403
+        assert status_with_host(uri, f"{a_private_address_not_ours()}:{port}") == 403
     finally:
         assert ui("--stop").stdout.strip() == "stopped"

@@ -1,17 +1,23 @@
 """Models and data of the user's own, from an import path or as Python objects, through the one loop."""
 
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 import raysparse
+from raysparse.config import load_config
 from raysparse.errors import ConfigError
 from raysparse.imports import add_import_dirs
-from raysparse.zoo.user_code import build_network, build_splits, with_python_objects
+from raysparse.zoo.user_code import CALLS_CODE, build_network, build_splits, code_by_import_path, with_python_objects
+from tests.test_imports import cli_env, write_user_package
 
 USER_PACKAGE = '''
 import torch
@@ -160,3 +166,31 @@ def test_broken_user_code_is_one_line_naming_the_field():
     with pytest.raises(ConfigError, match=r"^model: a batch of shape \[2, 1, 8, 8\] gives outputs \[2, 5\]; "
                                           r"expected \[2, 10\]"):
         raysparse.train(config(), model=lambda input_shape: Classifier(input_shape, 5))
+
+
+def test_the_cli_names_the_code_a_config_calls_once_before_calling_any(tmp_path):
+    write_user_package(tmp_path)
+    cfg = config(epochs=1, measure_latency=False, model={"factory": "userpkg.models:mlp"},
+                 data={"factory": "userpkg.data:blobs", "batch_size": 32},
+                 task="raysparse.tasks.classification:Classification")
+    cfg["sparsity"]["method"] = "raysparse.methods.gmp:GMP"
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
+    cli = Path(sys.executable).parent / "raysparse"
+    done = subprocess.run([str(cli), "train", str(tmp_path / "train.yaml")], cwd=tmp_path,
+                          env=cli_env(tmp_path / "home"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    named = [i for i, line in enumerate(lines) if line.startswith(CALLS_CODE)]
+    assert len(named) == 1, done.stderr
+    assert lines[named[0]] == (
+        f"{CALLS_CODE}model.factory userpkg.models:mlp, data.factory userpkg.data:blobs, "
+        "task raysparse.tasks.classification:Classification, sparsity.method raysparse.methods.gmp:GMP")
+    assert named[0] < lines.index("userpkg.models:mlp called")  # said before the factory ran
+
+
+def test_a_config_of_zoo_names_only_calls_no_code_and_says_nothing(tmp_path):
+    assert code_by_import_path(load_config(config(model={"name": "mlp"}, data={"name": "digits"}))) == []
+    raw = config(model={"factory": "userpkg.models:mlp"}, data={"name": "digits"}, task={"name": "lab.tasks:Mine"},
+                 robustness={"datasets": {"shifted": {"factory": "lab.data:shifted"}}})
+    assert code_by_import_path(raw) == [("model.factory", "userpkg.models:mlp"), ("task.name", "lab.tasks:Mine"),
+                                        ("robustness.datasets.shifted.factory", "lab.data:shifted")]
