@@ -218,6 +218,8 @@ class _Run:
         self.best_key = f"best_val_{self.task.main_metric}"
         self.start_epoch, self.best = 0, {self.best_key: None, "best_epoch": 0}
         self.last_masks = self.method.masks.snapshot()
+        # two real examples a trial exports the model with: the same every epoch, read once
+        self.export_example = self.example_input(2, torch.device("cpu"))
 
     def _count_weights_outside_masks(self) -> None:
         """Weights that do a matmul but that the layer selection (``include`` / ``exclude``) leaves
@@ -426,7 +428,7 @@ class _Run:
         return EpochContext(
             mask_events=self.method.masks.drain_events(), masks=self.method.masks, model=self.net,
             save_checkpoint=lambda path: self.save_for_retry(path, epoch),
-            export_model=lambda: self.method.export(self.net), example_input=self.example_input(2, torch.device("cpu")),
+            export_model=lambda: self.method.export(self.net), example_input=self.export_example,
             data_info=dict(self.data.info),
         )
 
