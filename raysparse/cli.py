@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from raysparse.errors import ConfigError, TrackingServerLost, TrainingDiverged
+from raysparse.errors import ConfigError, DiskFull, TrackingServerLost, TrainingDiverged
 
 
 def _apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -132,6 +132,8 @@ def cmd_sweep(args) -> int:
         return 130 if isinstance(stop, KeyboardInterrupt) else 128 + signal.SIGTERM  # as a shell reports them
     except TrackingServerLost as err:  # its one line names the server and the resume command
         print(f"raysparse: {err}", file=sys.stderr)
+        return 1
+    except DiskFull:  # its one line (the path, its free space, the resume command) is printed already
         return 1
     sweep = result.sweep
     trials = result.to_dataframe()

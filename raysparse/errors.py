@@ -52,6 +52,11 @@ class TrackingServerLost(RuntimeError):
     its runs left open for ``raysparse sweep --resume NAME``."""
 
 
+class DiskFull(RuntimeError):
+    """A disk the sweep writes to filled: the sweep stopped (its one line already printed), its
+    state kept whole for ``raysparse sweep --resume NAME`` once there is space."""
+
+
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """A ' (did you mean 'x'?)' suffix when a close choice exists, else ''."""
     match = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)

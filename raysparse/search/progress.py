@@ -14,6 +14,7 @@ from ray.tune import Callback
 from raysparse.config import load_config
 from raysparse.errors import ConfigError
 from raysparse.report import stage_line
+from raysparse.search import disk_watch
 from raysparse.search.server_watch import server_lost
 from raysparse.search.spaces import grid_points
 from raysparse.search.trial import failure_reason, is_retryable, run_name_for
@@ -138,8 +139,8 @@ class TrialRunCloser(Callback):
     config, a divergence) is not retried. With the MLflow server lost it writes nothing (each
     call would wait out its retries): the runs stay open for ``--resume``."""
 
-    def __init__(self, parent: SweepRun, sweep):
-        self.parent, self.sweep = parent, sweep
+    def __init__(self, parent: SweepRun, sweep, storage: Path):
+        self.parent, self.sweep, self.storage = parent, sweep, storage
         # fewer when a grid has fewer points than num_samples
         self.total_trials = sweep.num_samples if sweep.sampler != "grid" else \
             min(sweep.num_samples, len(grid_points(sweep.space, sweep.base)))
@@ -150,15 +151,21 @@ class TrialRunCloser(Callback):
         except ConfigError:
             trial.max_failures = 0  # it fails at once in the trial, with its run; no retry
 
+    def _stopping(self) -> bool:
+        """The server is lost or a disk full: the driver stops the sweep and closes what it can."""
+        return server_lost(self.sweep.name) is not None or disk_watch.disk_full() is not None
+
     def on_trial_recover(self, iteration, trials, trial, **info):
         error = _trial_error(trial)
+        if error is not None and disk_watch.report_error_text(str(error), self.storage):
+            return  # a retry would fail as well: the sweep stops at Tune's next step
         self._close_uploads_of_a_dead_process(trial, error)
         if error is not None and not is_retryable(error):
             # Tune requeued it already: that attempt finds the recorded reason and fails at once
             trial.max_failures = trial.run_metadata.num_failures
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if server_lost(self.sweep.name) is None:
+        if not self._stopping():
             # no-op when the trial finished itself, or returned and its process uploads the rest
             self.parent.close_trial(trial.trial_id, "KILLED", leave_uploading=True)
             self._wait_for_uploads_after_the_last(trials, trial)
@@ -171,7 +178,10 @@ class TrialRunCloser(Callback):
             self.parent.wait_for_final_uploads(FINAL_UPLOAD_TIMEOUT_S)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        if server_lost(self.sweep.name) is not None:
+        error = _trial_error(trial)
+        if error is not None:
+            disk_watch.report_error_text(str(error), self.storage)
+        if self._stopping():
             return
         self._close_uploads_of_a_dead_process(trial, _trial_error(trial))
         self._close_failed(trial)
@@ -197,18 +207,21 @@ class TrialRunCloser(Callback):
                                             params=config, reason=reason)
 
     def on_experiment_end(self, trials, **info):
-        if server_lost(self.sweep.name) is not None:
+        if self._stopping():
             return
         for trial_id in self.parent.wait_for_final_uploads(0):  # their processes stopped first
             reason = "its process stopped before it uploaded the trial's final masks, model and plots"
             self.parent.close_trial(trial_id, "FAILED", reason=reason)
             print(f"raysparse: trial {trial_id}: {reason}; its run is FAILED", file=sys.stderr)
-        discarded = self.parent.discard_unknown(
+        discarded, kept = self.parent.discard_unknown(
             {t.trial_id for t in trials}, reason="its trial was lost with the stopped driver (it started after "
             "Tune's last snapshot); the resumed sweep ran another trial in its place")
         for run_id in discarded:
             print(f"raysparse: run {run_id} of a trial lost with the stopped driver is in MLflow's deleted runs "
                   f"(mlflow runs restore --run-id {run_id})", file=sys.stderr)
+        for run_id in kept:
+            print(f"raysparse: run {run_id} finished after the stopped driver's last snapshot: it stays FINISHED, "
+                  f"and the resumed sweep ran another trial in its place", file=sys.stderr)
 
 
 def _trial_error(trial) -> BaseException | None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from raysparse.errors import TrackingServerLost
+from raysparse.errors import DiskFull, TrackingServerLost
+from raysparse.search.disk_watch import disk_full
 from raysparse.tracking.watchdog import ServerWatchdog
 
 _WATCHDOGS: dict[str, ServerWatchdog] = {}
@@ -36,9 +37,10 @@ def server_lost(sweep_name: str) -> str | None:
 
 
 class StopWhenServerLost(Callback):
-    """Ends Tune's loop once the sweep's server is lost, by an exception, as a killed driver ends:
-    the experiment state then keeps unfinished trials unfinished for ``--resume`` (stopping the
-    experiment the Tune way would record them as terminated, and a resume would skip them)."""
+    """Ends Tune's loop once the sweep's server is lost or a disk it writes is full, by an
+    exception, as a killed driver ends: the experiment state then keeps unfinished trials
+    unfinished for ``--resume`` (stopping the experiment the Tune way would record them as
+    terminated, and a resume would skip them)."""
 
     def __init__(self, sweep_name: str):
         self.sweep_name = sweep_name
@@ -47,3 +49,6 @@ class StopWhenServerLost(Callback):
         lost = server_lost(self.sweep_name)
         if lost is not None:
             raise TrackingServerLost(lost)
+        full = disk_full()  # stops as a lost server does: the experiment state keeps its trials unfinished
+        if full is not None:
+            raise DiskFull(full)

@@ -25,10 +25,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raysparse import plots
 from raysparse.config import get_dotted, load_config
-from raysparse.errors import ConfigError, TrackingServerLost, unknown_choice
+from raysparse.errors import ConfigError, DiskFull, TrackingServerLost, unknown_choice
 from raysparse.imports import add_import_dirs
 from raysparse.methods.registry import user_methods
 from raysparse.report import report_sweep
+from raysparse.search import disk_watch
 from raysparse.search.disk_safety import check_name
 from raysparse.search.driver_lock import check_not_running, driver_lock
 from raysparse.search.grid import GridSearcher
@@ -40,8 +41,10 @@ from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
 from raysparse.search.server_watch import StopWhenServerLost, watch_tracking_server
 from raysparse.search.settings import check_local_resources, trial_resources
+from raysparse.search.signed_state import check_signed_dir, current_key, read_verified, use_key, write_signed
 from raysparse.search.spaces import PythonObjects, Sweep, grid_points, load_sweep
 from raysparse.search.stage import STAGE, STAGE_KEYS, without_stage
+from raysparse.search.storage_fs import sweep_storage
 from raysparse.search.trial import TrackingTarget, trial_function
 from raysparse.tracking import SweepRun, check_tracking_uri, default_home, ensure_local_server
 from raysparse.tracking.naming import redact
@@ -179,6 +182,7 @@ def run_sweep(
     sweep = source if isinstance(source, Sweep) else load_sweep(source, objects=objects, **overrides)
     home = Path(home) if home is not None else default_home()
     check_before_start(sweep, address, home)
+    use_key(home)  # signs the state a resume loads (search/signed_state.py)
     storage_path = _storage_path(sweep.storage_path, home)
     with driver_lock(Path(storage_path) / sweep.name, sweep.name):  # the one driver of this sweep
         tracking_uri = _start_services(sweep, address, home)
@@ -199,10 +203,8 @@ def _write_state(storage_path: str, sweep: Sweep, tracking_uri: str, *, parent_r
     whole (a driver killed while writing it leaves the previous one)."""
     state = Path(storage_path) / sweep.name / SWEEP_STATE
     state.parent.mkdir(parents=True, exist_ok=True)
-    written = state.with_name(f".{SWEEP_STATE}.tmp")
-    written.write_text(json.dumps({"sweep": sweep.raw, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
-                                   "python_objects": sweep.objects.names()}))
-    written.replace(state)
+    write_signed(state, json.dumps({"sweep": sweep.raw, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
+                                    "python_objects": sweep.objects.names()}).encode(), current_key())
 
 
 def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbose: bool, *,
@@ -223,7 +225,8 @@ def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbo
         trainable = _trainable(sweep, TrackingTarget(parent.tracking_uri, parent.experiment_id, parent.run_id),
                                storage_path)
         if restore is not None:
-            tuner = tune.Tuner.restore(str(restore), trainable, resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(str(restore), trainable, resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=sweep_storage())
             return _fit(tuner, sweep, parent, progress, home)
         pbt = sweep.early_stopping.pbt  # Tune samples PBT's population: no Optuna (see search/pbt.py)
         tuner = tune.Tuner(
@@ -236,9 +239,10 @@ def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbo
                 reuse_actors=True,  # a new trial process re-imports torch & co: seconds per trial here
             ),
             run_config=tune.RunConfig(
-                name=sweep.name, storage_path=storage_path, verbose=0,
-                callbacks=[progress, TrialRunCloser(parent, described), StopWhenServerLost(sweep.name),
-                           CSVLoggerCallback(), JsonLoggerCallback()],
+                # whole-or-nothing writes, signed state files (search/storage_fs.py)
+                name=sweep.name, storage_path=storage_path, storage_filesystem=sweep_storage(), verbose=0,
+                callbacks=[progress, TrialRunCloser(parent, described, Path(storage_path) / sweep.name),
+                           StopWhenServerLost(sweep.name), CSVLoggerCallback(), JsonLoggerCallback()],
                 # PBT restores a trial from another's checkpoint, perhaps after that one wrote a newer one:
                 # every checkpoint is kept then (Tune warns that keeping 1 or 2 breaks exploits). Otherwise
                 # 2: a driver killed after a trial's newest checkpoint, before the experiment snapshot
@@ -271,7 +275,7 @@ def resume_sweep(
         if not found:
             raise ConfigError("--resume", f"no sweep {name!r} in {experiment_dir.parent}; there is none to resume")
         raise unknown_choice("--resume", f"sweep in {experiment_dir.parent}", name, found)
-    state = _sweep_state(experiment_dir / SWEEP_STATE)
+    state = _sweep_state(experiment_dir / SWEEP_STATE, use_key(home))
     objects = objects or PythonObjects()
     for kind, described in state.get("python_objects", {}).items():
         if getattr(objects, kind) is None:
@@ -295,15 +299,18 @@ def _resume(sweep: Sweep, state: dict, experiment_dir: Path, address: str | None
         parent = SweepRun.attach(tracking_uri, sweep.experiment_name or sweep.name, state["parent_run_id"],
                                  resume=True)
     # a driver that stopped before Tune saved its first state leaves nothing to restore: start afresh
-    restore = experiment_dir if tune.Tuner.can_restore(str(experiment_dir)) else None
+    restore = experiment_dir if tune.Tuner.can_restore(str(experiment_dir), storage_filesystem=sweep_storage()) \
+        else None
     return _launch(sweep, parent, str(experiment_dir.parent), home, verbose, restore=restore)
 
 
-def _sweep_state(path: Path) -> dict:
+def _sweep_state(path: Path, key: bytes) -> dict:
     """What run_sweep saved for a resume, and every trial checkpoint Tune would restore, checked:
-    a truncated or tampered file is one line naming it, before Ray or MLflow start."""
+    a truncated or tampered file is one line naming it, before Ray or MLflow start. Every state
+    file Tune would unpickle is verified first (its signature: search/signed_state.py)."""
+    check_signed_dir(path.parent, key)
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(read_verified(path, key).decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError("--resume", f"{str(path)!r} is damaged (not the JSON raysparse wrote: {err})") from None
     missing = [key for key in ("sweep", "tracking_uri", "parent_run_id") if key not in state] \
@@ -379,9 +386,13 @@ def _fit(tuner: tune.Tuner, sweep: Sweep, parent: SweepRun, progress: ProgressVi
     # the report at the end draws with pyplot (~1 s to import here): imported while the driver
     # mostly waits on the trials, not after them
     threading.Thread(target=plots.pyplot, name="raysparse-import-pyplot", daemon=True).start()
-    status, lost = "FAILED", None
+    status, lost, full = "FAILED", None, None
     embedded_home = home if sweep.tracking_uri is None else None
-    with watch_tracking_server(sweep.name, parent.tracking_uri, embedded_home) as watchdog:
+    store = embedded_home / "mlflow" if embedded_home is not None else None
+    if store is not None:
+        disk_watch.keep_reserve(store)
+    with watch_tracking_server(sweep.name, parent.tracking_uri, embedded_home) as watchdog, \
+            disk_watch.DiskWatch([Path(_storage_path(sweep.storage_path, home)) / sweep.name, store]) as disk:
         try:
             grid = tuner.fit()
             result = SweepResult(sweep, grid, parent.tracking_uri, parent.experiment_name, parent.run_id,
@@ -393,19 +404,38 @@ def _fit(tuner: tune.Tuner, sweep: Sweep, parent: SweepRun, progress: ProgressVi
             if watchdog.lost is None:
                 parent.close_running("KILLED", reason=f"stopped with the sweep (raysparse sweep --resume {sweep.name})")
             raise
-        except Exception:  # with the server lost, whatever failed failed for that
-            if watchdog.lost is None:
+        except Exception:  # with the server lost or the disk full, whatever failed failed for that
+            if watchdog.lost is None and disk.full is None:
                 raise
         finally:
-            lost = watchdog.lost
-            if lost is None:  # a lost server's runs stay open: nothing can close them, --resume continues them
+            lost, full = watchdog.lost, disk.full
+            if lost is None and full is None:  # a lost server's runs stay open: --resume continues them
                 parent.finish(status)
     if lost is not None:
         raise TrackingServerLost(f"sweep {sweep.name!r} stopped: {lost}; once it answers, continue the sweep with: "
                                  f"raysparse sweep --resume {sweep.name}")
+    if full is not None:
+        _stopped_by_full_disk(sweep, parent, full, store)
     result.report = _write_report(result, home / "reports" / sweep.name)
     progress.summary(result)
     return result
+
+
+def _stopped_by_full_disk(sweep: Sweep, parent: SweepRun, full: str, store: Path | None) -> None:
+    """The one line at once; then the runs closed with it as their reason, in the room the
+    embedded store's reserve leaves (a store on another disk has its own)."""
+    line = (f"sweep {sweep.name!r} stopped: {full}; free space, then continue it with: "
+            f"raysparse sweep --resume {sweep.name}")
+    print(f"raysparse: {line}", file=sys.stderr, flush=True)
+    if store is not None:
+        disk_watch.release_reserve(store)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"  # a store that cannot write says so in seconds, not minutes
+    try:
+        parent.close_running("KILLED", reason=f"stopped: {full}")  # the parent: as the error leaves _launch
+    except Exception as err:  # MLflow's errors are many types; the runs stay open and --resume continues them
+        print(f"raysparse: the sweep's runs stay RUNNING (closing them failed: {type(err).__name__}); "
+              f"--resume continues them", file=sys.stderr)
+    raise DiskFull(line)
 
 
 def _write_report(result: SweepResult, out: Path) -> dict[str, Path] | None:

@@ -168,19 +168,21 @@ class SweepRun:
             self.close_trial(trial_id, status, reason=reason)
         return left
 
-    def discard_unknown(self, known_trial_ids: set[str], *, reason: str) -> list[str]:
-        """Move child runs of trials Tune does not know to MLflow's deleted runs, with ``reason``
-        as their failure reason; returns their run ids. Such a run belongs to a trial that started
-        less than a snapshot interval before a driver died: the resumed sweep has no such trial
-        (it ran another in its place), so its run would be one run too many. Deleted runs stay in
-        the store (``mlflow runs restore --run-id ...``)."""
+    def discard_unknown(self, known_trial_ids: set[str], *, reason: str) -> tuple[list[str], list[str]]:
+        """Move unfinished child runs of trials Tune does not know to MLflow's deleted runs, with
+        ``reason`` as their failure reason. Such a run belongs to a trial that started less than a
+        snapshot interval before a driver died: the resumed sweep has no such trial (it ran another
+        in its place), so its run would be one run too many. Deleted runs stay in the store
+        (``mlflow runs restore --run-id ...``). A FINISHED run is a trained trial: never deleted.
+        Returns the deleted runs' ids and the FINISHED ones kept."""
         unknown = [c for c in self.child_runs() if c.trial_id not in known_trial_ids]
-        for child in unknown:
+        discarded = [c for c in unknown if c.status != "FINISHED"]
+        for child in discarded:
             _set_failure_reason(self._client, child.run_id, reason)
             if child.status == "RUNNING":
                 self._client.set_terminated(child.run_id, "KILLED")
             self._client.delete_run(child.run_id)
-        return [c.run_id for c in unknown]
+        return [c.run_id for c in discarded], [c.run_id for c in unknown if c.status == "FINISHED"]
 
     def finish(self, status: str = "FINISHED") -> None:
         self._client.set_terminated(self.run_id, status)

@@ -19,7 +19,7 @@ def test_a_trial_that_fails_before_its_run_opens_gets_a_failed_run(ray_runtime, 
     tuner = tune.Tuner(
         dies_at_start_up, param_space={"sparsity.final_sparsity": 0.7},
         run_config=tune.RunConfig(name="early", storage_path=str(tmp_path), verbose=0,
-                                  callbacks=[TrialRunCloser(parent, sweep)],
+                                  callbacks=[TrialRunCloser(parent, sweep, tmp_path)],
                                   failure_config=tune.FailureConfig(max_failures=1)),
     )
     (result,) = tuner.fit()
@@ -55,7 +55,7 @@ def test_a_trial_that_runs_out_of_memory_fails_with_a_reason_in_words(ray_runtim
     tuner = tune.Tuner(
         runs_out_of_memory, param_space={"how": tune.grid_search(["allocation", "killed"])},
         run_config=tune.RunConfig(name="oom", storage_path=str(tmp_path), verbose=0,
-                                  callbacks=[TrialRunCloser(parent, sweep)],
+                                  callbacks=[TrialRunCloser(parent, sweep, tmp_path)],
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
     assert all(result.error is not None for result in tuner.fit())

@@ -9,6 +9,7 @@ import torch
 
 from raysparse.errors import ConfigError
 from raysparse.search import resume_sweep
+from raysparse.search.signed_state import use_key, write_signed
 from raysparse.search.tuner import SWEEP_STATE
 from raysparse.train import fit
 from tests.conftest import small_config
@@ -19,8 +20,9 @@ def stopped_sweep(home, name):
     """The files of a sweep whose driver died: its state and one trial's checkpoint (Tune's layout)."""
     experiment = home / "ray_results" / name
     experiment.mkdir(parents=True)
-    (experiment / SWEEP_STATE).write_text(json.dumps({"sweep": tiny_sweep(name), "tracking_uri": "http://127.0.0.1:9",
-                                                      "parent_run_id": "0" * 32, "python_objects": {}}))
+    state = {"sweep": tiny_sweep(name), "tracking_uri": "http://127.0.0.1:9", "parent_run_id": "0" * 32,
+             "python_objects": {}}
+    write_signed(experiment / SWEEP_STATE, json.dumps(state).encode(), use_key(home))
     checkpoint = experiment / "trial_fn_1a2b3_00000" / "checkpoint_000000"
     fit({**small_config("gmp"), "epochs": 2}, checkpoint_dir=checkpoint)
     return experiment
@@ -30,7 +32,7 @@ def test_a_damaged_sweep_state_is_one_line_before_anything_starts(tmp_path):
     experiment = stopped_sweep(tmp_path, "torn")
     text = (experiment / SWEEP_STATE).read_text()
     (experiment / SWEEP_STATE).write_text(text[: len(text) // 2])
-    damaged = r"raysparse_sweep\.json' is damaged \(not the JSON raysparse wrote"
+    damaged = r"raysparse_sweep\.json' does not match its signature \(changed, torn or not written here\)"
     with pytest.raises(ConfigError, match=damaged) as caught:
         resume_sweep("torn", home=tmp_path)
     assert caught.value.field == "--resume"

@@ -30,12 +30,12 @@ def test_runs_a_process_still_uploaded_are_left_to_it_waited_for_and_failed_when
     assert {c.trial_id: c.status for c in sweep.child_runs()} == {"t0": "FAILED", "t1": "FINISHED", "t2": "RUNNING"}
 
 
-def test_runs_of_trials_tune_does_not_know_are_moved_to_the_deleted_runs(sweep):
+def test_unfinished_runs_of_trials_tune_does_not_know_are_moved_to_the_deleted_runs(sweep):
     from mlflow import MlflowClient
 
     log_two_trials_one_left_running(sweep)  # t1: lost with a killed driver, before Tune's snapshot
     lost = [c.run_id for c in sweep.child_runs() if c.trial_id == "t1"]
-    assert sweep.discard_unknown({"t0", "t2"}, reason="lost with the driver") == lost
+    assert sweep.discard_unknown({"t0", "t2"}, reason="lost with the driver") == (lost, [])
     assert [c.trial_id for c in sweep.child_runs()] == ["t0"]  # one child run per trial Tune knows
     assert load_sweep(sweep.tracking_uri, sweep.experiment_name).trials["trial_id"].tolist() == ["t0"]
     kept = MlflowClient(sweep.tracking_uri).get_run(lost[0])  # still in the store, restorable
@@ -59,3 +59,12 @@ def test_attach_reopens_a_finished_sweep_and_resume_marks_it_running(sweep):
 def test_attach_refuses_a_run_that_is_not_a_sweep_of_the_experiment(sweep):
     with pytest.raises(ConfigError, match="not a sweep run"):
         SweepRun.attach(sweep.tracking_uri, "Default", sweep.run_id)
+
+
+def test_a_finished_run_of_a_trial_tune_does_not_know_is_never_deleted(sweep):
+    """A trial that finished after the stopped driver's last snapshot is trained work: it stays."""
+    log_two_trials_one_left_running(sweep)
+    finished = [c.run_id for c in sweep.child_runs() if c.trial_id == "t0"]
+    left = [c.run_id for c in sweep.child_runs() if c.trial_id == "t1"]
+    assert sweep.discard_unknown(set(), reason="lost with the driver") == (left, finished)
+    assert [(c.trial_id, c.status) for c in sweep.child_runs()] == [("t0", "FINISHED")]
