@@ -328,6 +328,9 @@ def check_before_start(sweep: Sweep, address: str | None, home: Path | None = No
     batch here on the driver, the state_dict files it names, and a zoo model's memory (on a
     cluster each trial checks its own node when it starts). First, that no driver runs it now."""
     check_not_running(Path(_storage_path(sweep.storage_path, Path(home or default_home()))) / sweep.name, sweep.name)
+    # a disk already full: one line now, not a sweep that starts and stops
+    disk_watch.check_not_full(Path(_storage_path(sweep.storage_path, Path(home or default_home()))), "storage_path")
+    disk_watch.check_not_full(Path(home or default_home()), "RAYSPARSE_HOME")
     if address is None:
         check_local_resources(sweep.resources)
     add_import_dirs(sweep.import_dirs)

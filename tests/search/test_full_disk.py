@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
@@ -89,4 +90,24 @@ def test_a_disk_filled_mid_sweep_stops_it_in_one_line_and_a_resume_continues_it(
                                             for r in runs], resumed.stderr[-3000:])
     finally:
         stop_local_server(home)
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_sweep_on_a_disk_already_full_is_one_line_before_anything_starts(tmp_path):
+    from raysparse.errors import ConfigError
+    from raysparse.search import run_sweep
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
+    try:
+        fill(disk)
+        home = tmp_path / "home"
+        with pytest.raises(ConfigError) as caught:
+            run_sweep(tiny_sweep("onfull", storage_path=str(disk / "results")), home=home, verbose=False)
+        assert caught.value.field == "storage_path"
+        assert caught.value.message.startswith(f"the disk holding '{disk}/results' is full (")
+        assert caught.value.message.endswith(" free); free some space first")
+        assert not (home / "mlflow").exists()  # nothing started
+    finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
