@@ -105,8 +105,14 @@ def _sampled_lines(sweep, best: dict) -> list[str]:
             if config is None or domain.active({}, lambda dotted: get_dotted(config, dotted))]
 
 
+def _announce(sweep) -> None:
+    """After every check: nothing is printed for a sweep that cannot start."""
+    print(f"sweep {sweep.name!r}: {sweep.num_samples} trials, {sweep.max_concurrent} at a time, objectives "
+          + ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives), flush=True)
+
+
 def cmd_sweep(args) -> int:
-    from raysparse.search import check_before_start, load_sweep, resume_sweep, run_sweep
+    from raysparse.search import load_sweep, resume_sweep, run_sweep
     from raysparse.search.disk_safety import check_name
     from raysparse.tracking.naming import redact
 
@@ -114,16 +120,13 @@ def cmd_sweep(args) -> int:
         raise ConfigError("sweep", "give a sweep file, or --resume NAME to continue a stopped sweep (not both)")
     if args.resume is not None:
         check_name("--resume", args.resume)
-        print(f"resuming sweep {args.resume!r}", flush=True)
-        name, start = args.resume, lambda: resume_sweep(args.resume, address=args.address,
-                                                        storage_path=args.storage_path)
+        name, start = args.resume, lambda: resume_sweep(
+            args.resume, address=args.address, storage_path=args.storage_path,
+            announce=lambda sweep: print(f"resuming sweep {sweep.name!r}", flush=True))
     else:
         sweep = load_sweep(args.space, num_samples=args.num_samples, tracking_uri=args.tracking_uri, name=args.name,
                            storage_path=args.storage_path)
-        check_before_start(sweep, args.address)  # nothing is printed for a sweep that cannot start
-        print(f"sweep {sweep.name!r}: {sweep.num_samples} trials, {sweep.max_concurrent} at a time, objectives "
-              + ", ".join(f"{m} ({mode})" for m, mode in sweep.objectives), flush=True)
-        name, start = sweep.name, lambda: run_sweep(sweep, address=args.address)
+        name, start = sweep.name, lambda: run_sweep(sweep, address=args.address, announce=_announce)
     try:
         result = start()
     except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (raysparse job stop, kill)
