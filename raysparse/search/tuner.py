@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -175,13 +176,17 @@ def run_sweep(
     home: Path | None = None,
     verbose: bool = True,
     objects: PythonObjects | None = None,
+    announce: Callable[[Sweep], None] | None = None,
     **overrides,
 ) -> SweepResult:
-    """Validate, then run the sweep; returns when every trial has finished or stopped."""
+    """Validate, then run the sweep; returns when every trial has finished or stopped.
+    ``announce``: called with the sweep once every check passed, before anything starts."""
     _stop_on_sigterm()  # from now on: what it starts is stopped and closed on the way out
     sweep = source if isinstance(source, Sweep) else load_sweep(source, objects=objects, **overrides)
     home = Path(home) if home is not None else default_home()
     check_before_start(sweep, address, home)
+    if announce is not None:
+        announce(sweep)
     use_key(home)  # signs the state a resume loads (search/signed_state.py)
     storage_path = _storage_path(sweep.storage_path, home)
     with driver_lock(Path(storage_path) / sweep.name, sweep.name):  # the one driver of this sweep
@@ -258,7 +263,7 @@ def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbo
 
 def resume_sweep(
     name: str, *, address: str | None = None, home: Path | None = None, storage_path: str | None = None,
-    verbose: bool = True, objects: PythonObjects | None = None,
+    verbose: bool = True, objects: PythonObjects | None = None, announce: Callable[[Sweep], None] | None = None,
 ) -> SweepResult:
     """Continue a sweep whose driver stopped (killed, machine lost): finished trials stay as they
     are, unfinished and failed ones continue from their last checkpoints, in the same MLflow runs.
@@ -284,6 +289,8 @@ def resume_sweep(
     sweep = load_sweep(state["sweep"], objects=objects)
     check_before_start(sweep, address, home)
     with driver_lock(experiment_dir, name):  # a resume while its driver still runs would delete that one's runs
+        if announce is not None:
+            announce(sweep)  # a resume while its driver still runs would delete that one's runs
         return _resume(sweep, state, experiment_dir, address, home, verbose)
 
 
