@@ -173,6 +173,22 @@ def trial_cpus(resources: Resources) -> float:
     return DDP_HOST_CPUS + resources.workers * resources.cpus_per_worker
 
 
+def concurrent_trials(sweep, cpus: float | None) -> int:
+    """At most ``max_concurrent`` trials at once, and on a machine of ``cpus`` CPUs (a local runtime)
+    no more DDP trials than their workers fit: Tune reserves a DDP trial's own process only, and the
+    workers of one started beside them would wait for the others' CPUs past Ray Train's bound
+    (search/worker_group.py). On a cluster (None) an autoscaler may add nodes: no cap."""
+    if cpus is None or sweep.resources.workers == 1:
+        return sweep.max_concurrent
+    return max(1, min(sweep.max_concurrent, int(cpus // trial_cpus(sweep.resources))))
+
+
+def local_cpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("CPU", 1.0)
+
+
 def check_local_resources(resources: Resources) -> None:
     """On a local Ray runtime, a trial that asks for more than this machine has never starts (Ray
     waits for the CPUs forever, silently): refused before anything starts."""

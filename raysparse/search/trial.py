@@ -37,6 +37,7 @@ from raysparse.robustness.evaluate import FINAL_METRICS
 from raysparse.search.spaces import Sweep
 from raysparse.search.trial_times import TrialTimes
 from raysparse.search.user_loop import run_loop
+from raysparse.search.worker_group import WorkerGroupNotPlaced, not_placed, start_timeout_s
 from raysparse.tracking import TrialRun
 from raysparse.tracking.naming import FINAL_UPLOAD_TAG, PROCESS_TAG, trial_run_name
 from raysparse.train.checkpoint import CHECKPOINT_FILE
@@ -47,7 +48,8 @@ from raysparse.train.loop import EpochContext, TrainingDiverged, fit
 # failures a retry cannot change: their reasons start so, and a retry fails again at once
 DIVERGED, BAD_CONFIG = "diverged: ", "bad config: "
 OUT_OF_MEMORY = "out of memory: "
-NOT_RETRIED = (DIVERGED, BAD_CONFIG)
+NOT_PLACED = "workers not placed: "  # a DDP trial's, within the bound (see search/worker_group.py)
+NOT_RETRIED = (DIVERGED, BAD_CONFIG, NOT_PLACED)
 NODE_TAG = "raysparse.node_id"
 ORIGIN_FILE = "origin.json"  # next to CHECKPOINT_FILE: which trial (and run) wrote the checkpoint, at which epoch
 # with no scheduler judging trials by their epochs, a trial reports to Tune at most this often
@@ -395,6 +397,8 @@ def failure_reason(err: BaseException) -> str:
         return DIVERGED + str(err)
     if isinstance(err, ConfigError):
         return BAD_CONFIG + str(err)
+    if isinstance(err, WorkerGroupNotPlaced):
+        return NOT_PLACED + str(err)
     return _memory_reason(err) or f"{type(err).__name__}: {err}"
 
 
@@ -414,7 +418,7 @@ def _memory_reason(err: BaseException) -> str | None:
 
 
 def is_retryable(err: BaseException) -> bool:
-    return not isinstance(err, (TrainingDiverged, ConfigError))
+    return not isinstance(err, (TrainingDiverged, ConfigError, WorkerGroupNotPlaced))
 
 
 def run_name_for(trial_id: str, config: dict) -> str:
@@ -464,6 +468,8 @@ def _already_done(target: TrackingTarget, trial_id: str) -> bool:
         raise TrainingDiverged(f"{reason.removeprefix(DIVERGED)} (not retrained: it would diverge again)")
     if reason.startswith(BAD_CONFIG):
         raise RuntimeError(f"{reason} (not retried: it would fail again)")
+    if reason.startswith(NOT_PLACED):  # Tune requeued it already (progress.TrialRunCloser)
+        raise WorkerGroupNotPlaced(f"{reason.removeprefix(NOT_PLACED)} (not retried: it would wait as long again)")
     if recorded.status == "FINISHED":
         tune.report(recorded.metrics)
         return True
@@ -505,6 +511,9 @@ def _run_data_parallel(
 
     res = sweep.resources
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
+    start_timeout_s()  # Ray Train's wait for the workers' placement, bounded before fit() hands it on
+    scaling = ray.train.ScalingConfig(num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
+                                      resources_per_worker=per_worker)
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={
@@ -512,15 +521,25 @@ def _run_data_parallel(
             "methods": ray.cloudpickle.dumps(user_methods()),
         },
         torch_config=TorchConfig(backend="nccl" if res.gpus_per_worker else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=res.workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
-        ),
+        scaling_config=scaling,
         run_config=ray.train.RunConfig(
             name=f"{sweep.name}-{trial_id}-ddp",
             storage_path=storage_path,
             callbacks=[_SameMasksOnAllRanks()],
-            # a lost worker restarts the group from the trial's last checkpoint
-            failure_config=ray.train.FailureConfig(max_failures=sweep.max_failures),
+            # a lost worker restarts the group from the trial's last checkpoint; workers that find no
+            # room within the bound end the trial (Ray Train's default is to wait again, forever)
+            failure_config=ray.train.FailureConfig(max_failures=sweep.max_failures, controller_failure_limit=0),
         ),
     )
-    trainer.fit()
+    started = time.monotonic()
+    try:
+        trainer.fit()
+    except Exception as err:  # Ray Train's errors come as ControllerError / WorkerGroupError
+        unplaced = not_placed(err, workers=res.workers, per_worker=per_worker, strategy=scaling.placement_strategy,
+                              waited_s=time.monotonic() - started)
+        if unplaced is None:
+            raise
+        # no rank 0 ever ran to open the trial's run: the reason goes to it from here
+        logger = _TrialLogger.open(target, trial_id, trial_name, config, sweep.import_dirs, workers=res.workers)
+        logger.fail(failure_reason(unplaced))
+        raise unplaced from None

@@ -41,7 +41,7 @@ from raysparse.search.pretrain import stage_file, train_dense_stage
 from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
 from raysparse.search.server_watch import StopWhenServerLost, watch_tracking_server
-from raysparse.search.settings import check_local_resources, trial_resources
+from raysparse.search.settings import check_local_resources, concurrent_trials, local_cpus, trial_resources
 from raysparse.search.signed_state import check_signed_dir, current_key, read_verified, use_key, write_signed
 from raysparse.search.spaces import PythonObjects, Sweep, grid_points, load_sweep
 from raysparse.search.stage import STAGE, STAGE_KEYS, without_stage
@@ -195,7 +195,7 @@ def run_sweep(
         # RUNNING, and a sweep that `raysparse sweep --resume NAME` starts again or continues
         _write_state(storage_path, sweep, tracking_uri, parent_run_id=None)
         parent = _start_parent(sweep, tracking_uri)
-        return _launch(sweep, parent, storage_path, home, verbose)
+        return _launch(sweep, parent, storage_path, home, verbose, local=address is None)
 
 
 def _start_parent(sweep: Sweep, tracking_uri: str) -> SweepRun:
@@ -213,7 +213,7 @@ def _write_state(storage_path: str, sweep: Sweep, tracking_uri: str, *, parent_r
 
 
 def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbose: bool, *,
-            restore: Path | None = None) -> SweepResult:
+            restore: Path | None = None, local: bool = False) -> SweepResult:
     """Tune over the sweep in its parent run (a new Tuner, or Tune's saved one from ``restore``).
     Whatever raises on the driver from here on closes the parent run, FAILED with the reason."""
     with parent.closed_on_error(stopped=f"stopped with the sweep (raysparse sweep --resume {sweep.name})",
@@ -240,7 +240,8 @@ def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbo
             tune_config=tune.TuneConfig(
                 search_alg=pbt_searcher(described) if pbt else _searcher(described), scheduler=_scheduler(sweep),
                 # PBT's population is every trial at once, taking turns on the CPUs (Tune's time-multiplexing)
-                num_samples=sweep.num_samples, max_concurrent_trials=None if pbt else sweep.max_concurrent,
+                num_samples=sweep.num_samples,
+                max_concurrent_trials=None if pbt else concurrent_trials(sweep, local_cpus() if local else None),
                 reuse_actors=True,  # a new trial process re-imports torch & co: seconds per trial here
             ),
             run_config=tune.RunConfig(
