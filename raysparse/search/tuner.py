@@ -153,9 +153,14 @@ def _stop_on_sigterm() -> None:
 
     Not Ray's own handler: ray.init sets ``sys.exit(15)`` and then its core worker puts abseil's
     failure handler in front of it, which prints a C++ stack for the signal and sets a 3 s alarm
-    that aborts the process (exit 134) while the runs are still being closed."""
+    that aborts the process (exit 134) while the runs are still being closed.
+
+    Ctrl-C raises KeyboardInterrupt as Python's own handler does, and is remembered: one that
+    lands where Ray or Tune swallows it (tuner.fit() was seen returning normally) still stops
+    the sweep as KILLED, exit 130 (``_fit`` checks ``interrupted``)."""
     if threading.current_thread() is threading.main_thread():  # signal.signal's rule
         signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGINT, _interrupt)
 
 
 class Terminated(SystemExit):
@@ -167,6 +172,14 @@ class Terminated(SystemExit):
 
 def _terminate(signum, frame):
     raise Terminated
+
+
+_interrupted = threading.Event()
+
+
+def _interrupt(signum, frame):
+    _interrupted.set()
+    raise KeyboardInterrupt
 
 
 def run_sweep(
@@ -181,6 +194,7 @@ def run_sweep(
 ) -> SweepResult:
     """Validate, then run the sweep; returns when every trial has finished or stopped.
     ``announce``: called with the sweep once every check passed, before anything starts."""
+    _interrupted.clear()
     _stop_on_sigterm()  # from now on: what it starts is stopped and closed on the way out
     sweep = source if isinstance(source, Sweep) else load_sweep(source, objects=objects, **overrides)
     home = Path(home) if home is not None else default_home()
@@ -270,6 +284,7 @@ def resume_sweep(
     are, unfinished and failed ones continue from their last checkpoints, in the same MLflow runs.
     Python objects the sweep started with (``objects``) must be given again: only their names
     are in its files, and a resumed sweep must train what it trained."""
+    _interrupted.clear()
     _stop_on_sigterm()
     check_name("--resume", name)  # a directory under the storage path, not a path of its own
     home = Path(home) if home is not None else default_home()
@@ -406,6 +421,8 @@ def _fit(tuner: tune.Tuner, sweep: Sweep, parent: SweepRun, progress: ProgressVi
             disk_watch.DiskWatch([Path(_storage_path(sweep.storage_path, home)) / sweep.name, store]) as disk:
         try:
             grid = tuner.fit()
+            if _interrupted.is_set():  # a Ctrl-C that Ray or Tune caught on its way out
+                raise KeyboardInterrupt
             result = SweepResult(sweep, grid, parent.tracking_uri, parent.experiment_name, parent.run_id,
                                  time.monotonic() - started)
             parent.log_metrics({"num_trials": len(grid), "sweep_seconds": result.seconds})  # read after finish
