@@ -233,7 +233,8 @@ def _coerce(hint, value, path):
 
 # ---- value checks -------------------------------------------------------------------------------
 def _check_values(c: Config) -> None:
-    _require(c.epochs >= 1, "epochs", c.epochs, "an integer >= 1")
+    _require(c.epochs >= 0, "epochs", c.epochs, "an integer >= 0 (0: prune a trained network and evaluate it, "
+             "no training)")
     _require(c.seed >= 0, "seed", c.seed, "an integer >= 0")
     _choice("device", "device", c.device, DEVICES)
     if c.init_from is not None and not Path(c.init_from).expanduser().is_file():
@@ -353,6 +354,10 @@ def _check_sparsity(p: SparsityConfig, epochs: int) -> None:
         raise ConfigError("sparsity.layer_densities", "distribution 'explicit' needs a mapping layer -> density")
     options = p.options if p.options is not None else get_method(p.method).Options()
     options.check(epochs=epochs)  # each method checks its own options (methods/<name>.py)
+    if epochs == 0 and not get_method(p.method).prunes_without_training:
+        able = sorted(m.name for m in known_methods() if m.prunes_without_training)
+        raise ConfigError("epochs", f"got 0 (post-training pruning) with sparsity.method {p.method!r}, which prunes "
+                          f"while training; with epochs 0 use one of: {', '.join(able)}")
     _check_pattern(p)
 
 

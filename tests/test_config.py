@@ -30,7 +30,7 @@ def with_(path: str, value):
         ("sparsity.prune_start", 3, r"sparsity\.prune_end: got 2\.0; allowed: an epoch in \[prune_start=3\.0"),
         ("sparsity.update_frequency", "often", r"sparsity\.update_frequency: expected an integer, got 'often'"),
         ("sparsity.regrowth_decay", "cosin", r"did you mean 'cosine'"),
-        ("epochs", 0, r"epochs: got 0; allowed: an integer >= 1"),
+        ("epochs", -1, r"epochs: got -1; allowed: an integer >= 0 \(0: prune a trained network and evaluate it"),
         ("optimizer.name", "sgdd", r"optimizer\.name: unknown optimizer 'sgdd'"),
         ("optimizer.lr", -1, r"optimizer\.lr: got -1\.0; allowed: a number > 0"),
         ("lr_schedule.name", "cosine_warm", r"lr_schedule\.name: unknown lr schedule"),

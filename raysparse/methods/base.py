@@ -91,6 +91,9 @@ class SparseMethod:
     # True: it prunes a trained network (from ``init_from``); a sweep with a dense stage (``pretrain:``)
     # then starts its trials from the stage's weights unless their config sets ``init_from``
     prunes_trained_network: ClassVar[bool] = False
+    # True: it sets its masks before the first step when asked (prune_end 0), so ``epochs: 0`` runs it:
+    # load a trained network, prune it with calibration batches, evaluate, no training
+    prunes_without_training: ClassVar[bool] = False
 
     def __init__(self, config: SparsityConfig, *, seed: int = 0):
         options = config.options if config.options is not None else self.Options()

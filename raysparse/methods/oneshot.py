@@ -13,6 +13,11 @@ class OneShot(SparseMethod):
     paper = "https://arxiv.org/abs/1506.02626"
     takes_pattern = True
     prunes_trained_network = True
+    prunes_without_training = True
+
+    def on_train_start(self) -> None:
+        if self.prune_end_step == 0:  # a loaded network (init_from, epochs 0), pruned before any step
+            self.prune_by_magnitude(self.target_density(), 0, reason="oneshot")
 
     def update_masks(self, step: int) -> None:
         if step == self.prune_end_step:

@@ -61,6 +61,7 @@ class Wanda(SparseMethod):
     Options = WandaOptions
     takes_pattern = True  # N:M: per row among each group's N best; blocks: across the layer
     prunes_trained_network = True
+    prunes_without_training = True
 
     def init_masks(self) -> None:
         self.pruned = False

@@ -73,6 +73,9 @@ def parse_pretrain(raw: Any, base: dict, *, has_loop: bool) -> dict | None:
         load_config(config)
     except ConfigError as err:
         raise ConfigError(f"pretrain.{err.field}", err.message) from None
+    if config.get("epochs", 30) < 1:  # a core config may evaluate without training (epochs 0); a stage trains
+        raise ConfigError("pretrain.epochs", f"got {config['epochs']}; allowed: an integer >= 1 (the dense stage "
+                          "trains the network its trials start from)")
     return config
 
 

@@ -126,6 +126,11 @@ def fit(
         run.method.on_train_start()
         run.follow_structure()
     metrics: dict = {}
+    if run.cfg.epochs == 0:  # post-training pruning: the method pruned at on_train_start; evaluated once
+        metrics = run.evaluation(0)
+        if report is not None:
+            report(metrics, run.context(0))
+        return metrics
     for epoch in range(run.start_epoch, run.cfg.epochs):
         metrics = run.epoch(epoch)
         if checkpoint_dir is not None:
@@ -211,7 +216,7 @@ class _Run:
         self.method.attach(self.net, self.optimizer, steps_per_epoch=self.steps_per_epoch, total_steps=total_steps)
         self._count_weights_outside_masks()
         # after attach: a method may add parameter groups (DST's thresholds) that the schedule must see
-        self.schedule = build_lr_schedule(self.optimizer, cfg.lr_schedule, cfg.epochs)
+        self.schedule = build_lr_schedule(self.optimizer, cfg.lr_schedule, max(1, cfg.epochs))
         self.params_dense = count_params(self.net)
         self._measure_structure()
         self.flops_dense = self.flops_now  # of the network as built, before any structural change
@@ -354,22 +359,27 @@ class _Run:
             raise TrainingDiverged(f"train_loss is {train_loss} at epoch {epoch + 1}; stopping the run")
         method.on_epoch_end(epoch)
         self.follow_structure()
+        return self.evaluation(epoch + 1, train_loss=train_loss, lr=lr, epoch_seconds=epoch_seconds)
 
+    def evaluation(self, epoch: int, **training) -> dict:
+        """The metrics after ``epoch`` epochs (0: a network pruned without training, whose report
+        has no training figures): validation, test, costs and the method's own."""
+        cfg, method = self.cfg, self.method
         val = self.task.evaluate(self.net, self.val_loader, self.device)
         test = self.task.evaluate(self.net, self.test_loader, self.device)
         layer_density = method.layer_density()
         if self._better(val[self.task.main_metric]):  # model selection on validation, never test
-            self.best = {self.best_key: val[self.task.main_metric], "best_epoch": epoch + 1}
-        last = epoch + 1 == cfg.epochs
+            self.best = {self.best_key: val[self.task.main_metric], "best_epoch": epoch}
+        last = epoch == cfg.epochs
         robust = self._robustness() if last and cfg.robustness is not None else {}
         # the trained network as deployed (sparse kernels where they pay), timed once, at the end
         deployed = deployed_latency(method.export(self.net), self.example_input, device=self.device) \
             if last and cfg.measure_latency else {}
         metrics = {
             **robust,
-            "epoch": epoch + 1,
-            "step": (epoch + 1) * self.steps_per_epoch,
-            "train_loss": train_loss,
+            "epoch": epoch,
+            "step": epoch * self.steps_per_epoch,
+            **training,  # train_loss, lr, epoch_seconds: none after epochs 0
             **{f"val_{name}": value for name, value in val.items()},
             **{f"test_{name}": value for name, value in test.items()},
             "density": self.density(),
@@ -378,8 +388,6 @@ class _Run:
             "flops_dense": self.flops_dense,
             "flops_sparse": sparse_flops(self.flops_now, self.flops_by_layer, method.masks.layer_density()),
             "mask_churn": method.masks.churn_since(self.last_masks),
-            "lr": lr,
-            "epoch_seconds": epoch_seconds,
             **self.costs,
             **deployed,
             **self.best,
