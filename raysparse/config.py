@@ -22,7 +22,7 @@ from raysparse.errors import require as _require
 from raysparse.errors import require_choice as _choice
 from raysparse.methods import SparsityConfig, get_method, known_methods
 from raysparse.robustness.evaluate import RobustnessConfig
-from raysparse.sparsity.distributions import DISTRIBUTIONS
+from raysparse.sparsity.distributions import DISTRIBUTIONS, configured_distribution
 from raysparse.sparsity.patterns import NM, UNSTRUCTURED, parse_pattern
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -341,6 +341,12 @@ def _check_robustness(r: RobustnessConfig, data: dict, task: str | dict = "class
 
 def _check_sparsity(p: SparsityConfig, epochs: int) -> None:
     _choice("sparsity.distribution", "distribution", p.distribution, DISTRIBUTIONS)
+    configured_distribution(p.distribution, p.distribution_options)  # checks every option, used or not
+    if p.distribution == "owl" and not get_method(p.method).activation_scores:
+        takers = ", ".join(sorted(m.name for m in known_methods() if m.activation_scores))
+        raise ConfigError("sparsity.distribution", f"got 'owl', but method {p.method!r} gives no activation "
+                          f"scores (|W| * ||X||) to count outliers of; allowed: another distribution, or "
+                          f"'owl' with a method that calibrates: {takers}")
     for key in ("initial_sparsity", "final_sparsity"):
         _require(0.0 <= getattr(p, key) < 1.0, f"sparsity.{key}", getattr(p, key), "[0, 1)")
     _require(p.initial_sparsity <= p.final_sparsity, "sparsity.initial_sparsity", p.initial_sparsity,

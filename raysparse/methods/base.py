@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from raysparse.errors import ConfigError
-from raysparse.sparsity.distributions import cap_densities, get_distribution, kept_counts
+from raysparse.sparsity.distributions import cap_densities, configured_distribution, kept_counts
 from raysparse.sparsity.masks import MaskSet, prunable_weights, resolve_dense_layers
 from raysparse.sparsity.patterns import UNSTRUCTURED, Pattern, layer_patterns, parse_pattern, unpatterned_layers
 from raysparse.sparsity.scores import magnitude
@@ -58,6 +58,7 @@ class SparsityConfig:
     update_frequency: int = 100  # steps between mask updates
     dense_layers: tuple[str, ...] = ()
     layer_densities: dict[str, float] | None = None  # for distribution 'explicit'
+    distribution_options: dict[str, float] | None = None  # for distribution 'owl': {M: 5, lambda: 0.08}
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     options: MethodOptions | None = None  # the method's own (None: its defaults); not a YAML key
@@ -94,6 +95,9 @@ class SparseMethod:
     # True: it sets its masks before the first step when asked (prune_end 0), so ``epochs: 0`` runs it:
     # load a trained network, prune it with calibration batches, evaluate, no training
     prunes_without_training: ClassVar[bool] = False
+    # True: the scores it gives ``layer_targets`` are activation-aware (|W| * ||X||), which 'owl'
+    # counts outliers of; the other methods refuse 'owl'
+    activation_scores: ClassVar[bool] = False
 
     def __init__(self, config: SparsityConfig, *, seed: int = 0):
         options = config.options if config.options is not None else self.Options()
@@ -252,7 +256,7 @@ class SparseMethod:
         hold goes to the other layers (``cap_densities``).
         """
         cfg = self.config
-        distribution = get_distribution(cfg.distribution)
+        distribution = configured_distribution(cfg.distribution, cfg.distribution_options)
         densities = distribution(
             scores, density, dense_layers=self.masks.dense_layers, densities=cfg.layer_densities
         )

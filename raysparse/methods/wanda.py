@@ -62,6 +62,7 @@ class Wanda(SparseMethod):
     takes_pattern = True  # N:M: per row among each group's N best; blocks: across the layer
     prunes_trained_network = True
     prunes_without_training = True
+    activation_scores = True  # its |W| * ||X||: 'owl' counts their outliers
 
     def init_masks(self) -> None:
         self.pruned = False

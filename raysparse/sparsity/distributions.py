@@ -6,17 +6,21 @@ Every distribution has one signature::
         -> dict[str, float]
 
 ``density`` is over all prunable weights, layers kept dense included, so the total number of
-kept weights matches ``density * total`` to within rounding (one weight per layer).
+kept weights matches ``density * total`` to within rounding (one weight per layer). A
+distribution with options of its own (owl's ``M`` and ``lambda``) takes them as further keywords;
+``configured_distribution`` checks and binds them from ``sparsity.distribution_options``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 
 import torch
 
-from raysparse.errors import ConfigError, unknown_choice
+from raysparse.errors import ConfigError, did_you_mean, shown, unknown_choice
+from raysparse.sparsity.owl import OWL_OPTIONS, owl_densities, owl_options
 
 Distribution = Callable[..., dict[str, float]]
 DISTRIBUTIONS: dict[str, Distribution] = {}
@@ -142,6 +146,54 @@ def explicit(weights, density, *, dense_layers=frozenset(), densities=None):
         share = min(max(budget / sum(sizes[n] for n in rest), 0.0), 1.0)
         fixed.update({n: share for n in rest})
     return {n: fixed[n] for n in weights}
+
+
+@register("owl")
+def outlier_weighed(weights, density, *, dense_layers=frozenset(), densities=None, M=5.0, lam=0.08):
+    """OWL (Yin et al. 2024, https://arxiv.org/abs/2310.05175): blocks with more activation
+    outliers keep more weights. ``weights`` are the method's scores (Wanda's |W| * ||X||); given
+    weights it reads |W|. Options ``M`` and ``lambda``: ``sparsity/owl.py``."""
+    return owl_densities(weights, density, M=M, lam=lam, dense_layers=frozenset(dense_layers))
+
+
+# the distributions that read the scores given them, not only their shapes: a method that
+# calibrates (wanda, sparsegpt) gives them |W| * ||X||
+READS_SCORES = frozenset({"global", "owl"})
+
+# the distributions that take options (sparsity.distribution_options): name -> (keys, check)
+DISTRIBUTION_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[Mapping, str], dict]]] = {
+    "owl": (OWL_OPTIONS, owl_options),
+}
+
+
+def configured_distribution(
+    name: str, options: Mapping | None = None, field: str = "sparsity.distribution"
+) -> Distribution:
+    """``get_distribution(name)`` with its options bound (``{M: 5, lambda: 0.08}`` for 'owl').
+
+    Every key is checked, also one that ``name`` does not take: a sweep that samples the
+    distribution has one options block for all of them, so another distribution's keys are
+    accepted and unused (as another method's keys are in the ``sparsity:`` block).
+    """
+    distribution = get_distribution(name, field)
+    options_field = f"{field}_options"
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(options_field, f"got {shown(options)}; allowed: a mapping option -> value, "
+                          "e.g. {M: 5, lambda: 0.08} for distribution 'owl'")
+    owners = {key: owner for owner, (keys, _) in DISTRIBUTION_OPTIONS.items() for key in keys}
+    for key in options:
+        if key not in owners:
+            allowed = ", ".join(f"{k} ({owner})" for k, owner in owners.items())
+            raise ConfigError(f"{options_field}.{key}",
+                              f"unknown option {shown(key)}; allowed: {allowed}{did_you_mean(key, owners)}")
+    bound = {}
+    for owner, (keys, check) in DISTRIBUTION_OPTIONS.items():
+        checked = check({k: v for k, v in options.items() if k in keys}, options_field)
+        if owner == name:
+            bound = checked
+    return functools.partial(distribution, **bound) if bound else distribution
 
 
 def kept_counts(layer_density: Mapping[str, float], sizes: Mapping[str, int]) -> dict[str, int]:
