@@ -1,22 +1,26 @@
 """Per-layer sparsity search.
 
 The scheme: the sampler proposes one density per prunable layer, ``layer.<name>`` within
-``bounds``; each trial rescales them with one common factor (clipped to the bounds) so the
-total number of kept weights hits the trial's ``final_sparsity`` exactly, and trains with
-``distribution: explicit``. Why: every trial then has the same parameter budget, so the search
-compares *allocations* and cannot win by simply being denser; the bounds keep a layer from
-collapsing (a layer at density 0 disconnects the network). Searching the distribution itself
-(``sparsity.distribution: {choice: [uniform, er, erk]}``) is an ordinary space key.
+``bounds`` (or one per group of layers, ``group``: ``block``, the layers of one transformer
+block; ``type``, one matrix type across the blocks, e.g. every block's ``q_proj``); each trial
+rescales them with one common factor (clipped to the bounds) so the total number of kept weights
+hits the trial's ``final_sparsity`` exactly, and trains with ``distribution: explicit``. Why:
+every trial then has the same parameter budget, so the search compares *allocations* and cannot
+win by simply being denser; the bounds keep a layer from collapsing (a layer at density 0
+disconnects the network). Searching the distribution itself (``sparsity.distribution: {choice:
+[uniform, er, erk]}``) is an ordinary space key.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from raysparse.config import get_dotted
-from raysparse.errors import ConfigError
+from raysparse.errors import ConfigError, unknown_choice
 from raysparse.search.spaces import LayerSparsity
 from raysparse.sparsity.distributions import rescale_to_budget
+from raysparse.sparsity.owl import block_groups
 
 PARAM_PREFIX = "layer."
 
@@ -26,7 +30,7 @@ def parse_layer_sparsity(raw: Any, base: dict, space: dict) -> LayerSparsity | N
         raise ConfigError("layer_sparsity", f"got an empty block {raw!r}; give bounds: [low, high] (and layers)")
     if not isinstance(raw, dict):
         raise ConfigError("layer_sparsity", f"expected a mapping like {{bounds: [0.02, 1.0]}}, got {raw!r}")
-    allowed = ("bounds", "layers")
+    allowed = ("bounds", "layers", "group")
     for key in raw:
         if key not in allowed:
             raise ConfigError(f"layer_sparsity.{key}", f"unknown key; allowed: {', '.join(allowed)}")
@@ -44,7 +48,11 @@ def parse_layer_sparsity(raw: Any, base: dict, space: dict) -> LayerSparsity | N
     searched = {n: s for n, s in sizes.items() if n not in dense and any(fnmatch.fnmatchcase(n, p) for p in patterns)}
     if not searched:
         raise ConfigError("layer_sparsity.layers", f"{patterns!r} match no prunable layer; layers: {', '.join(sizes)}")
-    layer_sparsity = LayerSparsity(layers=searched, bounds=(float(bounds[0]), float(bounds[1])))
+    group = raw.get("group", "matrix")
+    if group not in GROUPINGS:
+        raise unknown_choice("layer_sparsity.group", "grouping", group, GROUPINGS)
+    layer_sparsity = LayerSparsity(layers=searched, bounds=(float(bounds[0]), float(bounds[1])),
+                                   groups=None if group == "matrix" else GROUPINGS[group](list(searched)))
     for sparsity in _final_sparsities(base, space):
         kept = _kept_budget(1 - sparsity, sizes, dense, searched)
         total = sum(searched.values())
@@ -76,7 +84,7 @@ def apply_layer_densities(config: dict, params: dict, layer_sparsity: LayerSpars
     """Turn a trial's ``layer.<name>`` proposals into explicit densities at the exact target."""
     sparsity = config.setdefault("sparsity", {})
     sizes, dense = _layer_sizes(config)
-    raw = {n: params[PARAM_PREFIX + n] for n in layer_sparsity.layers}
+    raw = {n: params[PARAM_PREFIX + layer_sparsity.group_of(n)] for n in layer_sparsity.layers}
     kept = _kept_budget(1 - sparsity.get("final_sparsity", 0.9), sizes, dense, layer_sparsity.layers)
     sparsity["distribution"] = "explicit"
     sparsity["layer_densities"] = rescale_to_budget(raw, layer_sparsity.layers, kept, layer_sparsity.bounds)
@@ -84,8 +92,24 @@ def apply_layer_densities(config: dict, params: dict, layer_sparsity: LayerSpars
 
 def suggest_layer_densities(trial, layer_sparsity: LayerSparsity) -> None:
     low, high = layer_sparsity.bounds
-    for name in layer_sparsity.layers:
-        trial.suggest_float(PARAM_PREFIX + name, low, high)
+    for group in dict.fromkeys(map(layer_sparsity.group_of, layer_sparsity.layers)):
+        trial.suggest_float(PARAM_PREFIX + group, low, high)
+
+
+def by_type(names: list[str]) -> dict[str, str]:
+    """Layer -> its matrix type: the name with its block indices as ``_`` (every block's
+    ``model.layers._.self_attn.q_proj.weight`` is one type)."""
+    return {name: _BLOCK_INDEX.sub(r"\1_", name) for name in names}
+
+
+def by_block(names: list[str]) -> dict[str, str]:
+    """Layer -> its transformer block, ``model.layers.3`` (the name up to its first index)."""
+    return {name: block.rstrip(".") for name, block in block_groups(names).items()}
+
+
+_BLOCK_INDEX = re.compile(r"(^|\.)\d+(?=\.)")
+# how layers share one searched level: each its own, one per transformer block, one per matrix type
+GROUPINGS = {"matrix": None, "block": by_block, "type": by_type}
 
 
 def _kept_budget(density: float, sizes: dict[str, int], dense: frozenset[str], searched: dict[str, int]) -> float:

@@ -66,6 +66,10 @@ class LayerSparsity:
 
     layers: dict[str, int]  # layer -> number of weights
     bounds: tuple[float, float] = (0.01, 1.0)
+    groups: dict[str, str] | None = None  # layer -> the group whose one level it takes (None: its own)
+
+    def group_of(self, layer: str) -> str:
+        return layer if self.groups is None else self.groups[layer]
 
 
 @dataclass(frozen=True)
