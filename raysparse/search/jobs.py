@@ -36,13 +36,17 @@ def client(address: str | None):
 
 
 def sweep_entrypoint(sweep_file: Path, working_dir: Path, options: dict[str, str | int | None]) -> str:
-    """The command the job runs on the cluster, relative to the uploaded working directory."""
+    """The command the job runs on the cluster, relative to the uploaded working directory: the
+    ``raysparse`` console script, whose own directory comes first on ``sys.path``, where ``python
+    -m`` would put the working directory, ahead of the standard library (``python -P`` keeps it out
+    only from Python 3.11; raysparse runs on 3.10). Ray's working_dir still names that directory
+    first in the job's PYTHONPATH, which this does not change."""
     try:
         relative = sweep_file.resolve().relative_to(working_dir.resolve())
     except ValueError:
         raise ConfigError("--working-dir", f"{working_dir} does not contain the sweep file {sweep_file}; "
                                            "submit from the directory that holds it") from None
-    args = ["python", "-m", "raysparse.cli", "sweep", relative.as_posix(), "--address", "auto"]
+    args = ["raysparse", "sweep", relative.as_posix(), "--address", "auto"]
     for flag, value in options.items():
         if value is not None:
             args += [flag, str(value)]

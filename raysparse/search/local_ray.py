@@ -5,6 +5,8 @@ from __future__ import annotations
 import ray
 from ray._private import ray_constants
 
+from raysparse.search.worker_path import init_ray
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -14,7 +16,8 @@ def start_local_ray(**options) -> None:
     export), the runtime-env agent, the autoscaler monitor's and the dashboard's metrics. Ray's
     token auth stays as Ray sets it (on, for a local runtime). New, always: ``address="local"``
     neither joins a cluster named by RAY_ADDRESS nor one that ``ray start`` left on this machine
-    (``--address`` is the way to a cluster)."""
+    (``--address`` is the way to a cluster). Its workers find the driver's directories after the
+    standard library and site-packages (``worker_path.init_ray``)."""
     # Ray 2.60 binds each of these to loopback only when the node's IP is 127.0.0.1, and to every
     # interface otherwise. But on Linux ray.init replaces a node IP of 127.0.0.1 by the machine's
     # own address (services.resolve_ip_for_localhost), so that other nodes could join, unless
@@ -23,7 +26,7 @@ def start_local_ray(**options) -> None:
     clusters = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(address="local", _node_ip_address=LOOPBACK, **options)
+        init_ray("local", _node_ip_address=LOOPBACK, **options)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = clusters
     node_ip = ray.util.get_node_ip_address()

@@ -47,6 +47,7 @@ from raysparse.search.spaces import PythonObjects, Sweep, grid_points, load_swee
 from raysparse.search.stage import STAGE, STAGE_KEYS, without_stage
 from raysparse.search.storage_fs import sweep_storage
 from raysparse.search.trial import TrackingTarget, trial_function
+from raysparse.search.worker_path import init_ray
 from raysparse.tracking import SweepRun, check_tracking_uri, default_home, ensure_local_server
 from raysparse.tracking.naming import redact
 from raysparse.tracking.store import check_store
@@ -143,7 +144,8 @@ def _start_ray(address: str | None) -> None:
         if address is None:  # a local runtime bound to loopback; Ray's token auth stays on
             start_local_ray(include_dashboard=False, log_to_driver=False, configure_logging=False)
         else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            # the driver's directories reach the trials after the standard library (search/worker_path.py)
+            init_ray(address, log_to_driver=False, configure_logging=False)
     _stop_on_sigterm()  # ray.init replaced it
 
 

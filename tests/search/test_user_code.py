@@ -274,10 +274,11 @@ def mlp(input_shape, num_classes, width=16):
 
 
 def test_a_sweep_beside_stray_stdlib_modules_runs_none_and_names_its_code_once(home, tmp_path):
-    """A `netrc.py` (and others) beside the sweep file and in the working directory: none beside
-    the sweep file runs anywhere, none runs in the driver, and the trial's netrc (MLflow's
-    requests import it) is the standard library's; the user's package there still imports; the
-    code the sweep calls is named once, on the driver, before it is called."""
+    """A `netrc.py` (and others) beside the sweep file and in the working directory: none runs
+    anywhere, neither in the driver nor in Ray's workers (Ray puts the driver's working directory
+    first on their sys.path unless told otherwise) nor in the embedded MLflow server, and the
+    trial's netrc (MLflow's requests import it) is the standard library's; the user's package
+    there still imports; the code the sweep calls is named once, on the driver, before it is called."""
     project, work, stray_log = tmp_path / "project", tmp_path / "work", tmp_path / "stray_modules_that_ran.txt"
     calls_log = tmp_path / "factory_calls.txt"
     (project / "userpkg").mkdir(parents=True)
@@ -301,6 +302,7 @@ def test_a_sweep_beside_stray_stdlib_modules_runs_none_and_names_its_code_once(h
     ran = strays_that_ran(stray_log)
     assert [r for r in ran if r[1] == str(project)] == [], "beside the sweep file"  # anywhere: raysparse's doing
     assert [r for r in ran if r[2].split()[0] == str(cli)] == [], "in the driver"
+    assert ran == [], "in Ray's workers or the embedded MLflow server (the working directory's)"
     assert driver.returncode == 0, err[-3000:]
     trials = load_sweep(ensure_local_server(home), "stray").trials
     assert list(trials["status"]) == ["FINISHED"]
@@ -321,13 +323,20 @@ def test_a_sweep_beside_stray_stdlib_modules_runs_none_and_names_its_code_once(h
     assert named == [f"{CALLS_CODE}model.factory userpkg.models:mlp, data.factory userpkg.data:digits"]
     lines = err.splitlines()
     assert lines.index(named[0]) < lines.index("userpkg.models:mlp called")
-    if ran:  # from the working directory, in processes that the driver starts with it first on sys.path
-        pytest.xfail("stray modules of the working directory ran in Ray's workers (Ray puts the driver's "
-                     "working directory first on their sys.path before a trial starts) or in the embedded "
-                     "MLflow server (`python -m mlflow` started in that directory); they ran in: "
-                     + "; ".join(sorted({" ".join(Path(part).name for part in command.split()[:2])
-                                         for _, _, command in ran})))
 
+
+
+def test_ray_workers_find_the_driver_directories_after_the_standard_library(ray_runtime):
+    """The working directory stays importable in Ray's workers (a class pickled by reference from
+    a module there unpickles, as the class test above does from `tests`), after the standard
+    library and site-packages: Ray's default would put it first."""
+    @ray_runtime.remote
+    def worker_sys_path():
+        return sys.path
+
+    path = [os.path.realpath(p) for p in ray_runtime.get(worker_sys_path.remote()) if p]
+    installed = max(path.index(os.path.realpath(sysconfig.get_path(kind))) for kind in ("stdlib", "purelib"))
+    assert path.index(os.path.realpath(os.getcwd())) > installed, path
 
 class LabelledLate(Dataset):
     """Labels only through __getitem__ (no ``targets``): the last example's 7 is past num_classes=4,
