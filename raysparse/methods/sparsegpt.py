@@ -1,7 +1,8 @@
 """SparseGPT: one-shot pruning with reconstruction (Frantar & Alistarh 2023, https://arxiv.org/abs/2301.00774).
 
-Layer by layer, in the order the forward pass reaches them (so a layer sees the outputs of the
-layers pruned before it, as in the paper), the inputs of weight matrix W [rows, cols] (``weight
+Block by block (``sequential``, the default, as in the paper: the layers of a transformer block
+see the outputs of the blocks pruned before it, ``methods/sequential.py``) or else layer by layer in
+the order the forward pass reaches them, the inputs of weight matrix W [rows, cols] (``weight
 .flatten(1)``) over the first ``calibration_batches`` shuffled training batches, read by forward
 pre-hooks in eval mode, give H = 2 X Xᵀ / n (float64; n input vectors: examples times positions; a
 convolution's X is its unfolded input as in wanda, a grouped one's an H per group). Then W is
@@ -27,14 +28,20 @@ a span's share is taken among each row's N best of the group (exactly N per grou
 is at density N/M); under a block pattern it is whole blocks of the span (the block width is
 rounded to a multiple of the pattern's columns). The scores ``layer_targets`` gets are Wanda's
 |W|·||X|| of the dense network (one extra calibration pass), which distributions that read scores
-(``global``, ``owl``) use: the counts must be known before the first layer is reconstructed.
+(``global``, ``owl``) use: the counts must be known before the first layer is reconstructed. The
+others read shapes only, and get no such pass.
 
 A weight whose input no hook sees (a Conv3d, a Linear its parent calls functionally such as
-nn.MultiheadAttention's in_proj_weight) is pruned first, by |W| alone, without reconstruction
-(the identity Hessian), and a warning names it. A layer left at full density is not touched. Under
-torch.distributed the Hessians are summed over the ranks and rank 0's weights are broadcast.
-Cost: one calibration pass per pruned layer. When: as ``wanda`` (``prune_end``; ``prune_end:
-epochs`` gives the pruned network without fine-tuning, as the paper evaluates it).
+nn.MultiheadAttention's in_proj_weight) is pruned by |W| alone, without reconstruction (the
+identity Hessian), and a warning names it: first on the per-layer path, with its block on the
+sequential one. A layer left at full density is not touched. Under torch.distributed the Hessians
+are summed over the ranks and rank 0's weights are broadcast.
+
+Cost, ``sequential`` on a model with transformer blocks: two passes of each block over the
+calibration batches (all of a block's Hessians from one; layers sharing an input, such as q, k and
+v, share its X Xᵀ). Without blocks (an MLP, a CNN), or with ``sequential: false``: one full
+calibration pass per pruned layer. When: as ``wanda`` (``prune_end``; ``prune_end: epochs`` gives
+the pruned network without fine-tuning, as the paper evaluates it).
 """
 
 from __future__ import annotations
@@ -50,7 +57,8 @@ from torch import nn
 
 from raysparse.errors import require
 from raysparse.methods.registry import register
-from raysparse.methods.wanda import Wanda, WandaOptions, input_norms, wanda_score
+from raysparse.methods.sequential import from_rank0, prune_block_by_block
+from raysparse.methods.wanda import Wanda, WandaOptions
 from raysparse.sparsity.patterns import NM, UNSTRUCTURED, Block, Pattern
 
 _HOOKED = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -58,6 +66,7 @@ _HOOKED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 @dataclass(frozen=True)
 class SparseGPTOptions(WandaOptions):
+    sequential: bool = True  # the paper's protocol: block by block where the model has transformer blocks
     blocksize: int = 128  # columns per lazy batch update and per mask selection
     percdamp: float = 0.01  # dampening added to H's diagonal, a fraction of its mean
 
@@ -80,33 +89,44 @@ class SparseGPT(Wanda):  # wanda's timing and calibration batches; another way t
         counts = self.layer_targets(self._allocation_scores(batches), self.target_density())
         owners = {id(m.weight): m for m in self.model.modules() if isinstance(m, _HOOKED)}
         hooked = {n: owners[id(w)] for n, w in weights.items() if id(w) in owners and n not in dense}
-        order = execution_order(self.model, hooked, batches[:1], self.run_batch)
-        unseen = [n for n in weights if n not in dense and n not in order]
+        todo = [n for n, w in weights.items() if n not in dense and counts[n] < w.numel()]  # the rest stay as trained
+        new: dict[str, torch.Tensor] = {}
+        unseen: list[str] = []
+
+        def prune_group(names: list[str], host: nn.Module, inputs: Iterable, run: Callable) -> None:
+            hessians = layer_hessians(host, {n: hooked[n] for n in names if n in hooked}, inputs, run)
+            for name in names:
+                self._prune_layer(name, hessians.get(name), counts[name], new, unseen)
+
+        blocks = self._blocks(batches)
+        if blocks is not None:
+            prune_block_by_block(self.model, self.run_batch, batches, blocks, {n: weights[n] for n in todo},
+                                 {n: hooked[n] for n in todo if n in hooked}, prune_group)
+        else:
+            order = execution_order(self.model, hooked, batches[:1], self.run_batch)
+            # the unseen need no inputs: pruned first, the others' Hessians see them pruned
+            for name in [n for n in todo if n not in order] + [n for n in order if n in todo]:
+                hessian = layer_hessian(self.model, hooked[name], batches, self.run_batch) if name in order else None
+                self._prune_layer(name, hessian, counts[name], new, unseen)
         if unseen:
             warnings.warn(f"sparsegpt: no input seen for {', '.join(unseen)}; pruned by |W| alone, "
                           "without reconstruction", stacklevel=2)
-        new = {}
-        for name in [*unseen, *order]:  # the unseen need no inputs: the others' Hessians see them pruned
-            weight = weights[name]
-            if counts[name] >= weight.numel():
-                continue  # nothing to prune: the weights stay as trained
-            hessian = layer_hessian(self.model, hooked[name], batches, self.run_batch) if name in order else None
-            if hessian is None:
-                hessian = torch.eye(weight[0].numel(), dtype=torch.float64, device=weight.device)
-            try:
-                pruned, new[name] = sparsegpt_prune(weight, hessian, counts[name], blocksize=self.options.blocksize,
-                                                    percdamp=self.options.percdamp, pattern=self.pattern_of(name))
-            except ValueError as err:
-                raise RuntimeError(f"sparsegpt: layer {name}: {err}") from None
-            with torch.no_grad():  # later layers' Hessians see this layer pruned
-                weight.copy_(_from_rank0(pruned))
         self.masks.update(new, step=step, reason="sparsegpt", optimizer=self.optimizer)
         self.pruned = True
 
-    def _allocation_scores(self, batches: list) -> dict[str, torch.Tensor]:
-        """Wanda's |W|·||X||: what 'global' ranks and 'owl' counts outliers of (the others read shapes)."""
-        norms = input_norms(self.model, self.masks.weights, batches, run=self.run_batch)
-        return {n: wanda_score(w, norms[n]) for n, w in self.masks.weights.items()}
+    def _prune_layer(self, name: str, hessian: torch.Tensor | None, count: int, new: dict, unseen: list) -> None:
+        """SparseGPT on one weight, in place (identity Hessian where none was seen); its mask into ``new``."""
+        weight = self.masks.weights[name]
+        if hessian is None:
+            unseen.append(name)
+            hessian = torch.eye(weight[0].numel(), dtype=torch.float64, device=weight.device)
+        try:
+            pruned, new[name] = sparsegpt_prune(weight, hessian, count, blocksize=self.options.blocksize,
+                                                percdamp=self.options.percdamp, pattern=self.pattern_of(name))
+        except ValueError as err:
+            raise RuntimeError(f"sparsegpt: layer {name}: {err}") from None
+        with torch.no_grad():  # later layers' Hessians see this layer pruned
+            weight.copy_(from_rank0(pruned))
 
     def _calibration_batches(self) -> Iterable:
         if self.train_batches is None:
@@ -208,25 +228,47 @@ def layer_hessian(model: nn.Module, module: nn.Module, batches: Iterable, run: C
     """H = 2 X Xᵀ / n of ``module``'s inputs over ``batches`` (float64): [cols, cols], or [groups,
     cols, cols] for a grouped convolution; summed over the ranks under torch.distributed. None
     where the module saw no input."""
-    groups = getattr(module, "groups", 1)
-    cols = module.weight[0].numel()
-    total = torch.zeros(groups, cols, cols, dtype=torch.float64, device=module.weight.device)
-    count = torch.zeros((), dtype=torch.float64, device=module.weight.device)
+    return layer_hessians(model, {"": module}, batches, run)[""]
 
-    def accumulate(module, args):
-        x = input_columns(module, args[0]).double()  # [n, groups, cols]
-        total.add_(torch.einsum("ngi,ngj->gij", x, x))
-        count.add_(x.shape[0])
 
-    _run_hooked(model, {"": (module, accumulate)}, batches, run)
+def layer_hessians(model: nn.Module, modules: dict[str, nn.Module], batches: Iterable,
+                   run: Callable) -> dict[str, torch.Tensor | None]:
+    """``layer_hessian`` of each of ``modules`` from the same passes of ``run`` over ``batches``."""
+    sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    last: list = [None, None, 0]  # the last Linear input and its X Xᵀ: q, k, v (gate, up) share theirs
+
+    def accumulate(name: str, module: nn.Module):
+        groups, cols, device = getattr(module, "groups", 1), module.weight[0].numel(), module.weight.device
+        total = torch.zeros(groups, cols, cols, dtype=torch.float64, device=device)
+        count = torch.zeros((), dtype=torch.float64, device=device)
+        sums[name] = total, count
+
+        def hook(module, args):
+            linear = isinstance(module, nn.Linear)
+            if linear and last[0] is args[0]:
+                product, n = last[1], last[2]
+            else:
+                x = input_columns(module, args[0]).double()  # [n, groups, cols]
+                product, n = torch.einsum("ngi,ngj->gij", x, x), x.shape[0]
+                if linear:
+                    last[:] = args[0], product, n
+            total.add_(product)
+            count.add_(n)
+        return hook
+
+    try:
+        _run_hooked(model, {n: (m, accumulate(n, m)) for n, m in modules.items()}, batches, run)
+    finally:
+        last[:] = None, None, 0
+    hessians: dict[str, torch.Tensor | None] = {}
     dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(total)
-        dist.all_reduce(count)
-    if count == 0:
-        return None
-    hessian = 2 * total / count
-    return hessian[0] if groups == 1 else hessian
+    for name, (total, count) in sums.items():
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        hessian = 2 * total / count if count > 0 else None
+        hessians[name] = hessian[0] if hessian is not None and len(hessian) == 1 else hessian
+    return hessians
 
 
 def input_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -258,10 +300,3 @@ def _run_hooked(model: nn.Module, hooks: dict[str, tuple[nn.Module, Callable]], 
         for handle in handles:
             handle.remove()
         model.train(was_training)
-
-
-def _from_rank0(tensor: torch.Tensor) -> torch.Tensor:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        dist.broadcast(tensor, src=0)
-    return tensor

@@ -8,7 +8,7 @@ from torch import nn
 
 from raysparse.config import load_config, load_sparsity
 from raysparse.errors import ConfigError
-from raysparse.methods.sparsegpt import SparseGPT, layer_hessian, sparsegpt_prune
+from raysparse.methods.sparsegpt import SparseGPT, layer_hessian, layer_hessians, sparsegpt_prune
 from raysparse.methods.wanda import keep_per_row, wanda_score
 from raysparse.sparsity.patterns import NM, Block
 from raysparse.sparsity.scores import keep_top
@@ -152,6 +152,20 @@ def test_grouped_convolution_hessians_are_the_diagonal_blocks_of_the_ungrouped_o
     torch.testing.assert_close(h_grouped[1], h_full[18:, 18:])
     new, kept = sparsegpt_prune(grouped.weight, h_grouped, 50, blocksize=8)
     assert new.shape == grouped.weight.shape and int(kept.sum()) == 50
+
+
+def test_the_hessians_of_a_whole_block_from_one_pass_are_each_layers_own():
+    from raysparse.zoo.gpt import Block
+
+    torch.manual_seed(0)
+    block = Block(16, 2)  # q, k and v share their input: its X Xᵀ is computed once for the three
+    inputs = [torch.randn(2, 5, 16), torch.randn(3, 5, 16)]
+    linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    together = layer_hessians(block, linears, inputs, block)
+    assert list(together) == list(linears)
+    for name, module in linears.items():
+        torch.testing.assert_close(together[name], layer_hessian(block, module, inputs, block), rtol=1e-12, atol=0)
+    assert not torch.allclose(together["mlp.up_proj"], together["attn.q_proj"])
 
 
 def test_a_weight_no_hook_sees_is_pruned_by_magnitude_with_a_warning():
