@@ -28,6 +28,7 @@ from raysparse.config import (
     with_absolute_paths,
 )
 from raysparse.errors import ConfigError, did_you_mean
+from raysparse.imports import add_import_dirs
 from raysparse.search.disk_safety import check_name, check_plain_data, check_storage_path
 from raysparse.search.domains import Domain, parse_domain
 from raysparse.search.settings import (
@@ -195,6 +196,7 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
     name = check_name("name", raw.get("name"))
     import_dirs = _import_dirs(raw.get("import_dirs", []), base_dir)
     raw["import_dirs"] = list(import_dirs)  # absolute: a resumed sweep imports from the same places
+    add_import_dirs(import_dirs)  # the checks below may build the user's model and data (layer_sparsity)
     base = _base_config(raw.get("base"), base_dir, objects)
     space = _space(raw.get("space", {}), base)
     pretrain = parse_pretrain(raw.get("pretrain"), base, has_loop=objects.loop is not None)

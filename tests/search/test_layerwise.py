@@ -48,3 +48,21 @@ def test_each_group_takes_one_level_and_the_budget_is_exact(text_file, group, le
 def test_an_unknown_grouping_is_one_line(text_file):
     with pytest.raises(ConfigError, match=r"layer_sparsity\.group: unknown grouping 'blocks'.*did you mean 'block'"):
         llama_sweep(text_file, group="blocks")
+
+
+def test_a_model_factory_in_the_sweeps_import_dirs_is_found_for_the_layer_sizes(tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "layerwise_models_t.py").write_text(
+        "from torch import nn\n\ndef net(input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, num_classes))\n")
+    (tmp_path / "sweeps").mkdir()
+    raw = {"name": "factory", "import_dirs": ["../code"], "space": {}, "objectives": {"val_accuracy": "max"},
+           "base": {"epochs": 2, "model": {"factory": "layerwise_models_t:net"},
+                    "data": {"name": "digits", "batch_size": 64},
+                    "sparsity": {"method": "gmp", "final_sparsity": 0.5}},
+           "layer_sparsity": {"bounds": [0.1, 1.0]}}
+    import yaml
+
+    path = tmp_path / "sweeps" / "factory.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert sorted(load_sweep(str(path)).layer_sparsity.layers) == ["1", "3"]
