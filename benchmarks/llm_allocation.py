@@ -41,12 +41,10 @@ def row_config(pruner: str, allocation: str, level: str, model_dir: str) -> dict
 def run_row(spec: dict) -> dict:
     """In this process: one fit, its figures."""
     sys.path.insert(0, str(HERE))
-    import torch
-
     from llm_data import smollm2_dir
+
     from raysparse.train import fit
 
-    torch.set_num_threads(torch.get_num_threads())
     config = row_config(spec["pruner"], spec["allocation"], spec["level"], str(smollm2_dir()))
     started = time.perf_counter()
     metrics = fit(config)
