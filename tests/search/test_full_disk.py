@@ -58,6 +58,7 @@ def test_a_disk_filled_mid_sweep_stops_it_in_one_line_and_a_resume_continues_it(
             filled = time.monotonic()
             out, err = driver.communicate(timeout=180)
             stopped_after = time.monotonic() - filled
+            print(f"the driver exited {stopped_after:.1f} s after the disk filled")
         finally:
             if driver.poll() is None:
                 os.killpg(driver.pid, signal.SIGKILL)
