@@ -52,13 +52,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from raysparse.errors import require
 from raysparse.methods.registry import register
 from raysparse.methods.sequential import from_rank0, prune_block_by_block
-from raysparse.methods.wanda import Wanda, WandaOptions
+from raysparse.methods.wanda import Wanda, WandaOptions, unfolded_input
 from raysparse.sparsity.patterns import NM, UNSTRUCTURED, Block, Pattern
 
 _HOOKED = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -277,13 +276,7 @@ def input_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = x.detach()
     if isinstance(module, nn.Linear):
         return x.reshape(-1, 1, x.shape[-1])
-    padding = module._reversed_padding_repeated_twice  # the amounts for every padding spelling ('same' too)
-    if any(padding):
-        x = F.pad(x, padding, mode="constant" if module.padding_mode == "zeros" else module.padding_mode)
-    kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
-    if isinstance(module, nn.Conv1d):  # a Conv2d of height 1
-        x, kernel, dilation, stride = x.unsqueeze(2), (1, *kernel), (1, *dilation), (1, *stride)
-    columns = F.unfold(x, kernel, dilation=dilation, stride=stride)  # [batch, in_channels * kernel, positions]
+    columns = unfolded_input(module, x)  # [batch, in_channels * kernel, positions]
     return columns.transpose(1, 2).reshape(-1, module.groups, columns.shape[1] // module.groups)
 
 

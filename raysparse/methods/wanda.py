@@ -202,16 +202,22 @@ def _column_squares(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = x.detach().float()
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1]).square().sum(0, keepdim=True)
+    per_column = unfolded_input(module, x).square().sum((0, 2))
+    groups, rows = module.groups, module.out_channels
+    return per_column.view(groups, -1).repeat_interleave(rows // groups, dim=0) if groups > 1 else per_column[None]
+
+
+def unfolded_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A Conv1d/Conv2d's input as the columns its ``weight.flatten(1)`` multiplies, [batch,
+    in_channels * kernel, positions]: padded as the convolution pads, unfolded with its kernel,
+    dilation and stride (a Conv1d as a Conv2d of height 1)."""
     padding = module._reversed_padding_repeated_twice  # the amounts for every padding spelling ('same' too)
     if any(padding):
         x = F.pad(x, padding, mode="constant" if module.padding_mode == "zeros" else module.padding_mode)
     kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
     if isinstance(module, nn.Conv1d):  # a Conv2d of height 1
         x, kernel, dilation, stride = x.unsqueeze(2), (1, *kernel), (1, *dilation), (1, *stride)
-    columns = F.unfold(x, kernel, dilation=dilation, stride=stride)  # [batch, in_channels * kernel, positions]
-    per_column = columns.square().sum((0, 2))
-    groups, rows = module.groups, module.out_channels
-    return per_column.view(groups, -1).repeat_interleave(rows // groups, dim=0) if groups > 1 else per_column[None]
+    return F.unfold(x, kernel, dilation=dilation, stride=stride)
 
 
 def keep_per_row_under(pattern: Pattern, score: torch.Tensor, count: int) -> torch.Tensor:
