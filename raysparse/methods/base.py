@@ -107,6 +107,7 @@ class SparseMethod:
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.task = self.train_batches = self.example_input = None  # until bind()
+        self.shared_statistics: dict | None = None  # calibration_statistics() computed once for a sweep
         self._restructure: Restructure | None = None
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -175,6 +176,12 @@ class SparseMethod:
         """The model on a training batch (on the model's device), as the task calls it."""
         device = next(self.model.parameters()).device
         return self.task.forward(self.model, self.task.to_device(batch, device))
+
+    def calibration_statistics(self) -> dict[str, torch.Tensor | None] | None:
+        """What this method computes from the dense network and the calibration batches before it
+        prunes, the same for every allocation (Wanda's input norms): a post-training sweep computes
+        it once and hands it to every trial as ``shared_statistics``. None: nothing to share."""
+        return None
 
     # ---- hooks the loop calls ---------------------------------------------------------------
     def on_train_start(self) -> None:

@@ -82,6 +82,10 @@ class SparseGPT(Wanda):  # wanda's timing and calibration batches; another way t
     paper = "https://arxiv.org/abs/2301.00774"
     Options = SparseGPTOptions
 
+    def calibration_statistics(self) -> None:
+        """None: each layer's Hessian sees the layers pruned before it, at the trial's own densities."""
+        return None
+
     def prune(self, step: int) -> None:
         batches = list(self._calibration_batches())  # the same batches for every layer
         weights, dense = self.masks.weights, self.masks.dense_layers

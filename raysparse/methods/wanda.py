@@ -86,12 +86,19 @@ class Wanda(SparseMethod):
         if not self.pruned and step + 1 >= self.prune_end_step:
             self.prune(step=step + 1)  # prune_end_step optimizer steps are done: the masks hold from the next
 
+    def calibration_statistics(self) -> dict[str, torch.Tensor | None] | None:
+        """The dense network's input norms; none to share where each trial's depend on its own
+        pruning (``sequential`` on a model with transformer blocks)."""
+        if self.options.sequential and transformer_blocks(self.model) is not None:
+            return None
+        return input_norms(self.model, self.masks.weights, self._calibration_batches(), run=self.run_batch)
+
     def prune(self, step: int) -> None:
         weights, dense = self.masks.weights, self.masks.dense_layers
-        batches = list(self._calibration_batches())
-        blocks = self._blocks(batches)
-        if blocks is None:  # every norm from one pass of the dense network
-            norms = input_norms(self.model, weights, batches, run=self.run_batch)
+        batches = [] if self.shared_statistics is not None else list(self._calibration_batches())
+        blocks = self._blocks(batches) if batches else None
+        if blocks is None:  # every norm from one pass of the dense network (or a sweep's shared one)
+            norms = self.shared_statistics or input_norms(self.model, weights, batches, run=self.run_batch)
             scores = {n: wanda_score(w, norms[n]) for n, w in weights.items()}
             counts = self.layer_targets(scores, self.target_density())
             new = {n: keep_per_row_under(self.pattern_of(n), s, counts[n]) for n, s in scores.items() if n not in dense}

@@ -90,6 +90,18 @@ def apply_layer_densities(config: dict, params: dict, layer_sparsity: LayerSpars
     sparsity["layer_densities"] = rescale_to_budget(raw, layer_sparsity.layers, kept, layer_sparsity.bounds)
 
 
+def searched_levels(base: dict, layer_sparsity: LayerSparsity) -> tuple[dict[str, int], float]:
+    """Weights per searched group, and the density every group has under a uniform allocation
+    at ``base``'s ``final_sparsity`` (the kept budget over the searched weights)."""
+    sizes, dense = _layer_sizes(base)
+    groups: dict[str, int] = {}
+    for name, size in layer_sparsity.layers.items():
+        group = layer_sparsity.group_of(name)
+        groups[group] = groups.get(group, 0) + size
+    kept = _kept_budget(1 - get_dotted(base, "sparsity.final_sparsity", 0.9), sizes, dense, layer_sparsity.layers)
+    return groups, kept / sum(groups.values())
+
+
 def suggest_layer_densities(trial, layer_sparsity: LayerSparsity) -> None:
     low, high = layer_sparsity.bounds
     for group in dict.fromkeys(map(layer_sparsity.group_of, layer_sparsity.layers)):

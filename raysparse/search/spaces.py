@@ -55,9 +55,10 @@ from raysparse.zoo.user_code import describe
 SWEEP_KEYS = (
     "name", "base", "space", "layer_sparsity", "objectives", "num_samples", "max_concurrent", "seed",
     "early_stopping", "resources", "storage_path", "tracking_uri", "experiment_name", "checkpoint_interval",
-    "sampler", "max_failures", "import_dirs", "pretrain",
+    "sampler", "max_failures", "import_dirs", "pretrain", "log_weights",
 )
-SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid")  # auto: TPE for one objective, NSGA-II for several
+# auto: TPE for one objective, NSGA-II for several; evolutionary: layer_sparsity's levels only
+SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid", "evolutionary")
 MODES = ("max", "min")
 
 
@@ -106,6 +107,7 @@ class Sweep:
     checkpoint_interval: float = 60.0  # seconds between a trial's checkpoints (0: every epoch)
     sampler: str = "auto"
     max_failures: int = 2  # retries of a trial whose process dies, each from its last checkpoint
+    log_weights: bool = True  # false: a finished trial logs masks and densities, not its state_dict and program
     raw: dict = field(default_factory=dict, repr=False)  # the sweep as parsed, base inlined: what --resume reloads
     source_text: str | None = None  # the sweep file as written, logged to the parent run
     # importable in every trial: the sweep file's directory, the working directory, import_dirs
@@ -216,6 +218,8 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
         allowed = ", ".join(SAMPLERS)
         raise ConfigError("sampler", f"got {sampler!r}; allowed: {allowed}{did_you_mean(sampler, SAMPLERS)}")
     grid = _grid(space, base, layer_sparsity) if sampler == "grid" else None
+    if sampler == "evolutionary":
+        _check_evolutionary(space, layer_sparsity, objectives, objects.loop is not None)
     num_samples = parse_int(raw, "num_samples", len(grid) if grid else 8, minimum=1)
     if grid is not None and num_samples > len(grid):
         raise ConfigError("num_samples", f"got {num_samples}; the grid has {len(grid)} points, so at most {len(grid)}")
@@ -237,6 +241,7 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
         experiment_name=experiment_name,
         checkpoint_interval=_seconds(raw, "checkpoint_interval", 60.0),
         max_failures=parse_int(raw, "max_failures", 2, minimum=0),
+        log_weights=_flag(raw, "log_weights", True),
         source_text=_redacted(text),
         raw={**raw, "base": base},
         import_dirs=import_dirs,
@@ -272,6 +277,18 @@ def grid_points(space: dict[str, Domain], base: dict) -> list[dict[str, Any]]:
                 grown.append(point)
         points = grown
     return points
+
+
+def _check_evolutionary(space: dict, layer_sparsity, objectives: tuple, has_loop: bool) -> None:
+    """The evolutionary sampler moves weights between layer_sparsity's levels of one objective."""
+    if layer_sparsity is None:
+        raise ConfigError("sampler", "got 'evolutionary', which evolves per-layer levels; add a layer_sparsity "
+                          "block (e.g. {bounds: [0.1, 0.9], group: block}) or use tpe")
+    if space:
+        raise ConfigError(f"space.{next(iter(space))}", "sampler: evolutionary evolves layer_sparsity's levels "
+                          "only; fix this key in base, or search it with sampler: tpe")
+    if len(objectives) != 1:
+        raise ConfigError("objectives", f"got {len(objectives)}; sampler: evolutionary selects on one objective")
 
 
 def _grid(space: dict[str, Domain], base: dict, layer_sparsity) -> list[dict[str, Any]]:
@@ -493,6 +510,13 @@ def _tracking_uri(raw: dict) -> str | None:
     if uri is not None:
         uri = raw["tracking_uri"] = without_credentials(uri)
     return uri
+
+
+def _flag(raw: dict, key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"got {value!r}; allowed: true or false")
+    return value
 
 
 def _seconds(raw: dict, key: str, default: float) -> float:

@@ -34,6 +34,7 @@ from raysparse.errors import ConfigError
 from raysparse.imports import add_import_dirs
 from raysparse.methods.registry import add_user_methods, user_methods
 from raysparse.robustness.evaluate import FINAL_METRICS
+from raysparse.search.shared_start import get_shared_start
 from raysparse.search.spaces import Sweep
 from raysparse.search.trial_times import TrialTimes
 from raysparse.search.user_loop import run_loop
@@ -51,6 +52,8 @@ OUT_OF_MEMORY = "out of memory: "
 NOT_PLACED = "workers not placed: "  # a DDP trial's, within the bound (see search/worker_group.py)
 NOT_RETRIED = (DIVERGED, BAD_CONFIG, NOT_PLACED)
 NODE_TAG = "raysparse.node_id"
+SHARED_START_TAG = "raysparse.shared_start"  # the object id of the sweep's shared start the trial read
+SHARED_READ_ONLY_TAG = "raysparse.shared_start_read_only"  # true: read in place from the object store
 ORIGIN_FILE = "origin.json"  # next to CHECKPOINT_FILE: which trial (and run) wrote the checkpoint, at which epoch
 # with no scheduler judging trials by their epochs, a trial reports to Tune at most this often
 # (and at its last epoch, and with each checkpoint): each report waits for the driver's answer,
@@ -96,8 +99,10 @@ class _TrialLogger:
     each request costs the tracking server CPU that the trials beside it would train with.
     """
 
-    def __init__(self, run: TrialRun, config: dict, import_dirs: tuple[str, ...] = (), process: str = ""):
+    def __init__(self, run: TrialRun, config: dict, import_dirs: tuple[str, ...] = (), process: str = "",
+                 log_weights: bool = True):
         self.run, self.config, self.import_dirs = run, config, import_dirs
+        self.log_weights = log_weights  # false: masks and densities only (a sweep over a pretrained LM)
         self.process = process  # node id and pid: whose death leaves its final uploads undone
         self.last: EpochContext | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raysparse-mlflow")
@@ -108,7 +113,7 @@ class _TrialLogger:
 
     @classmethod
     def open(cls, target: TrackingTarget, trial_id: str, trial_name: str, config: dict,
-             import_dirs: tuple[str, ...] = (), *, workers: int = 1) -> _TrialLogger:
+             import_dirs: tuple[str, ...] = (), *, workers: int = 1, log_weights: bool = True) -> _TrialLogger:
         """The logger of a trial's run (continued on a retry), its config resolved as params; a
         DDP trial's also ``resources.workers``, the number of ranks it trains on."""
         config = resolved_config(config)
@@ -118,7 +123,7 @@ class _TrialLogger:
         context = ray.get_runtime_context()  # where it ran (a retry may land on another node)
         process = f"{context.get_node_id()}:{os.getpid()}"
         run.set_tags({NODE_TAG: context.get_node_id(), "raysparse.host": socket.gethostname(), PROCESS_TAG: process})
-        return cls(run, config, import_dirs, process)
+        return cls(run, config, import_dirs, process, log_weights)
 
     def epoch(self, metrics: dict, context: EpochContext) -> None:
         self._collect(wait=False)
@@ -176,9 +181,10 @@ class _TrialLogger:
         # what load_model needs to build the architecture again: what the data told the factory
         build = {"import_dirs": list(self.import_dirs), "data_info": _plain(self.last.data_info)}
         program = Path(tempfile.mkdtemp(prefix="raysparse-program-")) / "model.pt2"
-        if example is not None:  # a loop of yours that never ran its model on a batch has none
+        if example is not None and self.log_weights:  # a loop of yours that never ran its model on a batch has none
             _export_or_skip(plain, example, program)
-        final = {"events": events, "state": plain.state_dict(), "build": build, "program": program,
+        final = {"events": events, "state": plain.state_dict() if self.log_weights else None, "build": build,
+                 "program": program,
                  "example": example}
         self.flush()  # an epoch that could not be logged fails the trial, as it always did
         if not background:
@@ -278,7 +284,7 @@ def _restore_checkpoint(checkpoint, into: str) -> Path | None:
 
 def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, checkpoint_interval: float,
            sweep: Sweep, *, trial_id: str, every_epoch: bool = True, times: TrialTimes | None = None,
-           background_uploads: bool = False) -> None:
+           background_uploads: bool = False, shared_start=None) -> None:
     """The loop (the built-in one, or the user's) with a report that logs (rank 0) every epoch
     and reports it to Tune (``every_epoch``; else at most every REPORT_EVERY_S seconds and at
     the last epoch), and checkpoints once ``checkpoint_interval`` seconds have passed since the
@@ -337,7 +343,7 @@ def _train(config: dict, logger: _TrialLogger | None, report_to, checkpoint, che
             else:
                 def train() -> None:
                     fit(config, report, model=objects.model, data=objects.data, task=objects.task,
-                        resume_from=resume_from)
+                        resume_from=resume_from, shared_start=shared_start)
             if times is None:
                 train()
             else:
@@ -430,9 +436,11 @@ def run_name_for(trial_id: str, config: dict) -> str:
 
 
 def trial_function(
-    params: dict, *, sweep: Sweep, target: TrackingTarget, storage_path: str, methods: bytes | None = None
+    params: dict, *, sweep: Sweep, target: TrackingTarget, storage_path: str, methods: bytes | None = None,
+    shared: list | None = None,
 ) -> None:
-    """The Tune trainable (function API); ``methods``: the user's methods the driver knew (pickled)."""
+    """The Tune trainable (function API); ``methods``: the user's methods the driver knew (pickled);
+    ``shared``: ``[ref]`` to a post-training sweep's shared start (``search/shared_start.py``)."""
     add_import_dirs(sweep.import_dirs)  # first: the user's modules import here as on the driver
     if methods is not None:
         add_user_methods(methods)
@@ -444,10 +452,15 @@ def trial_function(
     trial_name = run_name_for(trial_id, config)
     if sweep.resources.workers == 1:
         times = TrialTimes(trial_id)
-        logger = _TrialLogger.open(target, trial_id, trial_name, config, sweep.import_dirs)
+        logger = _TrialLogger.open(target, trial_id, trial_name, config, sweep.import_dirs,
+                                   log_weights=sweep.log_weights)
+        start, start_id = get_shared_start(shared)
+        if start is not None:  # which object it read, and whether in place: the evidence of one copy
+            logger.run.set_tags({SHARED_START_TAG: start_id, SHARED_READ_ONLY_TAG: str(start.read_only).lower()})
         # a scheduler (ASHA, PBT) judges a trial at its epochs: it gets them all
         _train(config, logger, tune.report, tune.get_checkpoint(), sweep.checkpoint_interval, sweep,
-               trial_id=trial_id, every_epoch=sweep.early_stopping.enabled, times=times, background_uploads=True)
+               trial_id=trial_id, every_epoch=sweep.early_stopping.enabled, times=times, background_uploads=True,
+               shared_start=start)
         times.write(torch.get_num_threads())
         return
     _run_data_parallel(config, sweep, target, trial_id, trial_name, storage_path)
@@ -484,7 +497,8 @@ def _worker_loop(loop_config: dict) -> None:
     add_import_dirs(sweep.import_dirs)
     add_user_methods(loop_config["methods"])
     logger = _TrialLogger.open(target, loop_config["trial_id"], loop_config["trial_name"], config,
-                               sweep.import_dirs, workers=train_context.get_world_size()) if rank == 0 else None
+                               sweep.import_dirs, workers=train_context.get_world_size(),
+                               log_weights=sweep.log_weights) if rank == 0 else None
 
     def report_to(metrics, checkpoint):  # every rank reports (a barrier); only rank 0 uploads
         ray.train.report(metrics, checkpoint=checkpoint if rank == 0 else None)

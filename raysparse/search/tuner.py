@@ -33,8 +33,9 @@ from raysparse.report import report_sweep
 from raysparse.search import disk_watch
 from raysparse.search.disk_safety import check_name
 from raysparse.search.driver_lock import check_not_running, driver_lock
+from raysparse.search.evolutionary import EvolutionarySampler
 from raysparse.search.grid import GridSearcher
-from raysparse.search.layerwise import suggest_layer_densities
+from raysparse.search.layerwise import searched_levels, suggest_layer_densities
 from raysparse.search.local_ray import start_local_ray
 from raysparse.search.pbt import pbt_param_space, pbt_scheduler, pbt_searcher
 from raysparse.search.pretrain import stage_file, train_dense_stage
@@ -42,6 +43,7 @@ from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
 from raysparse.search.server_watch import StopWhenServerLost, watch_tracking_server
 from raysparse.search.settings import check_local_resources, concurrent_trials, local_cpus, trial_resources
+from raysparse.search.shared_start import put_shared_start
 from raysparse.search.signed_state import check_signed_dir, current_key, read_verified, use_key, write_signed
 from raysparse.search.spaces import PythonObjects, Sweep, grid_points, load_sweep
 from raysparse.search.stage import STAGE, STAGE_KEYS, without_stage
@@ -86,6 +88,9 @@ def _searcher(sweep: Sweep) -> OptunaSearch | GridSearcher:
         sampler = optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=min(10, max(2, budget // 3)))
     elif kind == "nsga2":  # population sized to the budget
         sampler = optuna.samplers.NSGAIISampler(seed=sweep.seed, population_size=max(2, min(50, budget // 2)))
+    elif kind == "evolutionary":  # spaces.py checked: layer_sparsity, no other key, one objective
+        sizes, density = searched_levels(sweep.base, sweep.layer_sparsity)
+        sampler = EvolutionarySampler(sizes, density, sweep.layer_sparsity.bounds, seed=sweep.seed)
     elif kind == "random":
         sampler = optuna.samplers.RandomSampler(seed=sweep.seed)
     else:  # every combination once (a dense reference and a sparsity ladder, for prune potential)
@@ -243,8 +248,14 @@ def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbo
         described = sweep.without_objects()
         progress = ProgressView(described, enabled=verbose)
         _set_snapshot_period(sweep)
+        # a post-training sweep's dense weights and calibration statistics: once, for every trial
+        shared = put_shared_start(sweep, announce=lambda line: print(line, flush=True) if verbose else None)
+        if shared is not None:
+            start = ray.get(shared[0])
+            parent.log_metrics({"shared_start_mb": start.nbytes / 2**20, "shared_start_s": start.seconds})
+            del start
         trainable = _trainable(sweep, TrackingTarget(parent.tracking_uri, parent.experiment_id, parent.run_id),
-                               storage_path)
+                               storage_path, shared)
         if restore is not None:
             tuner = tune.Tuner.restore(str(restore), trainable, resume_unfinished=True, resume_errored=True,
                                        storage_filesystem=sweep_storage())
@@ -400,11 +411,12 @@ def _storage_path(configured: str | None, home: Path) -> str:
     return str(Path(configured or home / "ray_results").resolve())
 
 
-def _trainable(sweep: Sweep, target: TrackingTarget, storage_path: str):
+def _trainable(sweep: Sweep, target: TrackingTarget, storage_path: str, shared: list | None = None):
     # the user's methods this driver knows (register_method, import paths) go with every trial
     trainable = tune.with_parameters(
         trial_function, sweep=sweep, target=target, storage_path=storage_path,
         methods=ray.cloudpickle.dumps(user_methods()),  # unpickled in the trial, once its imports work
+        shared=shared,
     )
     return tune.with_resources(trainable, trial_resources(sweep.resources))
 

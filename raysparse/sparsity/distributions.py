@@ -197,8 +197,16 @@ def configured_distribution(
 
 
 def kept_counts(layer_density: Mapping[str, float], sizes: Mapping[str, int]) -> dict[str, int]:
-    """Weights to keep per layer: the rounding that keeps the total within one per layer."""
-    return {n: min(sizes[n], max(0, round(layer_density[n] * sizes[n]))) for n in layer_density}
+    """Weights to keep per layer, their total the budget's exact count (``sum d_l * n_l``,
+    rounded once): each layer keeps the floor of its share, and the layers whose shares have the
+    largest remainders one more (largest-remainder rounding; ties to the earlier layer)."""
+    shares = {n: min(max(float(layer_density[n]), 0.0), 1.0) * sizes[n] for n in layer_density}
+    counts = {n: math.floor(share + 1e-9) for n, share in shares.items()}
+    extra = round(sum(shares.values())) - sum(counts.values())
+    by_remainder = sorted((n for n in shares if counts[n] < sizes[n]), key=lambda n: counts[n] - shares[n])
+    for name in by_remainder[:max(extra, 0)]:
+        counts[name] += 1
+    return counts
 
 
 def cap_densities(

@@ -111,8 +111,12 @@ def download_lineage(tracking_uri: str, run_id: str) -> list[dict]:
 def download_model(tracking_uri: str, run_id: str, dst: str | Path) -> Path:
     """A trial's ``model/`` folder (state_dict.pt, config.json, build.json, model.pt2) in ``dst``."""
     client = MlflowClient(tracking_uri)
-    if not any(f.path == "model/state_dict.pt" for f in client.list_artifacts(run_id, "model")):
+    files = {f.path for f in client.list_artifacts(run_id, "model")}
+    if "model/state_dict.pt" not in files:
         status = client.get_run(run_id).info.status
+        if status == "FINISHED" and "model/config.json" in files:
+            raise ConfigError("run", f"run {run_id} logged its masks but no weights (its sweep's log_weights: "
+                              "false); train its config again (model/config.json) to get them")
         raise ConfigError("run", f"run {run_id} ({status}) logged no final model; only a finished trial has one")
     return Path(client.download_artifacts(run_id, "model", str(dst)))
 

@@ -264,10 +264,11 @@ class TrialRun:
                 lines = lines[:kept] + [line for line, row in zip(lines[kept:], rows[kept:]) if row["step"] <= step]
             self._lineage.write_text("".join(line + "\n" for line in lines))
 
-    def log_final(self, *, packed_masks: bytes, layer_density: dict[str, float], model_state: dict,
+    def log_final(self, *, packed_masks: bytes, layer_density: dict[str, float], model_state: dict | None,
                   config: dict, write_program=None, build_info: dict | None = None, example_input=None) -> None:
         """Final masks, per-layer density table, state_dict (weights_only-loadable), config and
-        ``plots/`` (density per layer, sparsity and the task's metric over training);
+        ``plots/`` (density per layer, sparsity and the task's metric over training); no
+        ``model/state_dict.pt`` where ``model_state`` is None (a sweep's ``log_weights: false``);
         ``write_program(path)`` may add ``model/model.pt2`` (a torch.export program), ``build_info``
         (what the data told the model factory, import directories: what rebuilding the architecture
         needs) ``model/build.json``, ``example_input`` (two real examples the model takes: what
@@ -284,8 +285,9 @@ class TrialRun:
             for layer, density in layer_density.items():
                 mask = masks.get(layer)
                 writer.writerow([layer, density, *((int(mask.sum()), mask.numel()) if mask is not None else ("", ""))])
-        state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model_state.items()}
-        torch.save(state, out / "model" / "state_dict.pt")
+        if model_state is not None:
+            state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model_state.items()}
+            torch.save(state, out / "model" / "state_dict.pt")
         (out / "model" / "config.json").write_text(json.dumps(config, indent=2, default=str))
         if build_info is not None:
             (out / "model" / "build.json").write_text(json.dumps(build_info, indent=2))

@@ -43,6 +43,7 @@ from raysparse.train.latency import (
 from raysparse.train.memory import check_fits_in_memory
 from raysparse.train.metrics import layer_flops, sparse_flops
 from raysparse.train.optim import build_lr_schedule, build_optimizer
+from raysparse.train.shared_start import SharedStart, build_on_meta, start_key
 from raysparse.zoo import make_loader
 from raysparse.zoo.user_code import (
     build_network,
@@ -107,6 +108,7 @@ def fit(
     task: Task | type[Task] | None = None,
     checkpoint_dir: str | Path | None = None,
     resume_from: str | Path | None = None,
+    shared_start: SharedStart | None = None,
 ) -> dict:
     """Train one sparse network; returns the final metrics (plus the best validation epoch).
 
@@ -115,11 +117,13 @@ def fit(
     entries (see ``raysparse.zoo.user_code``); ``task`` (a Task subclass or instance) the config's
     ``task``. ``checkpoint_dir`` writes a checkpoint after
     every epoch; ``resume_from`` continues a run from one, ending bit-identical to an
-    uninterrupted run.
+    uninterrupted run. ``shared_start``: the dense weights and the method's calibration
+    statistics a post-training sweep computed once (``train/shared_start.py``), used where its
+    key matches this config.
     """
     cfg = _config_with_objects(config, model, data, task)
     state = None if resume_from is None else resumable_checkpoint(resume_from, cfg.epochs)
-    run = _Run(cfg, model, data, task)
+    run = _Run(cfg, model, data, task, shared_start)
     if state is not None:
         run.restore(state)
     else:
@@ -179,7 +183,7 @@ class _Run:
     channel compaction): then the optimizer, LR schedule, DDP wrapper and cost metrics follow
     (``follow_structure``), the same way whether it happens live or on resume."""
 
-    def __init__(self, cfg: Config, model, data_source, task=None):
+    def __init__(self, cfg: Config, model, data_source, task=None, shared: SharedStart | None = None):
         self.cfg, self.device = cfg, pick_device(cfg.device)
         seed_everything(cfg.seed)
         self.task = build_task(cfg.task, label_smoothing=cfg.label_smoothing, given=task)
@@ -188,7 +192,12 @@ class _Run:
         self.model_source = None if isinstance(model, nn.Module) else model
         if model is None and not is_user_code(cfg.model):  # before allocating: a trial's own node decides
             check_fits_in_memory(cfg, data.info)
-        self.net = build_network(cfg.model, data.info, given=model)
+        self.shared = shared if shared is not None and model is None and shared.key == start_key(cfg) else None
+        if self.shared is None:
+            self.net = build_network(cfg.model, data.info, given=model)
+        else:  # the sweep's one copy of the dense weights: no init, no read from disk
+            self.net = build_on_meta(lambda: build_network(cfg.model, data.info))
+            self.shared.load_into(self.net)
         if model is not None or is_user_code(cfg.model) or is_user_code(cfg.data) or cfg.task != DEFAULT_TASK:
             check_model(self.net, data, self.task, model_field(cfg.model, model))
         self.net.to(self.device)
@@ -212,6 +221,8 @@ class _Run:
         self.method: SparseMethod = get_method(cfg.sparsity.method)(cfg.sparsity, seed=cfg.seed)
         self.method.bind(task=self.task, train_batches=self._sample_batches,
                          example_input=lambda: self.example_input(1))
+        if self.shared is not None:
+            self.method.shared_statistics = self.shared.torch_statistics()
         total_steps = self.steps_per_epoch * cfg.epochs
         self.method.attach(self.net, self.optimizer, steps_per_epoch=self.steps_per_epoch, total_steps=total_steps)
         self._count_weights_outside_masks()
