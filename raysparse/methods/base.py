@@ -177,10 +177,11 @@ class SparseMethod:
         device = next(self.model.parameters()).device
         return self.task.forward(self.model, self.task.to_device(batch, device))
 
-    def calibration_statistics(self) -> dict[str, torch.Tensor | None] | None:
+    def calibration_statistics(self) -> dict[str, dict[str, torch.Tensor | None]] | None:
         """What this method computes from the dense network and the calibration batches before it
-        prunes, the same for every allocation (Wanda's input norms): a post-training sweep computes
-        it once and hands it to every trial as ``shared_statistics``. None: nothing to share."""
+        prunes, the same for every allocation (Wanda's input norms and each row's order of scores),
+        as ``{kind: {weight name: tensor or None}}``: a post-training sweep computes it once and
+        hands it to every trial as ``shared_statistics``. None: nothing to share."""
         return None
 
     # ---- hooks the loop calls ---------------------------------------------------------------

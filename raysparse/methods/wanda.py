@@ -51,7 +51,7 @@ from raysparse.methods.base import MethodOptions, SparseMethod
 from raysparse.methods.registry import register
 from raysparse.methods.sequential import chain_problem, from_rank0, prune_block_by_block, transformer_blocks
 from raysparse.sparsity.distributions import READS_SCORES
-from raysparse.sparsity.patterns import Block, Pattern
+from raysparse.sparsity.patterns import Block, Pattern, Unstructured
 
 
 @dataclass(frozen=True)
@@ -86,22 +86,28 @@ class Wanda(SparseMethod):
         if not self.pruned and step + 1 >= self.prune_end_step:
             self.prune(step=step + 1)  # prune_end_step optimizer steps are done: the masks hold from the next
 
-    def calibration_statistics(self) -> dict[str, torch.Tensor | None] | None:
-        """The dense network's input norms; none to share where each trial's depend on its own
-        pruning (``sequential`` on a model with transformer blocks)."""
+    def calibration_statistics(self) -> dict[str, dict[str, torch.Tensor | None]] | None:
+        """The dense network's input norms and each row's order of scores (what ``keep_per_row``
+        sorts: most of a trial's pruning time on an LLM); none to share where each trial's depend
+        on its own pruning (``sequential`` on a model with transformer blocks)."""
         if self.options.sequential and transformer_blocks(self.model) is not None:
             return None
-        return input_norms(self.model, self.masks.weights, self._calibration_batches(), run=self.run_batch)
+        norms = input_norms(self.model, self.masks.weights, self._calibration_batches(), run=self.run_batch)
+        return {"norms": norms,
+                "row_order": {n: row_order(wanda_score(w, norms[n])) for n, w in self.masks.weights.items()}}
 
     def prune(self, step: int) -> None:
         weights, dense = self.masks.weights, self.masks.dense_layers
-        batches = [] if self.shared_statistics is not None else list(self._calibration_batches())
+        shared = self.shared_statistics or {}
+        batches = [] if shared else list(self._calibration_batches())
         blocks = self._blocks(batches) if batches else None
         if blocks is None:  # every norm from one pass of the dense network (or a sweep's shared one)
-            norms = self.shared_statistics or input_norms(self.model, weights, batches, run=self.run_batch)
+            norms = shared["norms"] if shared else input_norms(self.model, weights, batches, run=self.run_batch)
             scores = {n: wanda_score(w, norms[n]) for n, w in weights.items()}
             counts = self.layer_targets(scores, self.target_density())
-            new = {n: keep_per_row_under(self.pattern_of(n), s, counts[n]) for n, s in scores.items() if n not in dense}
+            orders = shared.get("row_order", {})
+            new = {n: keep_per_row_under(self.pattern_of(n), s, counts[n], orders.get(n))
+                   for n, s in scores.items() if n not in dense}
             unseen = [n for n in new if norms[n] is None]
         else:
             new, unseen = self._prune_block_by_block(blocks, batches)
@@ -227,27 +233,38 @@ def unfolded_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.unfold(x, kernel, dilation=dilation, stride=stride)
 
 
-def keep_per_row_under(pattern: Pattern, score: torch.Tensor, count: int) -> torch.Tensor:
+def keep_per_row_under(pattern: Pattern, score: torch.Tensor, count: int,
+                       order: torch.Tensor | None = None) -> torch.Tensor:
     """``keep_per_row`` among the weights ``pattern`` allows; whole blocks across the layer for a
-    block pattern. The count is at most what the pattern holds (``layer_targets`` caps it)."""
+    block pattern. The count is at most what the pattern holds (``layer_targets`` caps it).
+    ``order``: ``row_order(score)`` where already known (used without a pattern only)."""
     everything = torch.ones_like(score, dtype=torch.bool)
     if isinstance(pattern, Block):
         return pattern.select(score, everything, count)
+    if isinstance(pattern, Unstructured):
+        return keep_per_row(score, count, order)
     return keep_per_row(score.masked_fill(~pattern.eligible(score, everything), -torch.inf), count)
 
 
-def keep_per_row(score: torch.Tensor, count: int) -> torch.Tensor:
+def row_order(score: torch.Tensor) -> torch.Tensor:
+    """Each row's columns of ``score.flatten(1)`` from highest score to lowest (ties: lower column
+    first), int16 where the columns fit."""
+    order = torch.argsort(score.detach().flatten(1).float(), dim=1, descending=True, stable=True)
+    return order.to(torch.int16) if order.shape[1] <= torch.iinfo(torch.int16).max else order
+
+
+def keep_per_row(score: torch.Tensor, count: int, order: torch.Tensor | None = None) -> torch.Tensor:
     """Exactly ``count`` True entries, as evenly spread over the rows of ``score.flatten(1)`` as
     they divide: each row keeps its ``count // rows`` best, and the ``count % rows`` rows whose
-    next-best score is highest keep one more."""
+    next-best score is highest keep one more. ``order``: ``row_order(score)``, if known."""
     rows = score.detach().flatten(1).float()
     n_rows, n_columns = rows.shape
     each, extra = divmod(max(0, min(int(count), rows.numel())), n_rows)
-    order = torch.argsort(rows, dim=1, descending=True, stable=True)
+    order = row_order(score).long() if order is None else order.long()
     keep = torch.full((n_rows,), each, device=rows.device)
     if extra:
         next_best = rows.gather(1, order[:, each:each + 1]).squeeze(1)
         keep[torch.argsort(next_best, descending=True, stable=True)[:extra]] += 1
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(n_columns, device=rows.device).expand(n_rows, n_columns))
-    return (rank < keep[:, None]).view_as(score)
+    kept_place = torch.arange(n_columns, device=rows.device)[None, :] < keep[:, None]  # the j-th best is kept
+    mask = torch.empty((n_rows, n_columns), dtype=torch.bool, device=rows.device)
+    return mask.scatter_(1, order, kept_place).view_as(score)

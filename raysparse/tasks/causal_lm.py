@@ -27,6 +27,13 @@ from raysparse.tasks.registry import register_task
 @dataclass(frozen=True)
 class CausalLMOptions(TaskOptions):
     ignore_index: int = -100  # labels that count nowhere (PyTorch's and HF's convention)
+    # evaluation runs the model on at most this many tokens at once (whole examples, at least one):
+    # the logits of 8 blocks of 512 tokens over a 49k vocabulary are 0.8 GB, twice with the loss
+    eval_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        if isinstance(self.eval_tokens, bool) or not isinstance(self.eval_tokens, int) or self.eval_tokens < 1:
+            raise ConfigError("task.eval_tokens", f"got {self.eval_tokens!r}; allowed: an integer >= 1")
 
 
 @register_task
@@ -70,9 +77,10 @@ class CausalLM(Task):
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         tokens = 0
         for batch in loader:
-            total, count = self.token_losses(model, self.to_device(batch, device))
-            loss_sum += total.double()
-            tokens += count
+            for part in _parts(batch, self.options.eval_tokens):
+                total, count = self.token_losses(model, self.to_device(part, device))
+                loss_sum += total.double()
+                tokens += count
         if tokens == 0:
             return {"perplexity": float("nan"), "loss": float("nan")}
         loss = float(loss_sum) / tokens
@@ -108,3 +116,21 @@ class CausalLM(Task):
         top = int(ids.max())
         if top >= shape[2]:
             raise ConfigError(field, f"the data has token id {top}, but the model's vocabulary has {shape[2]} entries")
+
+
+def _parts(batch, tokens: int):
+    """``batch`` in consecutive slices of whole examples, at most ``tokens`` tokens each (one
+    example at least); tensors, tuples and dicts of them alike."""
+    first = batch if isinstance(batch, torch.Tensor) else \
+        next(iter(batch.values())) if isinstance(batch, Mapping) else batch[0]
+    rows = max(1, tokens // max(1, first.shape[-1])) if first.dim() > 1 else len(first)
+    for start in range(0, len(first), rows):
+        yield _rows(batch, start, start + rows)
+
+
+def _rows(batch, start: int, end: int):
+    if isinstance(batch, torch.Tensor):
+        return batch[start:end]
+    if isinstance(batch, Mapping):
+        return {k: _rows(v, start, end) for k, v in batch.items()}
+    return type(batch)(_rows(v, start, end) for v in batch)

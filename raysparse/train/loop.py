@@ -198,7 +198,9 @@ class _Run:
         else:  # the sweep's one copy of the dense weights: no init, no read from disk
             self.net = build_on_meta(lambda: build_network(cfg.model, data.info))
             self.shared.load_into(self.net)
-        if model is not None or is_user_code(cfg.model) or is_user_code(cfg.data) or cfg.task != DEFAULT_TASK:
+        # (a shared start's network and data were checked where it was computed: the same key)
+        if self.shared is None and (model is not None or is_user_code(cfg.model) or is_user_code(cfg.data)
+                                    or cfg.task != DEFAULT_TASK):
             check_model(self.net, data, self.task, model_field(cfg.model, model))
         self.net.to(self.device)
         if cfg.init_from is not None:  # e.g. a pretrained network for one-shot or HAP pruning
@@ -272,7 +274,10 @@ class _Run:
     def _measure_structure(self) -> None:
         """FLOPs, parameters and latency of the model as it is now; DDP wraps this structure."""
         device = self.device
-        self.flops_now, self.flops_by_layer = layer_flops(self.net, self.example_input(1))
+        if self.shared is not None and not hasattr(self, "flops_now"):  # the dense network's, measured once
+            self.flops_now, self.flops_by_layer = self.shared.flops
+        else:
+            self.flops_now, self.flops_by_layer = layer_flops(self.net, self.example_input(1))
         self.costs = {"params": count_params(self.net), "params_dense": self.params_dense}
         if self.cfg.measure_latency:  # at dense speed (BatchNorm folded): the deployed form is timed at the end
             folded = inference_model(self.net)

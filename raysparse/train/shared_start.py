@@ -33,14 +33,15 @@ _BITS = {torch.bfloat16: np.int16}
 class SharedStart:
     key: str
     tensors: dict[str, tuple[np.ndarray, str]]  # every parameter and buffer (tied ones once): (array, torch dtype)
-    statistics: dict[str, np.ndarray | None]  # the method's, per weight
+    statistics: dict[str, dict[str, np.ndarray | None]]  # the method's: kind -> per weight
     ties: dict[str, str]  # a parameter that is another one (a head tied to the embedding) -> that one
+    flops: tuple[float, dict[str, float]]  # the dense network's, and per layer (the same for every trial)
     seconds: float = 0.0  # what computing it took, once
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a, _ in self.tensors.values()) + sum(
-            a.nbytes for a in self.statistics.values() if a is not None)
+            a.nbytes for kind in self.statistics.values() for a in kind.values() if a is not None)
 
     @property
     def read_only(self) -> bool:
@@ -57,8 +58,10 @@ class SharedStart:
             for name, (array, dtype) in self.tensors.items():
                 _tensor_of(net, name).copy_(_to_torch(array, dtype))
 
-    def torch_statistics(self) -> dict[str, torch.Tensor | None]:
-        return {n: None if a is None else torch.from_numpy(np.array(a)) for n, a in self.statistics.items()}
+    def torch_statistics(self) -> dict[str, dict[str, torch.Tensor | None]]:
+        """The method's statistics as tensors: views, read only (the method never writes them)."""
+        return {kind: {n: None if a is None else _to_torch(a, str(a.dtype)) for n, a in arrays.items()}
+                for kind, arrays in self.statistics.items()}
 
 
 def start_key(cfg: Config) -> str:
@@ -94,8 +97,10 @@ def compute_shared_start(config: Config | dict) -> SharedStart | None:
             continue
         first[id(tensor)] = name
         tensors[name] = _to_numpy(tensor.detach().cpu())
-    stats = {n: None if s is None else s.detach().cpu().numpy() for n, s in statistics.items()}
-    return SharedStart(start_key(cfg), tensors, stats, ties, round(time.perf_counter() - started, 1))
+    stats = {kind: {n: None if s is None else s.detach().cpu().numpy() for n, s in arrays.items()}
+             for kind, arrays in statistics.items()}
+    return SharedStart(start_key(cfg), tensors, stats, ties, (run.flops_now, run.flops_by_layer),
+                       round(time.perf_counter() - started, 1))
 
 
 def build_on_meta(build):

@@ -124,3 +124,19 @@ def test_data_and_outputs_of_the_wrong_form_are_one_error():
     with pytest.raises(ConfigError, match="vocab >= 9"):
         task.check_output(torch.zeros(1, 3, 7), ids, {"vocab_size": 9}, "model")
     task.check_output(torch.zeros(1, 3, 7), ids, {"vocab_size": 7}, "model")
+
+
+def test_evaluation_in_parts_of_at_most_eval_tokens_gives_the_whole_batchs_perplexity():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(11, 8), torch.nn.Linear(8, 11))
+    ids = torch.randint(0, 11, (7, 6))
+    loader = [ids[:5], ids[5:]]
+    whole = CausalLM(CausalLMOptions(eval_tokens=10**6)).evaluate(model, loader, torch.device("cpu"))
+    parts = CausalLM(CausalLMOptions(eval_tokens=7)).evaluate(model, loader, torch.device("cpu"))  # one row each
+    assert parts["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_eval_tokens_is_a_positive_integer(value):
+    with pytest.raises(ConfigError, match=r"task.eval_tokens.*allowed: an integer >= 1"):
+        CausalLMOptions(eval_tokens=value)
