@@ -81,6 +81,69 @@ def layer_density(densities: Mapping[str, float], path: str | Path, *, title: st
     return _save(fig, path)
 
 
+def blocks_and_types(names) -> tuple[list[str], list[str], dict[str, tuple[str, str]]] | None:
+    """Blocks in model order, matrix types in first-seen order, and layer -> (block, type), for
+    layers named by numbered blocks (``model.layers.3.mlp.up_proj``); None with fewer than 2 blocks."""
+    from raysparse.sparsity.owl import block_groups
+
+    place = {}
+    for name, block in block_groups(list(names)).items():
+        if block != name:
+            place[name] = (block.rstrip("."), name[len(block):].lstrip("."))
+    blocks = list(dict.fromkeys(b for b, _ in place.values()))
+    if len(blocks) < 2:
+        return None
+    return blocks, list(dict.fromkeys(t for _, t in place.values())), place
+
+
+def allocation_heatmap(densities: Mapping[str, float], path: str | Path, *, title: str = "") -> Path | None:
+    """Density by block (columns, in depth order) and matrix type (rows): one cell per layer;
+    None where the layers are not numbered blocks."""
+    found = blocks_and_types(densities)
+    if found is None:
+        return None
+    blocks, types, place = found
+    plt = _pyplot()
+    import numpy as np
+
+    grid = np.full((len(types), len(blocks)), np.nan)
+    for name, (block, kind) in place.items():
+        grid[types.index(kind), blocks.index(block)] = densities[name]
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.25 * len(blocks) + 2.5), 0.35 * len(types) + 1.6))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-9, float(np.nanmax(grid))))
+    ax.set_yticks(range(len(types)), types, fontsize=7)
+    ax.set_xticks(range(len(blocks)), [str(i) for i in range(len(blocks))], fontsize=7)
+    ax.set_xlabel("block (depth)")
+    fig.colorbar(image, ax=ax, label="density")
+    ax.set_title(title or "density by block and matrix type")
+    return _save(fig, path)
+
+
+def allocation_by_depth(allocations: Mapping[str, Mapping[str, float]], sizes: Mapping[str, int],
+                        path: str | Path, *, title: str = "") -> Path | None:
+    """Each allocation's density per block (its layers' kept weights over their weights) against
+    depth, one line each (e.g. the best searched one, OWL's, uniform's); None without blocks."""
+    found = blocks_and_types(sizes)
+    if found is None:
+        return None
+    blocks, _, place = found
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for style, (label, densities) in zip(("-o", "--s", ":^", "-.v"), allocations.items()):
+        per_block = []
+        for block in blocks:
+            layers = [n for n, (b, _) in place.items() if b == block and n in densities]
+            total = sum(sizes[n] for n in layers)
+            per_block.append(sum(densities[n] * sizes[n] for n in layers) / total if total else float("nan"))
+        ax.plot(range(len(blocks)), per_block, style, ms=3, label=label)
+    ax.set_xlabel("block (depth)")
+    ax.set_ylabel("density (fraction kept)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "allocation against depth")
+    return _save(fig, path)
+
+
 def pareto(trials: pd.DataFrame, x: str, y: str, front: pd.DataFrame | None, path: str | Path, *,
            title: str) -> Path:
     """Trials as points coloured by method, the front as a dashed line through its points."""

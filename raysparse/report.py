@@ -257,13 +257,36 @@ def report_sweep(tracking_uri: str, data, out_dir: str | Path, *, delta: float =
     potential, note = sweep_potential(data.trials, delta, data.stage)
     best = {k: v for k, v in done.iloc[0].items() if k.startswith("params.")} if len(done) else None
     experiment_url = f"{tracking_uri}/#/experiments/{data.experiment_id}"
+    allocation = _allocation_plot(tracking_uri, data, done, out / f"{data.sweep_name}_allocation.png")
     paths = write_report(
         data.trials, objectives, out, name=data.sweep_name, best_config=best, potential=potential, delta=delta,
         page={"status": data.parent_status, "potential_note": note, "trial_figures": figures,
+              "allocation_plot": allocation,
               "stage_line": stage_line(data.stage, objectives),
               "experiment_url": experiment_url, "run_url": experiment_url + "/runs/{run_id}"},
     )
+    if allocation is not None:
+        paths["allocation"] = allocation
     parent = SweepRun.attach(tracking_uri, data.experiment_name, data.parent_run_id)
     for path in paths.values():
         parent.log_artifact(path, "report")
     return paths
+
+
+def _allocation_plot(tracking_uri: str, data, done: pd.DataFrame, path: Path) -> Path | None:
+    """The best trial's allocation (a per-layer search's ``layer_densities``) by depth, beside the
+    heuristics' the sweep logged (``allocations.json``: uniform, OWL); None for other sweeps."""
+    from raysparse.tracking.reading import download_json, layer_sizes_of
+
+    prefix = "params.sparsity.layer_densities."
+    best = {k.removeprefix(prefix): float(v) for k, v in done.iloc[0].items()
+            if k.startswith(prefix) and pd.notna(v)} if len(done) else {}
+    if not best:
+        return None
+    references = download_json(tracking_uri, data.parent_run_id, "allocations.json") or {}
+    sizes = references.pop("layer_sizes", None) or layer_sizes_of(tracking_uri, done.iloc[0]["run_id"])
+    if not sizes:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return plots.allocation_by_depth({f"best ({done.iloc[0]['trial_id']})": best, **references}, sizes, path,
+                                     title=f"{data.sweep_name}: the best allocation against depth")

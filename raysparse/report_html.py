@@ -47,6 +47,7 @@ class ReportPage:
     run_url: str | None = None  # format string with {run_id}: links into the MLflow UI
     experiment_url: str | None = None
     stage_line: str = ""  # the sweep's dense stage (pretrain:), if it has one
+    allocation_plot: Path | None = None  # a per-layer search's best allocation against depth
 
 
 def render(page: ReportPage) -> str:
@@ -67,6 +68,8 @@ def render(page: ReportPage) -> str:
     parts += ["<h2>Objectives</h2>", _img(page.objective_plot, "objectives")]
     if page.history_plot is not None:
         parts.append(_img(page.history_plot, "objective by trial"))
+    if page.allocation_plot is not None:
+        parts += ["<h2>Allocation</h2>", _img(page.allocation_plot, "the best allocation against depth")]
     if page.front is not None:
         parts += [f"<h2>Pareto front ({len(page.front)} trials)</h2>",
                   _bounded(page.front, page, "pareto", "trials of the front"),

@@ -36,6 +36,22 @@ def put_shared_start(sweep: Sweep, announce=print) -> list[ray.ObjectRef] | None
     return [ray.put(start)]
 
 
+def log_references(parent, start: SharedStart) -> None:
+    """``allocations.json`` in the parent run: the masked layers' sizes and the heuristics'
+    allocations (uniform, OWL), which the report draws the best searched one against."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / ALLOCATIONS_FILE
+        path.write_text(json.dumps({"layer_sizes": start.layer_sizes, **start.references}, indent=1))
+        parent.log_artifact(path)
+
+
+ALLOCATIONS_FILE = "allocations.json"
+
+
 def get_shared_start(shared: list[ray.ObjectRef] | None) -> tuple[SharedStart | None, str | None]:
     """The start a trial reads (its arrays views of the store's copy on this node), and its object id."""
     if not shared:

@@ -43,7 +43,7 @@ from raysparse.search.progress import ProgressView, TrialRunCloser
 from raysparse.search.result import SweepResult
 from raysparse.search.server_watch import StopWhenServerLost, watch_tracking_server
 from raysparse.search.settings import check_local_resources, concurrent_trials, local_cpus, trial_resources
-from raysparse.search.shared_start import put_shared_start
+from raysparse.search.shared_start import log_references, put_shared_start
 from raysparse.search.signed_state import check_signed_dir, current_key, read_verified, use_key, write_signed
 from raysparse.search.spaces import PythonObjects, Sweep, grid_points, load_sweep
 from raysparse.search.stage import STAGE, STAGE_KEYS, without_stage
@@ -253,6 +253,7 @@ def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbo
         if shared is not None:
             start = ray.get(shared[0])
             parent.log_metrics({"shared_start_mb": start.nbytes / 2**20, "shared_start_s": start.seconds})
+            log_references(parent, start)
             del start
         trainable = _trainable(sweep, TrackingTarget(parent.tracking_uri, parent.experiment_id, parent.run_id),
                                storage_path, shared)

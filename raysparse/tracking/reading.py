@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import tempfile
 from dataclasses import dataclass
@@ -96,6 +97,25 @@ def download_masks(tracking_uri: str, run_id: str, artifact: str = "masks/final.
         raise ConfigError("artifact", f"{artifact} of run {run_id} holds the changes against an earlier file; "
                           "rebuild its masks with raysparse.tracking.masks_at_step (raysparse masks RUN_ID --step N)")
     return unpack_masks(packed)
+
+
+def download_json(tracking_uri: str, run_id: str, artifact: str):
+    """A run's JSON artifact, parsed; None where the run has no such file."""
+    client = MlflowClient(tracking_uri)
+    parent = str(Path(artifact).parent) if "/" in artifact else None
+    if not any(f.path == artifact for f in client.list_artifacts(run_id, parent)):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run_id, artifact, tmp)).read_text())
+
+
+def layer_sizes_of(tracking_uri: str, run_id: str) -> dict[str, int]:
+    """Weights per masked layer, from a finished trial's ``layer_density.csv``; {} without one."""
+    client = MlflowClient(tracking_uri)
+    if not any(f.path == "layer_density.csv" for f in client.list_artifacts(run_id)):
+        return {}
+    with tempfile.TemporaryDirectory() as tmp, open(client.download_artifacts(run_id, "layer_density.csv", tmp)) as f:
+        return {row["layer"]: int(row["total"]) for row in csv.DictReader(f) if row["total"]}
 
 
 def download_lineage(tracking_uri: str, run_id: str) -> list[dict]:

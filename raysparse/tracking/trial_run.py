@@ -296,6 +296,7 @@ class TrialRun:
         if write_program is not None:
             write_program(out / "model" / "model.pt2")
         plots.layer_density(layer_density, out / "plots" / "layer_density.png")
+        plots.allocation_heatmap(layer_density, out / "plots" / "allocation.png")  # a model of numbered blocks
         main = _main_metric(config)
         plots.training_curves(self.metric_history(("density", f"val_{main}", f"test_{main}")),
                               out / "plots" / "training.png", metric=main)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,6 +36,10 @@ class SharedStart:
     statistics: dict[str, dict[str, np.ndarray | None]]  # the method's: kind -> per weight
     ties: dict[str, str]  # a parameter that is another one (a head tied to the embedding) -> that one
     flops: tuple[float, dict[str, float]]  # the dense network's, and per layer (the same for every trial)
+    # the heuristics' allocations at the config's target ("uniform", and "owl" from the method's
+    # activation-aware scores), and the masked layers' sizes: what a searched allocation is drawn against
+    references: dict[str, dict[str, float]] = field(default_factory=dict)
+    layer_sizes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0  # what computing it took, once
 
     @property
@@ -100,7 +104,26 @@ def compute_shared_start(config: Config | dict) -> SharedStart | None:
     stats = {kind: {n: None if s is None else s.detach().cpu().numpy() for n, s in arrays.items()}
              for kind, arrays in statistics.items()}
     return SharedStart(start_key(cfg), tensors, stats, ties, (run.flops_now, run.flops_by_layer),
+                       reference_allocations(run.method, statistics),
+                       {n: w.numel() for n, w in run.method.masks.weights.items()},
                        round(time.perf_counter() - started, 1))
+
+
+def reference_allocations(method, statistics: dict) -> dict[str, dict[str, float]]:
+    """The uniform allocation at ``method``'s target density, and OWL's from the Wanda scores of
+    the shared input norms (where the method has them)."""
+    from raysparse.methods.wanda import wanda_score
+    from raysparse.sparsity.distributions import configured_distribution
+
+    weights, dense = method.masks.weights, method.masks.dense_layers
+    density = method.target_density()
+    references = {"uniform": configured_distribution("uniform")(weights, density, dense_layers=dense)}
+    norms = statistics.get("norms")
+    if norms is not None and method.activation_scores:
+        options = method.config.distribution_options if method.config.distribution == "owl" else None
+        scores = {n: wanda_score(w, norms[n]) for n, w in weights.items()}
+        references["owl"] = configured_distribution("owl", options)(scores, density, dense_layers=dense)
+    return {name: {n: float(d) for n, d in allocation.items()} for name, allocation in references.items()}
 
 
 def build_on_meta(build):

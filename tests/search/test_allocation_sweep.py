@@ -4,6 +4,7 @@ weights and Wanda's calibration statistics computed once and read by every trial
 in Ray's object store."""
 
 import csv
+import json
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,14 @@ def test_an_evolutionary_allocation_sweep_shares_one_start_and_meets_the_budget(
     assert len(shared) == 1 and None not in shared  # every trial read the same object
     assert {run.data.tags["raysparse.shared_start_read_only"] for run in runs} == {"true"}  # in place, no copy
     assert client.get_run(result.parent_run_id).data.metrics["shared_start_mb"] > 0
+    with tempfile.TemporaryDirectory() as tmp:
+        references = json.loads(Path(client.download_artifacts(result.parent_run_id, "allocations.json", tmp))
+                                .read_text())
+    assert set(references) == {"layer_sizes", "uniform", "owl"}
+    sizes = references["layer_sizes"]
+    for name in ("uniform", "owl"):  # the heuristics the report draws the best against, at the same budget
+        assert sum(references[name][n] * sizes[n] for n in sizes) == pytest.approx(0.4 * sum(sizes.values()))
+    assert result.report["allocation"].stat().st_size > 0  # the best allocation against depth
 
     prefix = "sparsity.layer_densities."
     allocations = [{k.removeprefix(prefix): float(v) for k, v in run.data.params.items() if k.startswith(prefix)}
@@ -43,7 +52,9 @@ def test_an_evolutionary_allocation_sweep_shares_one_start_and_meets_the_budget(
             with open(client.download_artifacts(run.info.run_id, "layer_density.csv", tmp)) as table:
                 rows = [r for r in csv.DictReader(table) if r["kept"]]
             names = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+            names |= {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         kept, total = sum(int(r["kept"]) for r in rows), sum(int(r["total"]) for r in rows)
         assert kept == round(0.4 * total)  # the budget, exactly
         assert "model/state_dict.pt" not in names and "model/config.json" in names  # log_weights: false
+        assert "plots/allocation.png" in names  # density by block and matrix type
         assert Path(client.download_artifacts(run.info.run_id, "masks/final.bin", tempfile.mkdtemp())).stat().st_size
