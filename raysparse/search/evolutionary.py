@@ -1,7 +1,8 @@
 """``sampler: evolutionary``: a per-layer sparsity search in the spirit of EvoPress (Sieberling et
 al. 2025, https://arxiv.org/abs/2410.14649), as an Optuna sampler over ``layer_sparsity``'s levels.
 
-The first trial is the uniform allocation (every group at the sweep's target density). Every
+The first trials are the heuristics' allocations (``starts``: uniform, every group at the sweep's
+target density, then OWL's where the pruner's scores give one; the same starts TPE gets). Every
 later trial is a child of the best finished trial so far (the objective's direction; a (1 + λ)
 strategy, λ the trials in flight): 1 to ``max_moves`` moves, each taking ``step`` times the
 target density from one group and giving the same number of weights to another (so a move keeps
@@ -29,14 +30,17 @@ from raysparse.search.layerwise import PARAM_PREFIX
 
 class EvolutionarySampler(optuna.samplers.BaseSampler):
     def __init__(self, group_sizes: dict[str, int], density: float, bounds: tuple[float, float], *,
-                 seed: int = 0, step: float = 0.1, max_moves: int = 3):
+                 seed: int = 0, step: float = 0.1, max_moves: int = 3, starts: list[dict[str, float]] = ()):
         """``group_sizes``: weights per searched group (its ``layer.<group>`` level); ``density``:
-        the kept fraction of those weights the budget allows (the uniform level)."""
+        the kept fraction of those weights the budget allows (the uniform level); ``starts``:
+        level dicts (``layer.<group>`` -> level) the first trials take after the uniform one."""
         self.sizes = {PARAM_PREFIX + g: int(n) for g, n in group_sizes.items()}
         self.density, self.bounds = float(density), (float(bounds[0]), float(bounds[1]))
         self.step, self.max_moves = step * self.density, max(1, int(max_moves))
         self._rng = np.random.RandomState(seed)
         self._planned: dict[int, dict[str, float]] = {}
+        uniform = {k: self.density for k in self.sizes}
+        self._starts = [uniform] + [{**uniform, **start} for start in starts if start != uniform]
 
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
         return {}
@@ -45,8 +49,11 @@ class EvolutionarySampler(optuna.samplers.BaseSampler):
         return {}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.number < len(self._starts):
+            self._planned[trial.number] = dict(self._starts[trial.number])
+            return
         parent = self._best(study)
-        levels = {k: self.density for k in self.sizes} if parent is None else self.mutate(self._levels(parent))
+        levels = self._starts[0] if parent is None else self.mutate(self._levels(parent))
         self._planned[trial.number] = levels
 
     def sample_independent(self, study, trial, param_name: str, param_distribution: BaseDistribution):

@@ -102,6 +102,19 @@ def searched_levels(base: dict, layer_sparsity: LayerSparsity) -> tuple[dict[str
     return groups, kept / sum(groups.values())
 
 
+def levels_of(allocation: dict[str, float], layer_sparsity: LayerSparsity) -> dict[str, float]:
+    """A per-layer allocation (OWL's) as the search's levels: each group's kept weights over its
+    weights (exact where the group's layers share one density, as OWL's blocks do)."""
+    kept: dict[str, float] = {}
+    total: dict[str, int] = {}
+    for name, size in layer_sparsity.layers.items():
+        group = PARAM_PREFIX + layer_sparsity.group_of(name)
+        kept[group] = kept.get(group, 0.0) + allocation[name] * size
+        total[group] = total.get(group, 0) + size
+    low, high = layer_sparsity.bounds
+    return {g: min(max(kept[g] / total[g], low), high) for g in kept}
+
+
 def suggest_layer_densities(trial, layer_sparsity: LayerSparsity) -> None:
     low, high = layer_sparsity.bounds
     for group in dict.fromkeys(map(layer_sparsity.group_of, layer_sparsity.layers)):

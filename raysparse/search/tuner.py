@@ -35,7 +35,7 @@ from raysparse.search.disk_safety import check_name
 from raysparse.search.driver_lock import check_not_running, driver_lock
 from raysparse.search.evolutionary import EvolutionarySampler
 from raysparse.search.grid import GridSearcher
-from raysparse.search.layerwise import searched_levels, suggest_layer_densities
+from raysparse.search.layerwise import PARAM_PREFIX, levels_of, searched_levels, suggest_layer_densities
 from raysparse.search.local_ray import start_local_ray
 from raysparse.search.pbt import pbt_param_space, pbt_scheduler, pbt_searcher
 from raysparse.search.pretrain import stage_file, train_dense_stage
@@ -78,7 +78,9 @@ class _DefineByRun:
         return get_dotted(self.sweep.base, key)
 
 
-def _searcher(sweep: Sweep) -> OptunaSearch | GridSearcher:
+def _searcher(sweep: Sweep, starts: list[dict[str, float]] = ()) -> OptunaSearch | GridSearcher:
+    """``starts``: a per-layer search's heuristic allocations (OWL's levels) to try first, after
+    the uniform one."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress line says what matters
     metrics = [m for m, _ in sweep.objectives]
     modes = [m for _, m in sweep.objectives]
@@ -90,14 +92,19 @@ def _searcher(sweep: Sweep) -> OptunaSearch | GridSearcher:
         sampler = optuna.samplers.NSGAIISampler(seed=sweep.seed, population_size=max(2, min(50, budget // 2)))
     elif kind == "evolutionary":  # spaces.py checked: layer_sparsity, no other key, one objective
         sizes, density = searched_levels(sweep.base, sweep.layer_sparsity)
-        sampler = EvolutionarySampler(sizes, density, sweep.layer_sparsity.bounds, seed=sweep.seed)
+        sampler = EvolutionarySampler(sizes, density, sweep.layer_sparsity.bounds, seed=sweep.seed, starts=starts)
     elif kind == "random":
         sampler = optuna.samplers.RandomSampler(seed=sweep.seed)
     else:  # every combination once (a dense reference and a sparsity ladder, for prune potential)
         return GridSearcher(grid_points(sweep.space, sweep.base)[: sweep.num_samples], metrics, modes)
+    points = None
+    if kind != "evolutionary" and starts and not sweep.space:  # the same first trials the evolutionary one makes
+        sizes, density = searched_levels(sweep.base, sweep.layer_sparsity)
+        points = [{PARAM_PREFIX + g: density for g in sizes}, *starts]
     if len(metrics) == 1:
-        return OptunaSearch(_DefineByRun(sweep), metric=metrics[0], mode=modes[0], sampler=sampler)
-    return OptunaSearch(_DefineByRun(sweep), metric=metrics, mode=modes, sampler=sampler)
+        return OptunaSearch(_DefineByRun(sweep), metric=metrics[0], mode=modes[0], sampler=sampler,
+                            points_to_evaluate=points)
+    return OptunaSearch(_DefineByRun(sweep), metric=metrics, mode=modes, sampler=sampler, points_to_evaluate=points)
 
 
 def _scheduler(sweep: Sweep):
@@ -250,10 +257,13 @@ def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbo
         _set_snapshot_period(sweep)
         # a post-training sweep's dense weights and calibration statistics: once, for every trial
         shared = put_shared_start(sweep, announce=lambda line: print(line, flush=True) if verbose else None)
+        starts: list[dict[str, float]] = []
         if shared is not None:
             start = ray.get(shared[0])
             parent.log_metrics({"shared_start_mb": start.nbytes / 2**20, "shared_start_s": start.seconds})
             log_references(parent, start)
+            if sweep.layer_sparsity is not None:  # a per-layer search tries OWL's allocation early
+                starts = [levels_of(a, sweep.layer_sparsity) for n, a in start.references.items() if n != "uniform"]
             del start
         trainable = _trainable(sweep, TrackingTarget(parent.tracking_uri, parent.experiment_id, parent.run_id),
                                storage_path, shared)
@@ -266,7 +276,8 @@ def _launch(sweep: Sweep, parent: SweepRun, storage_path: str, home: Path, verbo
             trainable,
             param_space=pbt_param_space(described) if pbt else None,
             tune_config=tune.TuneConfig(
-                search_alg=pbt_searcher(described) if pbt else _searcher(described), scheduler=_scheduler(sweep),
+                search_alg=pbt_searcher(described) if pbt else _searcher(described, starts),
+                scheduler=_scheduler(sweep),
                 # PBT's population is every trial at once, taking turns on the CPUs (Tune's time-multiplexing)
                 num_samples=sweep.num_samples,
                 max_concurrent_trials=None if pbt else concurrent_trials(sweep, local_cpus() if local else None),

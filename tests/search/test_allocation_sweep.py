@@ -46,6 +46,8 @@ def test_an_evolutionary_allocation_sweep_shares_one_start_and_meets_the_budget(
         levels = {(n.split(".")[2], v) for n, v in allocation.items()}
         assert len(levels) == 3  # one level per block
     assert any(all(v == pytest.approx(0.4) for v in a.values()) for a in allocations)  # the uniform start
+    assert any(all(a[n] == pytest.approx(v, abs=1e-6) for n, v in references["owl"].items())
+               for a in allocations)  # and OWL's
     assert len({tuple(sorted(a.items())) for a in allocations}) >= 2  # and children that move weights
     for run in runs:
         with tempfile.TemporaryDirectory() as tmp:
@@ -58,3 +60,20 @@ def test_an_evolutionary_allocation_sweep_shares_one_start_and_meets_the_budget(
         assert "model/state_dict.pt" not in names and "model/config.json" in names  # log_weights: false
         assert "plots/allocation.png" in names  # density by block and matrix type
         assert Path(client.download_artifacts(run.info.run_id, "masks/final.bin", tempfile.mkdtemp())).stat().st_size
+
+
+def test_tpe_starts_from_the_same_heuristics(ray_runtime, home, text_file):
+    raw = llama_sweep(text_file, group="block").raw
+    raw["base"].update(epochs=0)
+    raw["base"]["sparsity"].update(prune_start=0, prune_end=0)
+    raw.update(name="tpe_starts", sampler="tpe", num_samples=2, max_concurrent=1, log_weights=False)
+    result = run_sweep(raw, home=home, verbose=False)
+    client = MlflowClient(result.tracking_uri)
+    prefix = "sparsity.layer_densities."
+    first = [{k.removeprefix(prefix): float(v) for k, v in client.get_run(r).data.params.items()
+              if k.startswith(prefix)} for r in result.to_dataframe().sort_values("start_time")["run_id"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        owl = json.loads(Path(client.download_artifacts(result.parent_run_id, "allocations.json", tmp))
+                         .read_text())["owl"]
+    assert all(v == pytest.approx(0.4) for v in first[0].values())
+    assert all(first[1][n] == pytest.approx(v, abs=1e-6) for n, v in owl.items())

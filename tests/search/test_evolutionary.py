@@ -64,3 +64,12 @@ def test_what_the_evolutionary_sampler_cannot_search_is_one_line_before_start(te
     with pytest.raises(ConfigError) as caught:
         load_sweep(raw)
     assert caught.value.field == field
+
+
+def test_the_heuristics_starts_come_after_the_uniform_trial():
+    owl = {"layer.a": 0.6, "layer.b": 0.5, "layer.c": 0.4, "layer.d": 0.35}  # the same budget
+    sampler = EvolutionarySampler(SIZES, 0.4, (0.1, 0.9), seed=0, starts=[owl])
+    study = study_with(sampler, lambda levels: levels["layer.d"], 4)
+    assert set(study.trials[0].params.values()) == {0.4}
+    assert study.trials[1].params == pytest.approx(owl)
+    assert kept(study.trials[1].params) == pytest.approx(0.4 * sum(SIZES.values()))
