@@ -57,8 +57,9 @@ SWEEP_KEYS = (
     "early_stopping", "resources", "storage_path", "tracking_uri", "experiment_name", "checkpoint_interval",
     "sampler", "max_failures", "import_dirs", "pretrain", "log_weights",
 )
-# auto: TPE for one objective, NSGA-II for several; evolutionary: layer_sparsity's levels only
-SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid", "evolutionary")
+# auto: TPE for one objective, NSGA-II for several; cmaes: one objective, numbers (a choice key is
+# sampled at random); evolutionary: layer_sparsity's levels only
+SAMPLERS = ("auto", "tpe", "nsga2", "random", "grid", "cmaes", "evolutionary")
 MODES = ("max", "min")
 
 
@@ -219,7 +220,10 @@ def load_sweep(source: str | Path | dict, *, objects: PythonObjects | None = Non
         raise ConfigError("sampler", f"got {sampler!r}; allowed: {allowed}{did_you_mean(sampler, SAMPLERS)}")
     grid = _grid(space, base, layer_sparsity) if sampler == "grid" else None
     if sampler == "evolutionary":
-        _check_evolutionary(space, layer_sparsity, objectives, objects.loop is not None)
+        _check_evolutionary(space, layer_sparsity, objectives)
+    if sampler == "cmaes" and len(objectives) != 1:
+        raise ConfigError("objectives", f"got {len(objectives)}; sampler: cmaes optimizes one objective "
+                          "(nsga2 searches several)")
     num_samples = parse_int(raw, "num_samples", len(grid) if grid else 8, minimum=1)
     if grid is not None and num_samples > len(grid):
         raise ConfigError("num_samples", f"got {num_samples}; the grid has {len(grid)} points, so at most {len(grid)}")
@@ -279,7 +283,7 @@ def grid_points(space: dict[str, Domain], base: dict) -> list[dict[str, Any]]:
     return points
 
 
-def _check_evolutionary(space: dict, layer_sparsity, objectives: tuple, has_loop: bool) -> None:
+def _check_evolutionary(space: dict, layer_sparsity, objectives: tuple) -> None:
     """The evolutionary sampler moves weights between layer_sparsity's levels of one objective."""
     if layer_sparsity is None:
         raise ConfigError("sampler", "got 'evolutionary', which evolves per-layer levels; add a layer_sparsity "

@@ -93,6 +93,8 @@ def _searcher(sweep: Sweep, starts: list[dict[str, float]] = ()) -> OptunaSearch
     elif kind == "evolutionary":  # spaces.py checked: layer_sparsity, no other key, one objective
         sizes, density = searched_levels(sweep.base, sweep.layer_sparsity)
         sampler = EvolutionarySampler(sizes, density, sweep.layer_sparsity.bounds, seed=sweep.seed, starts=starts)
+    elif kind == "cmaes":  # its mean starts mid-bounds: equal levels, which a per-layer trial rescales to uniform
+        sampler = optuna.samplers.CmaEsSampler(seed=sweep.seed)
     elif kind == "random":
         sampler = optuna.samplers.RandomSampler(seed=sweep.seed)
     else:  # every combination once (a dense reference and a sparsity ladder, for prune potential)

@@ -62,11 +62,12 @@ def test_an_evolutionary_allocation_sweep_shares_one_start_and_meets_the_budget(
         assert Path(client.download_artifacts(run.info.run_id, "masks/final.bin", tempfile.mkdtemp())).stat().st_size
 
 
-def test_tpe_starts_from_the_same_heuristics(ray_runtime, home, text_file):
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_optunas_samplers_start_from_the_same_heuristics(ray_runtime, home, text_file, sampler):
     raw = llama_sweep(text_file, group="block").raw
     raw["base"].update(epochs=0)
     raw["base"]["sparsity"].update(prune_start=0, prune_end=0)
-    raw.update(name="tpe_starts", sampler="tpe", num_samples=2, max_concurrent=1, log_weights=False)
+    raw.update(name=f"{sampler}_starts", sampler=sampler, num_samples=3, max_concurrent=1, log_weights=False)
     result = run_sweep(raw, home=home, verbose=False)
     client = MlflowClient(result.tracking_uri)
     prefix = "sparsity.layer_densities."
@@ -77,3 +78,4 @@ def test_tpe_starts_from_the_same_heuristics(ray_runtime, home, text_file):
                          .read_text())["owl"]
     assert all(v == pytest.approx(0.4) for v in first[0].values())
     assert all(first[1][n] == pytest.approx(v, abs=1e-6) for n, v in owl.items())
+    assert first[2] != first[0] and first[2] != first[1]  # then the sampler's own proposal

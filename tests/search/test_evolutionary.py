@@ -73,3 +73,11 @@ def test_the_heuristics_starts_come_after_the_uniform_trial():
     assert set(study.trials[0].params.values()) == {0.4}
     assert study.trials[1].params == pytest.approx(owl)
     assert kept(study.trials[1].params) == pytest.approx(0.4 * sum(SIZES.values()))
+
+
+def test_cmaes_takes_one_objective(text_file):
+    raw = {**llama_sweep(text_file, group="block").raw, "sampler": "cmaes"}
+    assert load_sweep(raw).sampler == "cmaes"
+    with pytest.raises(ConfigError) as caught:
+        load_sweep({**raw, "objectives": {"val_perplexity": "min", "density": "min"}})
+    assert caught.value.field == "objectives"
