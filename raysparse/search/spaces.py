@@ -467,13 +467,14 @@ def _check_pattern_pairs(sweep: Sweep) -> None:
 def _task_metrics(base: dict, objects) -> dict[str, str]:
     """The metrics a trial of the base config's task reports (val_accuracy, ...: the first is
     val_<main metric>), with their directions."""
-    from raysparse.tasks.registry import DEFAULT_TASK, PYTHON, get_task_class
+    from raysparse.tasks.registry import DEFAULT_TASK, PYTHON, build_task
 
     spec = base.get("task", DEFAULT_TASK)
     given = getattr(objects, "task", None)
     if given is None and isinstance(spec, dict) and PYTHON in spec:  # checked when the object is given
         return {"val_loss": "min"}
-    return task_metrics(get_task_class(spec, "base.task", given=given))
+    # an object, not the class: its options decide some metrics (causal_lm's kl_to_dense)
+    return task_metrics(build_task(spec, field="base.task", given=given))
 
 
 def _objectives(raw: Any, reported: dict[str, str], any_metric: bool = False) -> tuple[tuple[str, str], ...]:

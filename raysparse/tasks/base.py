@@ -60,6 +60,25 @@ class Task:
     def main_metric(self) -> str:
         return next(iter(self.metrics))
 
+    # ---- against the network before pruning (optional) --------------------------------------
+    def reference_metrics(self) -> dict[str, str]:
+        """Metrics (name -> "max"|"min") comparing the network with itself as built, before any
+        mask, on training batches; what the options ask for (causal_lm's ``kl_to_dense``)."""
+        return {}
+
+    def reference_batches(self) -> int:
+        """How many shuffled training batches the comparison runs on (0: none)."""
+        return 0
+
+    def capture_reference(self, model: nn.Module, batches: list, device: torch.device) -> Any:
+        """What the comparison needs of the network as built (called once, before pruning)."""
+        return None
+
+    def compare_to_reference(self, model: nn.Module, batches: list, reference: Any,
+                             device: torch.device) -> dict[str, float]:
+        """``reference_metrics``' values for the network now."""
+        return {}
+
     # ---- data -------------------------------------------------------------------------------
     def describe_data(self, splits: Mapping[str, Dataset], given: Mapping, field: str, what: str) -> dict:
         """``info`` of a user's data (what model factories may ask for), from what the factory

@@ -30,10 +30,16 @@ class CausalLMOptions(TaskOptions):
     # evaluation runs the model on at most this many tokens at once (whole examples, at least one):
     # the logits of 8 blocks of 512 tokens over a 49k vocabulary are 0.8 GB, twice with the loss
     eval_tokens: int = 2048
+    # > 0: report kl_to_dense, the mean KL divergence of the network's next-token distribution from
+    # the dense network's, over this many shuffled training (calibration) batches
+    kl_to_dense: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.eval_tokens, bool) or not isinstance(self.eval_tokens, int) or self.eval_tokens < 1:
             raise ConfigError("task.eval_tokens", f"got {self.eval_tokens!r}; allowed: an integer >= 1")
+        if isinstance(self.kl_to_dense, bool) or not isinstance(self.kl_to_dense, int) or self.kl_to_dense < 0:
+            raise ConfigError("task.kl_to_dense", f"got {self.kl_to_dense!r}; allowed: an integer >= 0 "
+                              "(training batches to compare on; 0: no kl_to_dense)")
 
 
 @register_task
@@ -85,6 +91,50 @@ class CausalLM(Task):
             return {"perplexity": float("nan"), "loss": float("nan")}
         loss = float(loss_sum) / tokens
         return {"perplexity": math.exp(min(loss, 700.0)), "loss": loss}  # exp(700): the float's ceiling
+
+    # ---- kl_to_dense ------------------------------------------------------------------------
+    def reference_metrics(self) -> dict[str, str]:
+        return {"kl_to_dense": MIN} if self.options.kl_to_dense else {}
+
+    def reference_batches(self) -> int:
+        return self.options.kl_to_dense
+
+    @torch.no_grad()
+    def capture_reference(self, model: nn.Module, batches: list, device: torch.device) -> list[torch.Tensor]:
+        """The dense network's next-token log-probabilities at every counted position, per part
+        (float32 on the CPU: 4 bytes times the vocabulary per token)."""
+        was_training = model.training
+        model.eval()
+        try:
+            return [self._log_probs(model, part, device)[0].cpu() for batch in batches
+                    for part in _parts(batch, self.options.eval_tokens)]
+        finally:
+            model.train(was_training)
+
+    @torch.no_grad()
+    def compare_to_reference(self, model: nn.Module, batches: list, reference: list[torch.Tensor],
+                             device: torch.device) -> dict[str, float]:
+        """KL(dense || now), summed over the vocabulary, averaged over the counted positions."""
+        was_training = model.training
+        model.eval()
+        total, tokens = 0.0, 0
+        try:
+            parts = [part for batch in batches for part in _parts(batch, self.options.eval_tokens)]
+            for part, dense in zip(parts, reference, strict=True):
+                now, _ = self._log_probs(model, part, device)
+                dense = dense.to(now.device)
+                total += float((dense.exp() * (dense - now)).sum(dtype=torch.float64))
+                tokens += len(dense)
+        finally:
+            model.train(was_training)
+        return {"kl_to_dense": total / max(tokens, 1)}
+
+    def _log_probs(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-softmax of the logits at the positions whose label counts, ``[tokens, vocab]``."""
+        inputs, labels = self.ids_and_labels(self.to_device(batch, device))
+        logits = logits_of(call(model, inputs))[:, :-1]
+        counted = labels != self.options.ignore_index
+        return torch.log_softmax(logits[counted].float(), dim=-1), counted
 
     # ---- data -------------------------------------------------------------------------------
     def describe_data(self, splits: Mapping[str, Dataset], given: Mapping, field: str, what: str) -> dict:

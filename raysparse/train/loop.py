@@ -5,6 +5,7 @@ context)``; Ray Tune, MLflow or a test plug in there."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
 import sys
@@ -81,10 +82,11 @@ REPORTED_METRICS = FINAL_METRICS + (
 
 def task_metrics(task: Task | type[Task]) -> dict[str, str]:
     """Every metric a run of ``task`` reports that names the task, with its direction
-    (``val_<main metric>`` first)."""
+    (``val_<main metric>`` first); a task object's reference metrics too (``kl_to_dense``)."""
     metrics = {f"{split}_{name}": direction for split in ("val", "test") for name, direction in task.metrics.items()}
     main = next(iter(task.metrics))
-    return {**metrics, f"best_val_{main}": task.metrics[main]}
+    against_dense = task.reference_metrics() if isinstance(task, Task) else {}
+    return {**metrics, f"best_val_{main}": task.metrics[main], **against_dense}
 
 
 def seed_everything(seed: int) -> None:
@@ -225,6 +227,10 @@ class _Run:
                          example_input=lambda: self.example_input(1))
         if self.shared is not None:
             self.method.shared_statistics = self.shared.torch_statistics()
+        # the network as built, before any mask: what the task's reference metrics compare with (kl_to_dense)
+        self.reference_batches = list(itertools.islice(self._sample_batches(), self.task.reference_batches()))
+        self.reference = self.task.capture_reference(self.net, self.reference_batches, self.device) \
+            if self.reference_batches else None
         total_steps = self.steps_per_epoch * cfg.epochs
         self.method.attach(self.net, self.optimizer, steps_per_epoch=self.steps_per_epoch, total_steps=total_steps)
         self._count_weights_outside_masks()
@@ -383,6 +389,8 @@ class _Run:
         cfg, method = self.cfg, self.method
         val = self.task.evaluate(self.net, self.val_loader, self.device)
         test = self.task.evaluate(self.net, self.test_loader, self.device)
+        against_dense = {} if self.reference is None else \
+            self.task.compare_to_reference(self.net, self.reference_batches, self.reference, self.device)
         layer_density = method.layer_density()
         if self._better(val[self.task.main_metric]):  # model selection on validation, never test
             self.best = {self.best_key: val[self.task.main_metric], "best_epoch": epoch}
@@ -398,6 +406,7 @@ class _Run:
             **training,  # train_loss, lr, epoch_seconds: none after epochs 0
             **{f"val_{name}": value for name, value in val.items()},
             **{f"test_{name}": value for name, value in test.items()},
+            **against_dense,
             "density": self.density(),
             "weights_outside_masks": sum(self.outside.values()),
             "layer_density": layer_density,

@@ -59,3 +59,28 @@ def test_methods_whose_statistics_depend_on_the_allocation_share_nothing(text_fi
     trained = post_training_config(text_file)
     trained["epochs"] = 1
     assert compute_shared_start(trained) is None
+
+
+def test_kl_to_dense_is_zero_for_the_dense_network_and_grows_with_sparsity(text_file):
+    kl = {}
+    for sparsity in (0.0, 0.5, 0.8):
+        config = post_training_config(text_file, "dense" if sparsity == 0 else "wanda")
+        config["sparsity"]["final_sparsity"] = sparsity or 0.5
+        config["task"] = {"name": "causal_lm", "kl_to_dense": 2, "eval_tokens": 64}
+        kl[sparsity] = fit(config)["kl_to_dense"]
+    assert abs(kl[0.0]) < 1e-6
+    assert 0 < kl[0.5] < kl[0.8]
+
+
+def test_kl_to_dense_is_an_objective_only_where_the_task_reports_it(text_file):
+    from raysparse.errors import ConfigError
+    from raysparse.search.spaces import load_sweep
+
+    base = post_training_config(text_file)
+    raw = {"name": "kl", "base": base, "space": {}, "objectives": {"kl_to_dense": "min"}, "num_samples": 1,
+           "layer_sparsity": {"bounds": [0.1, 0.9], "group": "block"}}
+    with pytest.raises(ConfigError) as caught:
+        load_sweep(raw)
+    assert caught.value.field.startswith("objectives")
+    base["task"] = {"name": "causal_lm", "kl_to_dense": 8}
+    assert load_sweep(raw).objectives == (("kl_to_dense", "min"),)
