@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ class Config:
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     robustness: RobustnessConfig | None = None  # evaluated at the final epoch when set
+    # other texts (or images) to evaluate on, each a data block like ``data``: its test split gives
+    # <name>_<metric> (code_perplexity) at every evaluation; never used for selection unless an objective
+    evaluate_on: dict = field(default_factory=dict)
     # a training loop of the user's (raysparse.sweep(loop=fn), its module:qualname): it builds the
     # model and data itself, so their blocks hold its options, unchecked
     loop: str | None = None
@@ -72,6 +76,9 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain data that ``load_config`` takes back (the sparsity block flat, as in YAML)."""
         return {**dataclasses.asdict(self), "sparsity": self.sparsity.to_dict()}
+
+
+RESERVED_SPLITS = ("train", "val", "test", "best_val")  # metric prefixes the loop uses
 
 
 def set_dotted(tree: dict, key: str, value: Any) -> None:
@@ -233,6 +240,14 @@ def _coerce(hint, value, path):
 
 # ---- value checks -------------------------------------------------------------------------------
 def _check_values(c: Config) -> None:
+    for name, block in c.evaluate_on.items():
+        if not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_]{0,39}", name)) or name in RESERVED_SPLITS:
+            reserved = ", ".join(RESERVED_SPLITS)
+            raise ConfigError(f"evaluate_on.{name}", f"got the name {shown(name)}; allowed: 1 to 40 lowercase "
+                              f"letters, digits and '_', starting with a letter, other than {reserved}")
+        if not isinstance(block, dict):
+            raise ConfigError(f"evaluate_on.{name}", f"got {shown(block)}; allowed: a data block like data's "
+                              "({factory: 'module:function', ...} or {name: text, path: ...})")
     _require(c.epochs >= 0, "epochs", c.epochs, "an integer >= 0 (0: prune a trained network and evaluate it, "
              "no training)")
     _require(c.seed >= 0, "seed", c.seed, "an integer >= 0")

@@ -261,7 +261,7 @@ def report_sweep(tracking_uri: str, data, out_dir: str | Path, *, delta: float =
     paths = write_report(
         data.trials, objectives, out, name=data.sweep_name, best_config=best, potential=potential, delta=delta,
         page={"status": data.parent_status, "potential_note": note, "trial_figures": figures,
-              "allocation_plot": allocation,
+              "allocation_plot": allocation, "other_texts": other_texts(done),
               "stage_line": stage_line(data.stage, objectives),
               "experiment_url": experiment_url, "run_url": experiment_url + "/runs/{run_id}"},
     )
@@ -271,6 +271,32 @@ def report_sweep(tracking_uri: str, data, out_dir: str | Path, *, delta: float =
     for path in paths.values():
         parent.log_artifact(path, "report")
     return paths
+
+
+def other_texts(done: pd.DataFrame) -> pd.DataFrame | None:
+    """Whether what is best on the validation split holds on each ``evaluate_on`` text: per text,
+    the rank correlation (Spearman) of its main metric with the validation one across the finished
+    trials, the value of the trial best on validation, and the best value any trial reached there."""
+    if len(done) < 2:
+        return None
+    main, direction = _sweep_main_metric(done)
+    val = f"metrics.val_{main}"
+    columns = [c for c in done.columns if c.startswith("metrics.") and c.endswith(f"_{main}")
+               and c not in (val, f"metrics.test_{main}", f"metrics.best_val_{main}")]
+    if val not in done.columns or not columns:
+        return None
+    best_on_val = done.sort_values(val, ascending=direction != "max").iloc[0]
+    rows = []
+    for column in columns:
+        values = done[[val, column]].dropna()
+        rows.append({
+            "text": column.removeprefix("metrics.").removesuffix(f"_{main}"),
+            "spearman_with_val": float(values[val].rank().corr(values[column].rank())) if len(values) > 1 else None,
+            f"best_on_val_{main}": best_on_val.get(column),
+            f"best_{main}_there": float(values[column].max() if direction == "max" else values[column].min()),
+            "trials": len(values),
+        })
+    return pd.DataFrame(rows)
 
 
 def _allocation_plot(tracking_uri: str, data, done: pd.DataFrame, path: Path) -> Path | None:

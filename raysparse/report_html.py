@@ -48,6 +48,7 @@ class ReportPage:
     experiment_url: str | None = None
     stage_line: str = ""  # the sweep's dense stage (pretrain:), if it has one
     allocation_plot: Path | None = None  # a per-layer search's best allocation against depth
+    other_texts: pd.DataFrame | None = None  # report.other_texts: does the best on val hold on evaluate_on's texts
 
 
 def render(page: ReportPage) -> str:
@@ -70,6 +71,10 @@ def render(page: ReportPage) -> str:
         parts.append(_img(page.history_plot, "objective by trial"))
     if page.allocation_plot is not None:
         parts += ["<h2>Allocation</h2>", _img(page.allocation_plot, "the best allocation against depth")]
+    if page.other_texts is not None:
+        parts += ["<h2>Other texts</h2>", "<p class='note'>Does the trial best on validation stay best on the "
+                  "sweep's other evaluation texts (evaluate_on)? Spearman: rank correlation across finished "
+                  "trials.</p>", page.other_texts.to_html(index=False, float_format=lambda v: f"{v:.4g}")]
     if page.front is not None:
         parts += [f"<h2>Pareto front ({len(page.front)} trials)</h2>",
                   _bounded(page.front, page, "pareto", "trials of the front"),

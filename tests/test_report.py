@@ -1,6 +1,7 @@
 import pandas as pd
+import pytest
 
-from raysparse.report import pareto_front, rank_trials, write_report
+from raysparse.report import other_texts, pareto_front, rank_trials, write_report
 
 TRIALS = pd.DataFrame({
     "trial_id": ["a", "b", "c", "d", "e"],
@@ -142,3 +143,16 @@ def test_stage_line_shows_the_first_objective_without_an_accuracy():
     accurate = {**stage, "metrics.val_accuracy": 0.9}
     assert stage_line(accurate, objectives) == "dense stage: 3 epochs, val accuracy 0.9000, run r1"
     assert stage_line({**stage, "status": "FAILED"}) == "dense stage: 3 epochs, val accuracy -, run r1 (failed)"
+
+
+def test_other_texts_say_whether_the_best_on_validation_holds_there():
+    done = pd.DataFrame({
+        "trial_id": ["a", "b", "c"], "params.task.name": ["causal_lm"] * 3,
+        "metrics.val_perplexity": [10.0, 12.0, 14.0], "metrics.test_perplexity": [11.0, 12.5, 15.0],
+        "metrics.code_perplexity": [30.0, 20.0, 40.0],  # 'a' is best on val, 'b' on code
+    })
+    table = other_texts(done).set_index("text")
+    assert list(table.index) == ["code"]
+    assert table.loc["code", "best_on_val_perplexity"] == 30.0 and table.loc["code", "best_perplexity_there"] == 20.0
+    assert table.loc["code", "spearman_with_val"] == pytest.approx(0.5)
+    assert other_texts(done.drop(columns="metrics.code_perplexity")) is None

@@ -474,7 +474,8 @@ def _task_metrics(base: dict, objects) -> dict[str, str]:
     if given is None and isinstance(spec, dict) and PYTHON in spec:  # checked when the object is given
         return {"val_loss": "min"}
     # an object, not the class: its options decide some metrics (causal_lm's kl_to_dense)
-    return task_metrics(build_task(spec, field="base.task", given=given))
+    other_texts = tuple(base.get("evaluate_on") or {})
+    return task_metrics(build_task(spec, field="base.task", given=given), other_texts)
 
 
 def _objectives(raw: Any, reported: dict[str, str], any_metric: bool = False) -> tuple[tuple[str, str], ...]:

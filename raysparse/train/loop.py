@@ -80,10 +80,12 @@ REPORTED_METRICS = FINAL_METRICS + (
 ) + DEPLOYED_METRICS
 
 
-def task_metrics(task: Task | type[Task]) -> dict[str, str]:
+def task_metrics(task: Task | type[Task], other_texts: tuple[str, ...] = ()) -> dict[str, str]:
     """Every metric a run of ``task`` reports that names the task, with its direction
-    (``val_<main metric>`` first); a task object's reference metrics too (``kl_to_dense``)."""
-    metrics = {f"{split}_{name}": direction for split in ("val", "test") for name, direction in task.metrics.items()}
+    (``val_<main metric>`` first); a task object's reference metrics too (``kl_to_dense``), and
+    those of the ``evaluate_on`` data named in ``other_texts``."""
+    splits = ("val", "test", *other_texts)
+    metrics = {f"{split}_{name}": direction for split in splits for name, direction in task.metrics.items()}
     main = next(iter(task.metrics))
     against_dense = task.reference_metrics() if isinstance(task, Task) else {}
     return {**metrics, f"best_val_{main}": task.metrics[main], **against_dense}
@@ -219,6 +221,11 @@ class _Run:
         )
         self.val_loader = make_loader(data.val, batch_size=512, shuffle=False, generator=None)
         self.test_loader = make_loader(data.test, batch_size=512, shuffle=False, generator=None)
+        # other texts to evaluate on (evaluate_on): each one's test split, built as data is
+        self.other_loaders = {
+            name: make_loader(build_splits(spec, cfg.seed, self.task).test, batch_size=512, shuffle=False,
+                              generator=None)
+            for name, spec in cfg.evaluate_on.items()}
         self.steps_per_epoch = len(self.train_loader)
 
         self.optimizer = build_optimizer(self.net, cfg.optimizer)
@@ -391,6 +398,8 @@ class _Run:
         test = self.task.evaluate(self.net, self.test_loader, self.device)
         against_dense = {} if self.reference is None else \
             self.task.compare_to_reference(self.net, self.reference_batches, self.reference, self.device)
+        others = {f"{name}_{metric}": value for name, loader in self.other_loaders.items()
+                  for metric, value in self.task.evaluate(self.net, loader, self.device).items()}
         layer_density = method.layer_density()
         if self._better(val[self.task.main_metric]):  # model selection on validation, never test
             self.best = {self.best_key: val[self.task.main_metric], "best_epoch": epoch}
@@ -407,6 +416,7 @@ class _Run:
             **{f"val_{name}": value for name, value in val.items()},
             **{f"test_{name}": value for name, value in test.items()},
             **against_dense,
+            **others,
             "density": self.density(),
             "weights_outside_masks": sum(self.outside.values()),
             "layer_density": layer_density,

@@ -43,3 +43,29 @@ def test_the_dense_network_at_epochs_0_is_the_trained_one_evaluated(text_file, t
     trained, metrics, seen = post_training(text_file, "dense", tmp_path)
     assert metrics["density"] == 1.0
     assert all(torch.equal(seen[0][1][name], weight) for name, weight in trained.items())
+
+
+def test_other_texts_are_evaluated_beside_val_and_test(text_file, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("def f(x):\n    return x + 1\n" * 200)
+    config = lm_config(text_file, "wanda", prune_start=0, prune_end=0, final_sparsity=0.5)
+    config.update(epochs=0, evaluate_on={"code": {"name": "text", "path": str(other), "block_size": 32}})
+    metrics = fit(config)
+    assert metrics["code_perplexity"] > 1 and metrics["code_loss"] > 0
+    assert metrics["code_perplexity"] != metrics["test_perplexity"]  # its own text, not the test split again
+
+
+@pytest.mark.parametrize("evaluate_on, field", [
+    ({"Code": {"name": "text"}}, "evaluate_on.Code"),
+    ({"test": {"name": "text"}}, "evaluate_on.test"),
+    ({"code": "text"}, "evaluate_on.code"),
+])
+def test_a_bad_other_text_is_one_line_naming_it(text_file, evaluate_on, field):
+    from raysparse.config import load_config
+    from raysparse.errors import ConfigError
+
+    config = lm_config(text_file, "wanda")
+    config["evaluate_on"] = evaluate_on
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert caught.value.field == field

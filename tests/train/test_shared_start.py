@@ -84,3 +84,5 @@ def test_kl_to_dense_is_an_objective_only_where_the_task_reports_it(text_file):
     assert caught.value.field.startswith("objectives")
     base["task"] = {"name": "causal_lm", "kl_to_dense": 8}
     assert load_sweep(raw).objectives == (("kl_to_dense", "min"),)
+    base["evaluate_on"] = {"code": {"name": "text", "path": text_file}}  # another text's metrics too
+    assert load_sweep({**raw, "objectives": {"code_perplexity": "min"}}).objectives == (("code_perplexity", "min"),)
