@@ -69,6 +69,25 @@ def run_row(spec: dict) -> dict:
     }
 
 
+def run_transfer(row: dict) -> dict:
+    """In this process: the row's allocation (``layer_densities``, or dense) pruned again with its
+    pruner and evaluated on Python source too (``evaluate_on``): does what was found on Wikipedia hold?"""
+    sys.path.insert(0, str(HERE))
+    from llm_data import smollm2_dir
+
+    from raysparse.train import fit
+
+    model_dir = str(smollm2_dir())
+    level = row["pattern"] if row["pattern"] != "unstructured" else str(row["sparsity"])
+    allocation = "uniform" if row["pruner"] == "dense" else "explicit"
+    config = row_config(row["pruner"], allocation, level, model_dir)
+    if allocation == "explicit":
+        config["sparsity"]["layer_densities"] = row["layer_densities"]
+    config["evaluate_on"] = {"code": {"factory": "llm_data:python_source", "tokenizer": model_dir, "batch_size": 1}}
+    metrics = fit(config)
+    return {**row, "code_perplexity": metrics["code_perplexity"], "test_perplexity_again": metrics["test_perplexity"]}
+
+
 def run_search(spec: dict) -> dict:
     """In this process: one allocation sweep, its best trial's figures."""
     import threading
@@ -118,24 +137,31 @@ def main() -> None:
     parser.add_argument("--row", help=argparse.SUPPRESS)  # a child process's one row (JSON)
     parser.add_argument("--search", help="samplers of searched rows (evolutionary,tpe) instead of the heuristics")
     parser.add_argument("--trials", type=int, help="trials per search (default: the sweep file's)")
+    parser.add_argument("--transfer", action="store_true",
+                        help="evaluate every unstructured row's allocation on Python source too (code_perplexity)")
     parser.add_argument("--pruners", default="wanda,sparsegpt")
     parser.add_argument("--allocations", default="uniform,owl")
     parser.add_argument("--sparsities", default="0.5,0.6,0.7,2:4")
     args = parser.parse_args()
     if args.row:
         spec = json.loads(args.row)
-        row = run_search(spec) if spec["allocation"] in SEARCHES else run_row(spec)
+        row = run_transfer(spec) if "layer_densities" in spec else \
+            run_search(spec) if spec["allocation"] in SEARCHES else run_row(spec)
         print("ROW " + json.dumps(row), flush=True)
         return
     rows = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     specs = [] if args.search or any(r["pruner"] == "dense" for r in rows) else [
         {"pruner": "dense", "allocation": "uniform", "level": "0.0"}]
     allocations = args.search or args.allocations
-    specs += [{"pruner": p, "allocation": a, "level": s, "trials": args.trials} for s in args.sparsities.split(",")
-              for p in args.pruners.split(",") for a in allocations.split(",")]
+    if args.transfer:  # the rows themselves are the specs
+        specs = [r for r in rows if r["pattern"] == "unstructured" and (r["pruner"] == "dense" or (
+            r["pruner"] in args.pruners.split(",") and str(r["sparsity"]) in args.sparsities.split(",")))]
+    else:
+        specs += [{"pruner": p, "allocation": a, "level": s, "trials": args.trials} for s in args.sparsities.split(",")
+                  for p in args.pruners.split(",") for a in allocations.split(",")]
     for spec in specs:
         # the child's output goes to a log as it comes (a search's progress lines); its row is the last ROW line
-        log = Path(f"/tmp/raysparse-bench-{spec['pruner']}-{spec['allocation']}-{spec['level']}.log")
+        log = Path(f"/tmp/raysparse-bench-{spec['pruner']}-{spec['allocation']}-{spec.get('level', 'row')}.log")
         print(f"{spec}: log in {log}", flush=True)
         with open(log, "w") as out:
             done = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)], text=True, stdout=out,

@@ -8,6 +8,8 @@
   ``hf`` model takes its path.
 - Wikipedia lead paragraphs of ~10,000 articles: calibration, validation and test blocks are cut
   from disjoint articles (``wikipedia``, a data factory).
+- Another distribution, for ``evaluate_on``: Python source, the standard library's own modules
+  (``python_source``, a data factory: a fixed shuffled order of its files).
 """
 
 from __future__ import annotations
@@ -72,6 +74,35 @@ class Blocks(torch.utils.data.Dataset):
         return self.blocks[i]
 
 
+def _token_splits(tok, texts: list[str], block_size: int, sizes: tuple[tuple[str, int], ...]) -> dict:
+    """Token blocks per split, each split from texts of its own, walking ``texts`` in order."""
+    at, splits = 0, {}
+    for split, tokens in sizes:
+        stream: list[int] = []
+        while len(stream) < tokens:
+            stream += tok(texts[at])["input_ids"] + [tok.eos_token_id]
+            at += 1
+        count = tokens // block_size
+        splits[split] = Blocks(torch.tensor(stream[: count * block_size]).view(count, block_size))
+    return splits
+
+
+def python_source(tokenizer: str, block_size: int = 512, test_tokens: int = 4096) -> dict:
+    """A data factory: Python's standard library source as token blocks (test, and a small train
+    and val that build_splits asks for), from files in a fixed shuffled order (seed 0)."""
+    import sysconfig
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(Path(tokenizer).expanduser(), local_files_only=True)
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    random.Random(0).shuffle(files)
+    texts = [f.read_text(errors="replace")[:20000] for f in files[:200]]
+    splits = _token_splits(tok, texts, block_size, (("test", test_tokens), ("val", block_size),
+                                                    ("train", block_size)))
+    return {**splits, "vocab_size": len(tok)}
+
+
 def wikipedia(tokenizer: str, block_size: int = 512, calibration_tokens: int = 4096, val_tokens: int = 4096,
               test_tokens: int = 4096) -> dict:
     """A data factory: train (the calibration blocks), val and test, each from its own articles
@@ -79,15 +110,8 @@ def wikipedia(tokenizer: str, block_size: int = 512, calibration_tokens: int = 4
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(Path(tokenizer).expanduser(), local_files_only=True)
-    texts, at = articles(), 0
-    splits = {}
-    for split, tokens in (("test", test_tokens), ("val", val_tokens), ("train", calibration_tokens)):
-        stream: list[int] = []
-        while len(stream) < tokens:
-            stream += tok(texts[at])["input_ids"] + [tok.eos_token_id]
-            at += 1
-        count = tokens // block_size
-        splits[split] = Blocks(torch.tensor(stream[: count * block_size]).view(count, block_size))
+    splits = _token_splits(tok, articles(), block_size, (("test", test_tokens), ("val", val_tokens),
+                                                         ("train", calibration_tokens)))
     return {**splits, "vocab_size": len(tok)}
 
 
