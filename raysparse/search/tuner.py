@@ -511,6 +511,7 @@ def _sweep_params(sweep: Sweep) -> dict:
         "max_concurrent": sweep.max_concurrent, "seed": sweep.seed, "sampler": sweep.sampler,
         "space": sorted(sweep.space), "workers": sweep.resources.workers, "grace_period": sweep.grace_period(),
         "python_objects": sweep.objects.names(),  # what the sweep file alone cannot rebuild: model=, data=, loop=
+        "log_weights": sweep.log_weights,
         **_pbt_params(sweep),
     }
 

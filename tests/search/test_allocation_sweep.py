@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from raysparse.errors import ConfigError
 from raysparse.search import run_sweep
 from tests.search.test_layerwise import llama_sweep
 
@@ -37,6 +38,8 @@ def test_an_evolutionary_allocation_sweep_shares_one_start_and_meets_the_budget(
     for name in ("uniform", "owl"):  # the heuristics the report draws the best against, at the same budget
         assert sum(references[name][n] * sizes[n] for n in sizes) == pytest.approx(0.4 * sum(sizes.values()))
     assert result.report["allocation"].stat().st_size > 0  # the best allocation against depth
+    with pytest.raises(ConfigError, match=r"logged its masks but no weights \(its sweep's log_weights: false\)"):
+        result.load_model()
 
     prefix = "sparsity.layer_densities."
     allocations = [{k.removeprefix(prefix): float(v) for k, v in run.data.params.items() if k.startswith(prefix)}
