@@ -14,6 +14,7 @@ A trial whose config differs where it matters (``SharedStart.key``: model, data,
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 import warnings
@@ -103,10 +104,13 @@ def compute_shared_start(config: Config | dict) -> SharedStart | None:
         tensors[name] = _to_numpy(tensor.detach().cpu())
     stats = {kind: {n: None if s is None else s.detach().cpu().numpy() for n, s in arrays.items()}
              for kind, arrays in statistics.items()}
-    return SharedStart(start_key(cfg), tensors, stats, ties, (run.flops_now, run.flops_by_layer),
-                       reference_allocations(run.method, statistics),
-                       {n: w.numel() for n, w in run.method.masks.weights.items()},
-                       round(time.perf_counter() - started, 1))
+    start = SharedStart(start_key(cfg), tensors, stats, ties, (run.flops_now, run.flops_by_layer),
+                        reference_allocations(run.method, statistics),
+                        {n: w.numel() for n, w in run.method.masks.weights.items()},
+                        round(time.perf_counter() - started, 1))
+    del run, statistics, named
+    gc.collect()  # the run's network sits in reference cycles (a method's callbacks into the run)
+    return start
 
 
 def reference_allocations(method, statistics: dict) -> dict[str, dict[str, float]]:
