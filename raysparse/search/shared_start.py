@@ -30,9 +30,11 @@ def put_shared_start(sweep: Sweep, announce=print) -> list[ray.ObjectRef] | None
     if start is None:
         return None
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    announce(f"raysparse: shared start of every trial: {start.nbytes / 2**20:.0f} MB of dense weights and "
-             f"{sweep.base['sparsity']['method']}'s calibration statistics, computed once in {start.seconds:g} s "
-             f"(driver peak {peak_mb:.0f} MB); the trials read it from Ray's object store")
+    method = sweep.base["sparsity"]["method"]
+    what = f"dense weights and {method}'s calibration statistics" if start.statistics else \
+        f"dense weights ({method}'s calibration depends on each trial's pruning: every trial runs its own)"
+    announce(f"raysparse: shared start of every trial: {start.nbytes / 2**20:.0f} MB of {what}, computed once "
+             f"in {start.seconds:g} s (driver peak {peak_mb:.0f} MB); the trials read it from Ray's object store")
     return [ray.put(start)]
 
 

@@ -81,17 +81,18 @@ def start_key(cfg: Config) -> str:
 
 
 def compute_shared_start(config: Config | dict) -> SharedStart | None:
-    """The dense network and the method's calibration statistics of ``config``'s start, or None
-    where the method has none that trials could share (it trains, or prunes sequentially)."""
+    """The dense network and the method's calibration statistics of ``config``'s start (none
+    where they depend on the trial's own pruning: SparseGPT's Hessians, a sequential Wanda's
+    norms; the weights are shared still), or None for a run that trains (``epochs`` > 0)."""
     from raysparse.config import load_config
     from raysparse.train.loop import _Run
 
     cfg = load_config(config)
+    if cfg.epochs != 0:
+        return None
     started = time.perf_counter()
     run = _Run(cfg, None, None)
-    statistics = run.method.calibration_statistics() if cfg.epochs == 0 else None
-    if statistics is None:
-        return None
+    statistics = run.method.calibration_statistics() or {}
     first: dict[int, str] = {}
     tensors: dict[str, tuple[np.ndarray, str]] = {}
     ties: dict[str, str] = {}
@@ -114,15 +115,18 @@ def compute_shared_start(config: Config | dict) -> SharedStart | None:
 
 
 def reference_allocations(method, statistics: dict) -> dict[str, dict[str, float]]:
-    """The uniform allocation at ``method``'s target density, and OWL's from the Wanda scores of
-    the shared input norms (where the method has them)."""
-    from raysparse.methods.wanda import wanda_score
+    """The uniform allocation at ``method``'s target density, and OWL's from Wanda's scores of the
+    dense network (its input norms: the shared ones, or one calibration pass for a method with
+    activation-aware scores that shares none, such as SparseGPT)."""
+    from raysparse.methods.wanda import input_norms, wanda_score
     from raysparse.sparsity.distributions import configured_distribution
 
     weights, dense = method.masks.weights, method.masks.dense_layers
     density = method.target_density()
     references = {"uniform": configured_distribution("uniform")(weights, density, dense_layers=dense)}
     norms = statistics.get("norms")
+    if norms is None and method.activation_scores:
+        norms = input_norms(method.model, weights, method._calibration_batches(), run=method.run_batch)
     if norms is not None and method.activation_scores:
         options = method.config.distribution_options if method.config.distribution == "owl" else None
         scores = {n: wanda_score(w, norms[n]) for n, w in weights.items()}

@@ -53,9 +53,16 @@ def test_a_trial_whose_start_differs_computes_its_own(text_file):
     assert np.isfinite(fit(other, shared_start=start)["val_perplexity"])
 
 
-def test_methods_whose_statistics_depend_on_the_allocation_share_nothing(text_file):
-    assert compute_shared_start(post_training_config(text_file, "sparsegpt")) is None
-    assert compute_shared_start(post_training_config(text_file, sequential=True)) is None
+@pytest.mark.parametrize("method, sequential", [("sparsegpt", True), ("wanda", True), ("sparsegpt", False)])
+def test_methods_whose_statistics_depend_on_the_allocation_share_the_weights_only(text_file, method, sequential):
+    config = post_training_config(text_file, method, sequential=sequential)
+    start = compute_shared_start(config)
+    assert start.statistics == {} and start.tensors
+    assert set(start.references) == {"uniform", "owl"}  # OWL from a calibration pass of the dense network
+    assert fit(config, shared_start=read_only(start))["val_perplexity"] == fit(config)["val_perplexity"]
+
+
+def test_a_run_that_trains_shares_no_start(text_file):
     trained = post_training_config(text_file)
     trained["epochs"] = 1
     assert compute_shared_start(trained) is None
