@@ -9,7 +9,6 @@ every rank reports its mask hash, and the trial fails loudly if two ranks ever d
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import math
 import os
@@ -46,6 +45,7 @@ from raysparse.train.checkpoint import CHECKPOINT_FILE
 from raysparse.train.export import export_program
 from raysparse.train.latency import DEPLOYED_METRICS
 from raysparse.train.loop import EpochContext, TrainingDiverged, fit
+from raysparse.train.memory import release_freed_memory
 
 # failures a retry cannot change: their reasons start so, and a retry fails again at once
 DIVERGED, BAD_CONFIG = "diverged: ", "bad config: "
@@ -213,7 +213,7 @@ class _TrialLogger:
         self._finish(**final)
         final.clear()
         self.last = None  # the trial's network, masks and run: nothing of it is needed any more
-        gc.collect()  # they sit in reference cycles (a method's callbacks into its run): only this frees them
+        release_freed_memory()
 
     def _finish(self, *, events: list, state: dict, build: dict, program: Path, example) -> None:
         masks = self.last.masks
@@ -451,7 +451,7 @@ def trial_function(
     add_import_dirs(sweep.import_dirs)  # first: the user's modules import here as on the driver
     # a reused actor's previous trial left its network in reference cycles (a method's callbacks
     # into its run) that only the cyclic collector frees: a 135M LM held ~0.5 GB per dead trial
-    gc.collect()
+    release_freed_memory()
     if methods is not None:
         add_user_methods(methods)
     context = tune.get_context()

@@ -14,7 +14,6 @@ A trial whose config differs where it matters (``SharedStart.key``: model, data,
 
 from __future__ import annotations
 
-import gc
 import json
 import time
 import warnings
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from raysparse.config import Config
+from raysparse.train.memory import release_freed_memory
 
 # bfloat16 has no numpy dtype: its bits travel as int16
 _BITS = {torch.bfloat16: np.int16}
@@ -110,7 +110,7 @@ def compute_shared_start(config: Config | dict) -> SharedStart | None:
                         {n: w.numel() for n, w in run.method.masks.weights.items()},
                         round(time.perf_counter() - started, 1))
     del run, statistics, named
-    gc.collect()  # the run's network sits in reference cycles (a method's callbacks into the run)
+    release_freed_memory()
     return start
 
 

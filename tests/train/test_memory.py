@@ -58,3 +58,22 @@ def test_a_model_of_ten_billion_weights_is_refused_by_fit_before_it_is_allocated
 def test_a_model_that_fits_is_not_refused_and_meta_leaves_the_default_device_alone():
     check_fits_in_memory(load_config(small_config("gmp")), {"input_shape": (1, 8, 8), "num_classes": 10})
     assert torch.empty(1).device.type == "cpu"
+
+
+def test_a_dead_network_in_a_reference_cycle_is_freed():
+    import weakref
+
+    from torch import nn
+
+    from raysparse.train.memory import release_freed_memory
+
+    class Run:  # a method's callback into its run: the cycle a finished trial leaves
+        def __init__(self):
+            self.net = nn.Linear(4, 4)
+            self.callback = lambda: self.net
+
+    run = Run()
+    gone = weakref.ref(run.net)
+    del run
+    release_freed_memory()
+    assert gone() is None
