@@ -162,7 +162,8 @@ def main() -> None:
     for spec in specs:
         # the child's output goes to a log as it comes (a search's progress lines); its row is the last ROW line
         log = Path(f"/tmp/raysparse-bench-{spec['pruner']}-{spec['allocation']}-{spec.get('level', 'row')}.log")
-        print(f"{spec}: log in {log}", flush=True)
+        level = spec.get("level", spec.get("sparsity"))
+        print(f"{spec['pruner']} {spec['allocation']} {level}: log in {log}", flush=True)
         with open(log, "w") as out:
             done = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)], text=True, stdout=out,
                                   stderr=subprocess.STDOUT)
@@ -175,8 +176,9 @@ def main() -> None:
         rows = [r for r in rows if key(r) != key(row)] + [row]
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+        code = f"  code ppl {row['code_perplexity']:9.2f}" if "code_perplexity" in row else ""
         print(f"{row['pruner']:9} {row['allocation']:8} {row['sparsity']:.2f} {row['pattern']:12} "
-              f"test ppl {row['test_perplexity']:9.2f}  {row['wall_s']:6.1f} s  {row['peak_mb']} MB", flush=True)
+              f"test ppl {row['test_perplexity']:9.2f}  {row['wall_s']:6.1f} s  {row['peak_mb']} MB{code}", flush=True)
 
 
 if __name__ == "__main__":
