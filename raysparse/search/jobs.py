@@ -53,10 +53,27 @@ def sweep_entrypoint(sweep_file: Path, working_dir: Path, options: dict[str, str
     return shlex.join(args)
 
 
+# a cluster just started answers on its dashboard before its job agent is up: Ray says so with this
+NO_AGENT = "No available agent to submit job"
+AGENT_WAIT_S = 60.0
+
+
 def submit(address: str | None, entrypoint: str, working_dir: Path, *, name: str) -> str:
     jobs = client(address)
     runtime_env = {"working_dir": str(working_dir), "excludes": EXCLUDES}
-    return jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata={"raysparse.sweep": name})
+    deadline, said = time.monotonic() + AGENT_WAIT_S, False
+    while True:
+        try:
+            return jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
+                                   metadata={"raysparse.sweep": name})
+        except RuntimeError as err:
+            if NO_AGENT not in str(err) or time.monotonic() > deadline:
+                raise
+            if not said:
+                print(f"raysparse: the cluster's job agent is not up yet; trying again for up to "
+                      f"{AGENT_WAIT_S:.0f} s", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(1.0)
 
 
 def follow(address: str | None, job_id: str, *, poll: float = 1.0, out=sys.stdout) -> str:
