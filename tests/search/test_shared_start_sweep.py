@@ -1,7 +1,11 @@
 """A per-layer allocation search over a pretrained LM, as issue 25 asks: post-training trials
 (``epochs: 0``) of a tiny Llama (GQA), one level per block, the evolutionary sampler; the dense
 weights and Wanda's calibration statistics computed once and read by every trial from one object
-in Ray's object store."""
+in Ray's object store.
+
+(Named to sort after test_cluster.py: this module starts the package's local Ray runtime; run
+before the two-node cluster test, with that runtime still up, the cluster's `raysparse submit`
+fails with "No available agent to submit job", reproduced with both modules in that order.)"""
 
 import csv
 import json
